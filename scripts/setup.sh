@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Makes Postgres (5432), Redis (6379) and PgBouncer (6432, transaction pooling) available on
+# 127.0.0.1 for the demo and the tests. Idempotent: servers that already answer are reused,
+# missing packages are installed with apt, stopped servers are started. Fast when all is up.
+#
+# Credentials (local development only; production takes them from the environment):
+#   role finworker / password finworker, database finworker.
+set -euo pipefail
+
+PG_PORT=5432
+REDIS_PORT=6379
+BOUNCER_PORT=6432
+PG_USER=finworker
+PG_PASSWORD=finworker
+BOUNCER_DIR=/etc/pgbouncer
+BOUNCER_INI=$BOUNCER_DIR/finworker.ini
+BOUNCER_USERS=$BOUNCER_DIR/finworker_userlist.txt
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+
+as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+}
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+apt_updated=0
+ensure_pkg() { # ensure_pkg <command> <package>
+  if ! command -v "$1" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$1" ] && [ ! -x "/usr/bin/$1" ]; then
+    if [ "$apt_updated" = 0 ]; then
+      say "apt-get update"
+      $SUDO apt-get update -qq >/dev/null
+      apt_updated=1
+    fi
+    say "installing $2"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2" >/dev/null
+  fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # wait_port <port> <name>
+  for _ in $(seq 1 100); do
+    if port_open "$1"; then return 0; fi
+    sleep 0.1
+  done
+  say "$2 did not come up on port $1"
+  exit 1
+}
+
+# --- Postgres -----------------------------------------------------------------------------
+ensure_pkg pg_ctlcluster postgresql
+ensure_pkg psql postgresql-client
+if ! port_open $PG_PORT; then
+  ver=$(ls /etc/postgresql | sort -n | tail -n 1)
+  # Tests run several apps at once, each with its own pools: raise the connection ceiling.
+  conf=/etc/postgresql/$ver/main/conf.d/finworker.conf
+  if [ ! -f "$conf" ]; then
+    printf "listen_addresses = '127.0.0.1'\nmax_connections = 300\n" | $SUDO tee "$conf" >/dev/null
+  fi
+  say "starting postgres $ver"
+  $SUDO pg_ctlcluster "$ver" main start
+  wait_port $PG_PORT postgres
+fi
+psql_admin() { as_postgres psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+if [ "$(psql_admin -tAc "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" != 1 ]; then
+  say "creating role $PG_USER"
+  psql_admin -c "CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
+fi
+if [ "$(psql_admin -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_USER'")" != 1 ]; then
+  say "creating database $PG_USER"
+  psql_admin -c "CREATE DATABASE $PG_USER OWNER $PG_USER"
+fi
+
+# --- Redis --------------------------------------------------------------------------------
+ensure_pkg redis-server redis-server
+if ! port_open $REDIS_PORT; then
+  say "starting redis"
+  # No persistence: Postgres holds the authoritative record (docs/queue.md). Production
+  # turns AOF on (docker-compose.worker.yml).
+  $SUDO mkdir -p /var/log/redis
+  $SUDO redis-server --port $REDIS_PORT --bind 127.0.0.1 --daemonize yes --save "" \
+    --appendonly no --logfile /var/log/redis/finworker.log
+  wait_port $REDIS_PORT redis
+fi
+
+# --- PgBouncer ----------------------------------------------------------------------------
+ensure_pkg pgbouncer pgbouncer
+if ! port_open $BOUNCER_PORT; then
+  $SUDO mkdir -p $BOUNCER_DIR /var/run/postgresql /var/log/postgresql
+  $SUDO chown postgres:postgres /var/run/postgresql /var/log/postgresql
+  printf '"%s" "%s"\n' "$PG_USER" "$PG_PASSWORD" | $SUDO tee $BOUNCER_USERS >/dev/null
+  # `* =` routes every database name (tests create one per test) to the local Postgres.
+  # transaction mode is the strictest pooling mode; code correct here is correct in session mode.
+  $SUDO tee $BOUNCER_INI >/dev/null <<EOF
+[databases]
+* = host=127.0.0.1 port=$PG_PORT
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $BOUNCER_USERS
+admin_users = $PG_USER
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 2000
+server_reset_query =
+ignore_startup_parameters = extra_float_digits,search_path
+logfile = /var/log/postgresql/pgbouncer-finworker.log
+pidfile = /var/run/postgresql/pgbouncer-finworker.pid
+EOF
+  $SUDO chown postgres:postgres $BOUNCER_INI $BOUNCER_USERS
+  $SUDO chmod 640 $BOUNCER_USERS
+  say "starting pgbouncer (transaction pooling)"
+  as_postgres pgbouncer -d $BOUNCER_INI
+  wait_port $BOUNCER_PORT pgbouncer
+fi
+
+say "ready: postgres 127.0.0.1:$PG_PORT, pgbouncer 127.0.0.1:$BOUNCER_PORT, redis 127.0.0.1:$REDIS_PORT"

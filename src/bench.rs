@@ -1,0 +1,166 @@
+//! `finworker bench queue`: no-op jobs through the real Redis, one worker process. Prints
+//! enqueue and processing rates with and without the `job_runs` audit, Redis commands per
+//! job, and `redis-benchmark` from the same run as the ceiling.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{QueueOverrides, Settings},
+    db,
+    metrics::Metrics,
+    queue::{engine::NewJob, runtime},
+    startup,
+};
+
+/// Flags of `bench queue`.
+#[derive(Debug, Args)]
+pub struct QueueBenchArgs {
+    /// Jobs per run.
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: usize,
+    /// Worker concurrency of the noop queue.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Skip the redis-benchmark ceiling.
+    #[arg(long)]
+    pub no_redis_benchmark: bool,
+}
+
+async fn commands_processed(ctx: &crate::context::AppContext) -> anyhow::Result<u64> {
+    let mut c = ctx.queue.connection();
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO stats without total_commands_processed")
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn queue(mut settings: Settings, args: QueueBenchArgs) -> anyhow::Result<()> {
+    db::migrate(&settings.database, settings.database_password()).await?;
+    let base_prefix = settings.redis.prefix.clone();
+    settings.queues.insert(
+        "noop".into(),
+        QueueOverrides {
+            concurrency: Some(args.concurrency),
+            ..Default::default()
+        },
+    );
+    println!(
+        "bench queue: {} noop jobs, concurrency {}, fetch batch {}, one worker process, {} cores",
+        args.jobs,
+        args.concurrency,
+        settings.worker.fetch_batch,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for audit in [false, true] {
+        let mut s = settings.clone();
+        s.worker.audit = audit;
+        s.redis.prefix = format!("{base_prefix}:bench:{}", uuid::Uuid::new_v4().simple());
+        let ctx = startup::build_context(s).await?;
+        let jobs: Vec<NewJob> = (0..args.jobs)
+            .map(|_| NewJob {
+                id: uuid::Uuid::now_v7(),
+                job_type: "noop".into(),
+                payload: "{}".into(),
+                delay: Duration::ZERO,
+                idempotency_key: None,
+                max_attempts: None,
+            })
+            .collect();
+        let t0 = Instant::now();
+        ctx.queue
+            .push(&jobs, ctx.settings.worker.idempotency_ttl)
+            .await?;
+        let enqueue = t0.elapsed();
+        drop(jobs);
+
+        let before = commands_processed(&ctx).await?;
+        let token = CancellationToken::new();
+        let t1 = Instant::now();
+        let worker = tokio::spawn(runtime::run(
+            ctx.clone(),
+            vec!["noop".into()],
+            token.clone(),
+        ));
+        let labels = Metrics::job("noop");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let done = ctx.metrics.succeeded.get_or_create(&labels).get() as usize;
+            let st = ctx.queue.stats("noop").await?;
+            if done >= args.jobs && st.in_flight == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "bench did not finish in 10 minutes ({done} done)"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let process = t1.elapsed();
+        let after = commands_processed(&ctx).await?;
+        token.cancel();
+        worker.await??;
+        ctx.queue.delete_namespace().await?;
+        println!(
+            "  audit {:<3}  enqueue {:>9.0} jobs/s ({:.2}s)   process {:>8.0} jobs/s ({:.2}s)   redis commands/job {:.3}",
+            if audit { "on" } else { "off" },
+            args.jobs as f64 / enqueue.as_secs_f64(),
+            enqueue.as_secs_f64(),
+            args.jobs as f64 / process.as_secs_f64(),
+            process.as_secs_f64(),
+            (after - before) as f64 / args.jobs as f64,
+        );
+    }
+    if !args.no_redis_benchmark {
+        let url = url_host_port(&settings.redis.url);
+        println!(
+            "ceiling: redis-benchmark -q -t lpush,rpop -n 100000 -h {} -p {}",
+            url.0, url.1
+        );
+        let out = std::process::Command::new("redis-benchmark")
+            .args([
+                "-q",
+                "-t",
+                "lpush,rpop",
+                "-n",
+                "100000",
+                "-h",
+                &url.0,
+                "-p",
+                &url.1,
+            ])
+            .output();
+        match out {
+            Ok(o) => {
+                for line in String::from_utf8_lossy(&o.stdout)
+                    .split(['\r', '\n'])
+                    .filter(|l| l.contains("requests per second"))
+                {
+                    println!("  {}", line.trim());
+                }
+            }
+            Err(e) => println!("  redis-benchmark not run: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn url_host_port(url: &str) -> (String, String) {
+    let rest = url.trim_start_matches("redis://");
+    let hostport = rest
+        .rsplit('@')
+        .next()
+        .unwrap_or(rest)
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379");
+    let mut it = hostport.splitn(2, ':');
+    let host = it.next().unwrap_or("127.0.0.1").to_string();
+    let port = it.next().unwrap_or("6379").to_string();
+    (host, port)
+}

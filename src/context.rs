@@ -1,0 +1,140 @@
+//! The application context, built once in `startup` and shared by workers and HTTP.
+//! Nothing reads the environment or opens a connection after it is built.
+
+use std::{sync::Arc, time::Duration};
+
+use uuid::Uuid;
+
+use crate::{
+    config::Settings,
+    db::Db,
+    metrics::Metrics,
+    queue::{
+        engine::{Engine, NewJob, Pushed, QueueError},
+        job::Job,
+        registry::{PayloadError, Registry},
+    },
+};
+
+/// Shared handles. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppContext {
+    /// Effective configuration.
+    pub settings: Arc<Settings>,
+    /// Postgres, through PgBouncer.
+    pub db: Db,
+    /// The Redis queue.
+    pub queue: Engine,
+    /// Prometheus series.
+    pub metrics: Arc<Metrics>,
+    /// Known job types.
+    pub registry: Arc<Registry>,
+}
+
+/// Options of one enqueue.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Producer's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Run no earlier than this from now.
+    pub delay: Duration,
+    /// Overrides the queue's max attempts.
+    pub max_attempts: Option<u32>,
+}
+
+/// Why an enqueue was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// No such job type.
+    #[error("unknown job type `{0}`")]
+    UnknownJobType(String),
+    /// A test job type while `worker.allow_test_jobs` is off.
+    #[error("job type `{0}` is test-only and worker.allow_test_jobs is off")]
+    TestJobsDisabled(String),
+    /// The payload does not match the job type.
+    #[error("invalid payload at `{}`: {}", .0.field, .0.message)]
+    Payload(PayloadError),
+    /// An idempotency key that is empty or too long.
+    #[error("idempotency key must be 1 to 200 printable characters")]
+    BadIdempotencyKey,
+    /// Back-pressure: the queue is over `worker.max_queue_depth`.
+    #[error("queue `{queue}` holds {depth} waiting jobs (limit {limit}); retry later")]
+    QueueFull {
+        /// Queue.
+        queue: String,
+        /// Current depth.
+        depth: u64,
+        /// Configured limit.
+        limit: u64,
+    },
+    /// Redis failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl AppContext {
+    /// Validates a JSON payload for `job_type` and enqueues it.
+    pub async fn enqueue_json(
+        &self,
+        job_type: &str,
+        body: &[u8],
+        opts: EnqueueOptions,
+    ) -> Result<Pushed, EnqueueError> {
+        let entry = self
+            .registry
+            .get(job_type)
+            .ok_or_else(|| EnqueueError::UnknownJobType(job_type.to_string()))?;
+        if entry.test_only && !self.settings.worker.allow_test_jobs {
+            return Err(EnqueueError::TestJobsDisabled(job_type.to_string()));
+        }
+        let payload = entry.validate(body).map_err(EnqueueError::Payload)?;
+        if let Some(k) = &opts.idempotency_key
+            && (k.is_empty() || k.len() > 200 || k.chars().any(char::is_control))
+        {
+            return Err(EnqueueError::BadIdempotencyKey);
+        }
+        let stats = self.queue.stats(job_type).await?;
+        let limit = self.settings.worker.max_queue_depth;
+        if stats.waiting + stats.scheduled >= limit {
+            return Err(EnqueueError::QueueFull {
+                queue: job_type.to_string(),
+                depth: stats.waiting + stats.scheduled,
+                limit,
+            });
+        }
+        let job = NewJob {
+            id: Uuid::now_v7(),
+            job_type: job_type.to_string(),
+            payload,
+            delay: opts.delay,
+            idempotency_key: opts.idempotency_key,
+            max_attempts: opts.max_attempts,
+        };
+        let mut pushed = self
+            .queue
+            .push(
+                std::slice::from_ref(&job),
+                self.settings.worker.idempotency_ttl,
+            )
+            .await?;
+        pushed.pop().ok_or_else(|| {
+            EnqueueError::Queue(QueueError::Protocol("push returned nothing".into()))
+        })
+    }
+
+    /// Enqueues a typed job (jobs chaining to the next stage use this).
+    pub async fn enqueue<J: Job>(
+        &self,
+        job: &J,
+        opts: EnqueueOptions,
+    ) -> Result<Pushed, EnqueueError> {
+        let body = serde_json::to_vec(job).map_err(|e| {
+            EnqueueError::Payload(PayloadError {
+                field: ".".into(),
+                message: e.to_string(),
+            })
+        })?;
+        self.enqueue_json(J::NAME, &body, opts).await
+    }
+}

@@ -1,0 +1,181 @@
+//! Postgres access that stays correct behind PgBouncer in transaction pooling mode.
+//!
+//! Measured (docs/pgbouncer.md, shared/reference/pgbouncer.md): sqlx's named statements and
+//! un-pinned unnamed statements break or — worse — return another client's results through
+//! PgBouncer 1.18 in transaction mode. The one safe shape is: **non-persistent statements
+//! inside an explicit transaction**. [`Db`] makes it the only shape reachable: its sole entry
+//! point is [`Db::begin`], and every query method of [`Tx`] forces `.persistent(false)`.
+//! No `PgPool` leaves this module.
+
+use std::str::FromStr;
+
+use sqlx::{
+    ConnectOptions, Connection, FromRow, IntoArguments, PgConnection, Postgres, Transaction,
+    postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow},
+    query::{Query, QueryAs, QueryScalar},
+};
+
+use crate::config::DatabaseSettings;
+
+/// Errors of the database layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// A URL in the configuration is malformed.
+    #[error("database url `{key}`: {source}")]
+    Url {
+        /// Which key.
+        key: &'static str,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// A query or connection failed.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The runtime database handle (through PgBouncer). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: sqlx::PgPool,
+}
+
+fn options(
+    url: &str,
+    key: &'static str,
+    password: Option<&str>,
+) -> Result<PgConnectOptions, DbError> {
+    let mut opts =
+        PgConnectOptions::from_str(url).map_err(|source| DbError::Url { key, source })?;
+    if let Some(pw) = password {
+        opts = opts.password(pw);
+    }
+    Ok(opts
+        .application_name("finworker")
+        // PgBouncer rejects this startup parameter unless told to ignore it.
+        .extra_float_digits(None)
+        // No named statements are ever created (sqlx#4328: capacity 0 alone is not enough,
+        // hence also persistent(false) on every query in Tx).
+        .statement_cache_capacity(0)
+        .log_statements(tracing::log::LevelFilter::Trace))
+}
+
+impl Db {
+    /// A pool through PgBouncer. Connections are opened lazily, so a daemon starts (and
+    /// reports not-ready) while Postgres is down.
+    pub fn connect_lazy(
+        settings: &DatabaseSettings,
+        password: Option<&str>,
+    ) -> Result<Self, DbError> {
+        let opts = options(&settings.url, "database.url", password)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            // A fresh connection after a PgBouncer restart beats a stale one.
+            .test_before_acquire(false)
+            .connect_lazy_with(opts);
+        Ok(Self { pool })
+    }
+
+    /// Opens a transaction: the only way to run statements.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+        })
+    }
+
+    /// `SELECT 1` in a transaction, for readiness checks.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let mut tx = self.begin().await?;
+        let one: i32 = tx.scalar(sqlx::query_scalar("SELECT 1")).await?;
+        debug_assert_eq!(one, 1);
+        tx.commit().await
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// One open transaction. Dropping it without [`Tx::commit`] rolls back.
+#[derive(Debug)]
+pub struct Tx {
+    inner: Transaction<'static, Postgres>,
+}
+
+impl Tx {
+    /// Runs a statement and returns how many rows it touched.
+    pub async fn execute<'q, A>(&mut self, q: Query<'q, Postgres, A>) -> Result<u64, DbError>
+    where
+        A: IntoArguments<'q, Postgres> + 'q,
+    {
+        let r: PgQueryResult = q.persistent(false).execute(&mut *self.inner).await?;
+        Ok(r.rows_affected())
+    }
+
+    /// All rows of a query, mapped.
+    pub async fn fetch_all<'q, O>(
+        &mut self,
+        q: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> Result<Vec<O>, DbError>
+    where
+        O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
+    {
+        Ok(q.persistent(false).fetch_all(&mut *self.inner).await?)
+    }
+
+    /// At most one row.
+    pub async fn fetch_optional<'q, O>(
+        &mut self,
+        q: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> Result<Option<O>, DbError>
+    where
+        O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
+    {
+        Ok(q.persistent(false).fetch_optional(&mut *self.inner).await?)
+    }
+
+    /// Exactly one scalar.
+    pub async fn scalar<'q, O>(
+        &mut self,
+        q: QueryScalar<'q, Postgres, O, PgArguments>,
+    ) -> Result<O, DbError>
+    where
+        O: Send + Unpin,
+        (O,): for<'r> FromRow<'r, PgRow>,
+    {
+        Ok(q.persistent(false).fetch_one(&mut *self.inner).await?)
+    }
+
+    /// `COPY ... FROM STDIN` with the given bytes (works through PgBouncer).
+    pub async fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64, DbError> {
+        let mut copy = self.inner.copy_in_raw(statement).await?;
+        copy.send(data).await?;
+        Ok(copy.finish().await?)
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), DbError> {
+        Ok(self.inner.commit().await?)
+    }
+}
+
+/// Applies `migrations/` over the direct (non-pooled) connection: migrations take an
+/// advisory lock that needs a session, which transaction pooling does not keep.
+pub async fn migrate(settings: &DatabaseSettings, password: Option<&str>) -> Result<(), DbError> {
+    let opts = options(&settings.direct_url, "database.direct_url", password)?;
+    let mut conn = PgConnection::connect_with(&opts).await?;
+    sqlx::migrate!("./migrations").run(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// A direct connection (session semantics), for admin work such as creating databases.
+pub async fn connect_direct(url: &str, password: Option<&str>) -> Result<PgConnection, DbError> {
+    let opts = options(url, "database.direct_url", password)?;
+    Ok(opts.connect().await?)
+}

@@ -1,0 +1,224 @@
+//! `finworker demo`: migrates, starts the daemon in-process, enqueues a batch of jobs over
+//! the HTTP API and in bulk, waits for them and prints what happened, from Postgres.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use secrecy::SecretString;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{QueueOverrides, Settings},
+    db,
+    queue::engine::NewJob,
+    startup::{App, Roles},
+};
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// No-op jobs pushed in bulk.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+}
+
+/// Runs the demo.
+pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+    println!("1. migrating the database (direct connection)");
+    db::migrate(&settings.database, settings.database_password())
+        .await
+        .context("migrating; is Postgres up? (scripts/setup.sh)")?;
+    // An isolated namespace and a free port, so the demo never touches a running daemon.
+    settings.redis.prefix = format!(
+        "{}:demo:{}",
+        settings.redis.prefix,
+        uuid::Uuid::new_v4().simple()
+    );
+    settings.http.bind = "127.0.0.1:0".into();
+    settings.worker.allow_test_jobs = true;
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    settings.http.api_token = Some(SecretString::from(token.clone()));
+    settings.queues.insert(
+        "test_job".into(),
+        QueueOverrides {
+            max_attempts: Some(3),
+            backoff_base: Some(Duration::from_millis(200)),
+            backoff_max: Some(Duration::from_secs(2)),
+            ..Default::default()
+        },
+    );
+    let app = App::build(settings, Roles::default()).await?;
+    let ctx = app.ctx.clone();
+    let addr = app.http_addr().context("http address")?;
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(app.run(shutdown.clone()));
+    println!("2. daemon started: workers + http on http://{addr}");
+
+    let client = HttpClient { addr, token };
+    let mut ids = Vec::new();
+    println!("3. enqueueing over HTTP (POST /api/jobs/{{job_type}}):");
+    for (job_type, body, what) in [
+        (
+            "test_job",
+            json!({"label": "flaky", "fail_times": 2}),
+            "fails twice, then succeeds",
+        ),
+        (
+            "test_job",
+            json!({"label": "refused", "permanent": true}),
+            "fails permanently -> dead letter",
+        ),
+        (
+            "test_job",
+            json!({"label": "slow", "sleep_ms": 1500}),
+            "runs 1.5 s",
+        ),
+        (
+            "test_job",
+            json!({"label": "boom", "panic": true}),
+            "panics every time -> dead letter after 3",
+        ),
+        ("noop", json!({"note": "hello"}), "does nothing"),
+    ] {
+        let (status, v) = client.post(job_type, &body, None).await?;
+        println!(
+            "   {status} {job_type:<8} {:<52} job_id={}",
+            what,
+            v["job_id"].as_str().unwrap_or("?")
+        );
+        ids.push(v["job_id"].as_str().unwrap_or_default().to_string());
+    }
+    let (s1, v1) = client.post("noop", &json!({}), Some("demo-key-1")).await?;
+    let (s2, v2) = client.post("noop", &json!({}), Some("demo-key-1")).await?;
+    println!(
+        "   {s1} then {s2} for the same Idempotency-Key: duplicate={} same id={}",
+        v2["duplicate"],
+        v1["job_id"] == v2["job_id"]
+    );
+    ids.push(v1["job_id"].as_str().unwrap_or_default().to_string());
+    let (s3, v3) = client.post("test_job", &json!({"label": 7}), None).await?;
+    println!("   {s3} for a bad payload: {}", v3["error"]);
+
+    println!("4. pushing {} noop jobs in bulk", args.jobs);
+    let bulk: Vec<NewJob> = (0..args.jobs)
+        .map(|_| NewJob {
+            id: uuid::Uuid::now_v7(),
+            job_type: "noop".into(),
+            payload: "{}".into(),
+            delay: Duration::ZERO,
+            idempotency_key: None,
+            max_attempts: None,
+        })
+        .collect();
+    let t0 = Instant::now();
+    ctx.queue
+        .push(&bulk, ctx.settings.worker.idempotency_ttl)
+        .await?;
+    ids.extend(bulk.iter().map(|j| j.id.to_string()));
+    println!("   pushed in {:.2}s", t0.elapsed().as_secs_f64());
+
+    println!("5. waiting for every job to finish (job_runs in Postgres)...");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let finished = loop {
+        let mut tx = ctx.db.begin().await?;
+        let n: i64 = tx
+            .scalar(
+                sqlx::query_scalar(
+                    "SELECT count(DISTINCT job_id) FROM job_runs WHERE job_id = ANY($1) AND status IN ('succeeded', 'dead')",
+                )
+                .bind(&ids),
+            )
+            .await?;
+        tx.commit().await?;
+        if n as usize >= ids.len() {
+            break n;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "demo jobs did not finish in 5 minutes ({n} of {})",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let elapsed = t0.elapsed();
+    println!(
+        "   {finished} jobs finished in {:.2}s",
+        elapsed.as_secs_f64()
+    );
+
+    println!("6. what happened (from job_runs):");
+    let mut tx = ctx.db.begin().await?;
+    let rows: Vec<(String, String, i64, Option<f64>)> = tx
+        .fetch_all(sqlx::query_as(
+            "SELECT job_type, status, count(*), avg(duration_ms)::float8 FROM job_runs WHERE job_id = ANY($1) \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        ).bind(&ids))
+        .await?;
+    for (t, s, n, avg) in rows {
+        println!(
+            "   {t:<9} {s:<10} {n:>7} attempts   avg {:.1} ms",
+            avg.unwrap_or(0.0)
+        );
+    }
+    let dead: Vec<(String, String)> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT job_id, last_error FROM dead_jobs WHERE job_id = ANY($1) ORDER BY job_id",
+            )
+            .bind(&ids),
+        )
+        .await?;
+    tx.commit().await?;
+    println!(
+        "7. dead-letter store ({} jobs; `finworker jobs failed`, `finworker jobs retry <id>`):",
+        dead.len()
+    );
+    for (id, e) in dead {
+        println!("   {id}  {e}");
+    }
+    println!("8. inspect one job: finworker jobs show {}", ids[0]);
+
+    shutdown.cancel();
+    daemon.await??;
+    ctx.queue.delete_namespace().await?;
+    println!("done: daemon drained and stopped.");
+    Ok(())
+}
+
+struct HttpClient {
+    addr: std::net::SocketAddr,
+    token: String,
+}
+
+impl HttpClient {
+    /// A minimal HTTP/1.1 POST over a plain TCP stream (the demo needs no HTTP client crate).
+    async fn post(
+        &self,
+        job_type: &str,
+        body: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = body.to_string();
+        let key = idempotency_key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
+        let req = format!(
+            "POST /api/jobs/{job_type} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            self.token,
+            body.len()
+        );
+        let mut s = tokio::net::TcpStream::connect(self.addr).await?;
+        s.write_all(req.as_bytes()).await?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await?;
+        let status: u16 = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("http status")?;
+        let json = resp.split("\r\n\r\n").nth(1).unwrap_or("{}");
+        Ok((status, serde_json::from_str(json).unwrap_or_default()))
+    }
+}

@@ -1,0 +1,52 @@
+//! The HTTP receiver: health, readiness, metrics and the enqueue API. Later features mount
+//! their routes (webhooks, progress, report downloads) in [`router`].
+
+mod enqueue;
+mod error;
+mod health;
+mod metrics;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    catch_panic::CatchPanicLayer, limit::RequestBodyLimitLayer, timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+pub use error::ApiError;
+
+use crate::context::AppContext;
+
+/// All routes with their layers: body limit (413), request timeout (408), panic → 500.
+pub fn router(ctx: AppContext) -> Router {
+    let http = &ctx.settings.http;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/jobs/{job_type}", post(enqueue::enqueue))
+        .fallback(error::not_found)
+        .layer(RequestBodyLimitLayer::new(http.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            http.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(ctx)
+}
+
+/// Serves until `shutdown` is cancelled, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: AppContext,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

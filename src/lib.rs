@@ -1,0 +1,16 @@
+//! finworker: the background-job daemon for SEPA direct-debit collection.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod demo;
+pub mod http;
+pub mod jobs;
+pub mod metrics;
+pub mod queue;
+pub mod schema;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;

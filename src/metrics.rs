@@ -1,0 +1,169 @@
+//! Prometheus metrics. One registry per application instance (not a process global), so
+//! several apps in one test process keep their counts apart.
+
+use std::sync::Mutex;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of per-job-type series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// Job type (= queue).
+    pub job_type: String,
+}
+
+/// Labels of queue depth series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DepthLabels {
+    /// Queue name.
+    pub queue: String,
+    /// waiting | scheduled | in_flight.
+    pub state: String,
+}
+
+/// Labels of per-queue series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// Queue name.
+    pub queue: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 17,
+    ))
+}
+
+/// All series the daemon exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Attempts started.
+    pub started: Family<JobLabels, Counter>,
+    /// Attempts that succeeded.
+    pub succeeded: Family<JobLabels, Counter>,
+    /// Attempts that failed (retried or dead).
+    pub failed: Family<JobLabels, Counter>,
+    /// Failed attempts scheduled for another try.
+    pub retried: Family<JobLabels, Counter>,
+    /// Jobs moved to the dead-letter store.
+    pub dead: Family<JobLabels, Counter>,
+    /// Jobs taken back from dead workers.
+    pub orphans_recovered: Family<JobLabels, Counter>,
+    /// Attempt duration.
+    pub duration: Family<JobLabels, Histogram, fn() -> Histogram>,
+    /// Attempts running now in this process.
+    pub in_flight: Family<JobLabels, Gauge>,
+    /// Queue depth by state (all processes; read from Redis at scrape time).
+    pub queue_depth: Family<DepthLabels, Gauge>,
+    /// Age of the oldest job that could run now, seconds.
+    pub oldest_waiting_seconds: Family<QueueLabels, Gauge>,
+    /// Dead-letter store size per queue (Postgres, at scrape time).
+    pub dead_letter_size: Family<QueueLabels, Gauge>,
+    /// Errors talking to Redis or Postgres from the runtime loops.
+    pub runtime_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every series.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("finworker");
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            started: Family::default(),
+            succeeded: Family::default(),
+            failed: Family::default(),
+            retried: Family::default(),
+            dead: Family::default(),
+            orphans_recovered: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            in_flight: Family::default(),
+            queue_depth: Family::default(),
+            oldest_waiting_seconds: Family::default(),
+            dead_letter_size: Family::default(),
+            runtime_errors: Counter::default(),
+        };
+        r.register("jobs_started", "Job attempts started", m.started.clone());
+        r.register(
+            "jobs_succeeded",
+            "Job attempts that succeeded",
+            m.succeeded.clone(),
+        );
+        r.register("jobs_failed", "Job attempts that failed", m.failed.clone());
+        r.register(
+            "jobs_retried",
+            "Failed attempts scheduled for a retry",
+            m.retried.clone(),
+        );
+        r.register(
+            "jobs_dead",
+            "Jobs moved to the dead-letter store",
+            m.dead.clone(),
+        );
+        r.register(
+            "jobs_orphans_recovered",
+            "Jobs taken back from worker processes that died",
+            m.orphans_recovered.clone(),
+        );
+        r.register(
+            "job_duration_seconds",
+            "Duration of job attempts",
+            m.duration.clone(),
+        );
+        r.register(
+            "jobs_in_flight",
+            "Attempts running in this process",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Jobs per queue and state",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "queue_oldest_waiting_seconds",
+            "Age of the oldest job that could run now",
+            m.oldest_waiting_seconds.clone(),
+        );
+        r.register(
+            "dead_letter_size",
+            "Jobs in the dead-letter store",
+            m.dead_letter_size.clone(),
+        );
+        r.register(
+            "runtime_errors",
+            "Errors talking to Redis or Postgres in the worker loops",
+            m.runtime_errors.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        m
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if encode(&mut out, &r).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Labels for a job type.
+    pub fn job(job_type: &str) -> JobLabels {
+        JobLabels {
+            job_type: job_type.to_string(),
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! The Redis side of the queue: key layout and the Lua scripts that move jobs between states.
+//! docs/queue.md describes every key and why each guarantee holds.
+//!
+//! Every state change is one Lua script (atomic in Redis), timed by the Redis server's clock
+//! (no client clock skew), and batched: one round trip fetches or settles many jobs.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use redis::{
+    AsyncCommands, Client, Script, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+use crate::config::RedisSettings;
+
+/// Jobs per push script call: large enough to amortise the round trip, small enough to keep
+/// each script well under a millisecond so Redis stays responsive for fetches.
+const PUSH_CHUNK: usize = 500;
+/// Settle entries per script call, for the same reason.
+const SETTLE_CHUNK: usize = 1000;
+
+/// Errors of the Redis queue.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// Redis could not be reached or refused a command.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A script answered something this code does not understand.
+    #[error("unexpected answer from redis: {0}")]
+    Protocol(String),
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Job id (UUID v7 unless the caller chose one, e.g. a cron tick's).
+    pub id: Uuid,
+    /// Job type, which is also its queue.
+    pub job_type: String,
+    /// JSON payload text.
+    pub payload: String,
+    /// Run no earlier than this from now.
+    pub delay: Duration,
+    /// Producer's idempotency key, unique per job type within the retention window.
+    pub idempotency_key: Option<String>,
+    /// Overrides the queue's max attempts for this job.
+    pub max_attempts: Option<u32>,
+}
+
+/// What a push did for one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The job's id: the new one, or the first job's for a duplicate.
+    pub id: Uuid,
+    /// True when the idempotency key (or the id) was already known: nothing new was queued.
+    pub duplicate: bool,
+}
+
+/// A job taken by a worker.
+#[derive(Debug, Clone)]
+pub struct FetchedJob {
+    /// Job id as stored (normally a UUID).
+    pub id: String,
+    /// Job type; empty when the job's data was missing in Redis.
+    pub job_type: String,
+    /// Payload text.
+    pub payload: String,
+    /// This execution's attempt number (1 = first).
+    pub attempt: u32,
+    /// Failed attempts so far.
+    pub failures: u32,
+    /// Times a worker died while holding it.
+    pub orphans: u32,
+    /// Per-job max attempts, if the producer set one.
+    pub max_attempts: Option<u32>,
+    /// When it was enqueued (unix ms, Redis clock).
+    pub enqueued_at_ms: i64,
+}
+
+/// Result of a fetch.
+#[derive(Debug)]
+pub enum Fetch {
+    /// Zero or more jobs.
+    Jobs(Vec<FetchedJob>),
+    /// The worker's lease lapsed; it must heartbeat before fetching.
+    Unregistered,
+}
+
+/// The outcome to record for one held job.
+#[derive(Debug, Clone)]
+pub enum Settle {
+    /// Finished: remove.
+    Done,
+    /// Dead-lettered (already in Postgres): remove.
+    Dead,
+    /// Failed: run again after the delay.
+    Retry {
+        /// Backoff delay.
+        delay: Duration,
+        /// The error, kept on the job for `jobs show`.
+        error: String,
+    },
+    /// Taken but never started: back to the front of its queue.
+    Release,
+}
+
+/// A job recovered from a dead worker.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    /// The dead worker's name.
+    pub worker: String,
+    /// Job id.
+    pub id: String,
+    /// Queue.
+    pub queue: String,
+    /// The attempt that was interrupted.
+    pub attempt: u32,
+    /// Job type.
+    pub job_type: String,
+    /// When the interrupted attempt started (unix ms, Redis clock).
+    pub started_at_ms: i64,
+}
+
+/// Depth of one queue.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct QueueStats {
+    /// Ready to run now.
+    pub waiting: u64,
+    /// Delayed or waiting for a retry.
+    pub scheduled: u64,
+    /// Held by workers.
+    pub in_flight: u64,
+    /// Scheduled jobs whose time has come (promoted at the next fetch).
+    pub due: u64,
+    /// Age of the oldest job that could run now.
+    pub oldest_waiting_ms: Option<u64>,
+}
+
+struct Scripts {
+    push: Script,
+    fetch: Script,
+    settle: Script,
+    heartbeat: Script,
+    reap: Script,
+    stats: Script,
+}
+
+/// Handle on the Redis queue. Cheap to clone: commands from clones are multiplexed (and
+/// pipelined) over one connection that reconnects by itself.
+#[derive(Clone)]
+pub struct Engine {
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Engine {
+    /// Connects (waits for Redis up to `connection_timeout`).
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, QueueError> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())?;
+        if let Some(pw) = &settings.password {
+            let redis = info
+                .redis_settings()
+                .clone()
+                .set_password(pw.expose_secret());
+            info = info.set_redis_settings(redis);
+        }
+        let client = Client::open(info)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.response_timeout))
+            .set_connection_timeout(Some(settings.connection_timeout))
+            // Reconnect quickly after an outage; the worker loops back off on their own.
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            conn,
+            prefix: settings.prefix.clone(),
+            scripts: std::sync::Arc::new(Scripts {
+                push: Script::new(include_str!("lua/push.lua")),
+                fetch: Script::new(include_str!("lua/fetch.lua")),
+                settle: Script::new(include_str!("lua/settle.lua")),
+                heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+                reap: Script::new(include_str!("lua/reap.lua")),
+                stats: Script::new(include_str!("lua/stats.lua")),
+            }),
+        })
+    }
+
+    /// The key prefix (namespace).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `PING`.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        Ok(())
+    }
+
+    /// Enqueues jobs; atomic per chunk of [`PUSH_CHUNK`], chunks pipelined.
+    pub async fn push(
+        &self,
+        jobs: &[NewJob],
+        idempotency_ttl: Duration,
+    ) -> Result<Vec<Pushed>, QueueError> {
+        let ttl = idempotency_ttl.as_millis().max(1).to_string();
+        let mut out = Vec::with_capacity(jobs.len());
+        // Several chunks in flight at once: the multiplexed connection pipelines them.
+        let mut pending = futures::stream::FuturesOrdered::new();
+        for chunk in jobs.chunks(PUSH_CHUNK) {
+            let mut inv = self.scripts.push.prepare_invoke();
+            inv.arg(&self.prefix).arg(&ttl);
+            for j in chunk {
+                inv.arg(j.id.to_string())
+                    .arg(&j.job_type)
+                    .arg(&j.payload)
+                    .arg(j.delay.as_millis() as u64)
+                    .arg(j.idempotency_key.as_deref().unwrap_or(""))
+                    .arg(j.max_attempts.map(|m| m.to_string()).unwrap_or_default());
+            }
+            let mut c = self.conn.clone();
+            pending.push_back(async move { inv.invoke_async::<Vec<Value>>(&mut c).await });
+            if pending.len() >= 8 {
+                use futures::StreamExt;
+                if let Some(r) = pending.next().await {
+                    parse_pushed(r?, &mut out)?;
+                }
+            }
+        }
+        use futures::StreamExt;
+        while let Some(r) = pending.next().await {
+            parse_pushed(r?, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Takes up to `n` jobs of `queue` for `worker`.
+    pub async fn fetch(&self, queue: &str, worker: &str, n: usize) -> Result<Fetch, QueueError> {
+        let mut c = self.conn.clone();
+        let v: Vec<Value> = self
+            .scripts
+            .fetch
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(queue)
+            .arg(worker)
+            .arg(n)
+            .invoke_async(&mut c)
+            .await?;
+        let mut it = v.into_iter();
+        match it.next().map(as_string).transpose()?.as_deref() {
+            Some("ok") => {}
+            Some("unregistered") => return Ok(Fetch::Unregistered),
+            other => return Err(QueueError::Protocol(format!("fetch status {other:?}"))),
+        }
+        let rest: Vec<Value> = it.collect();
+        let mut jobs = Vec::with_capacity(rest.len() / 8);
+        for f in rest.chunks(8) {
+            let [id, ty, payload, attempt, failures, orphans, maxa, enq] = f else {
+                return Err(QueueError::Protocol("fetch tuple".into()));
+            };
+            let maxa = as_string(maxa.clone())?;
+            jobs.push(FetchedJob {
+                id: as_string(id.clone())?,
+                job_type: as_string(ty.clone())?,
+                payload: as_string(payload.clone())?,
+                attempt: as_int(attempt)? as u32,
+                failures: as_int(failures)? as u32,
+                orphans: as_int(orphans)? as u32,
+                max_attempts: maxa.parse().ok(),
+                enqueued_at_ms: as_int(enq)?,
+            });
+        }
+        Ok(Fetch::Jobs(jobs))
+    }
+
+    /// Records outcomes of jobs `worker` holds.
+    pub async fn settle(
+        &self,
+        worker: &str,
+        entries: &[(String, String, Settle)],
+    ) -> Result<(), QueueError> {
+        for chunk in entries.chunks(SETTLE_CHUNK) {
+            let mut inv = self.scripts.settle.prepare_invoke();
+            inv.arg(&self.prefix).arg(worker);
+            for (id, queue, s) in chunk {
+                let (op, delay, err) = match s {
+                    Settle::Done => ("ok", 0u64, ""),
+                    Settle::Dead => ("dead", 0, ""),
+                    Settle::Retry { delay, error } => {
+                        ("retry", delay.as_millis() as u64, error.as_str())
+                    }
+                    Settle::Release => ("release", 0, ""),
+                };
+                inv.arg(op).arg(id).arg(queue).arg(delay).arg(err);
+            }
+            let mut c = self.conn.clone();
+            let _: i64 = inv.invoke_async(&mut c).await?;
+        }
+        Ok(())
+    }
+
+    /// Renews `worker`'s lease.
+    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .heartbeat
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(worker)
+            .arg(lease.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Requeues the jobs of expired workers (`None`), or of one worker now.
+    pub async fn reap(&self, only: Option<&str>) -> Result<Vec<Orphan>, QueueError> {
+        let mut c = self.conn.clone();
+        let v: Vec<Value> = self
+            .scripts
+            .reap
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(only.unwrap_or(""))
+            .invoke_async(&mut c)
+            .await?;
+        v.chunks(6)
+            .map(|f| {
+                let [w, id, q, attempt, ty, started] = f else {
+                    return Err(QueueError::Protocol("reap tuple".into()));
+                };
+                Ok(Orphan {
+                    worker: as_string(w.clone())?,
+                    id: as_string(id.clone())?,
+                    queue: as_string(q.clone())?,
+                    attempt: as_int(attempt)? as u32,
+                    job_type: as_string(ty.clone())?,
+                    started_at_ms: as_int(started)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Depth of one queue.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let mut c = self.conn.clone();
+        let v: Vec<i64> = self
+            .scripts
+            .stats
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(queue)
+            .invoke_async(&mut c)
+            .await?;
+        let [waiting, scheduled, in_flight, due, age] = v[..] else {
+            return Err(QueueError::Protocol("stats".into()));
+        };
+        Ok(QueueStats {
+            waiting: waiting as u64,
+            scheduled: scheduled as u64,
+            in_flight: in_flight as u64,
+            due: due as u64,
+            oldest_waiting_ms: (age >= 0).then_some(age as u64),
+        })
+    }
+
+    /// Ids `worker` holds according to Redis.
+    pub async fn held_by(&self, worker: &str) -> Result<Vec<String>, QueueError> {
+        let mut c = self.conn.clone();
+        Ok(c.hkeys(format!("{}:wip:{worker}", self.prefix)).await?)
+    }
+
+    /// Queues that ever received a job.
+    pub async fn known_queues(&self) -> Result<Vec<String>, QueueError> {
+        let mut c = self.conn.clone();
+        let mut v: Vec<String> = c.smembers(format!("{}:queues", self.prefix)).await?;
+        v.sort();
+        Ok(v)
+    }
+
+    /// The stored fields of a job still in Redis (waiting, scheduled or running).
+    pub async fn job(&self, id: &str) -> Result<Option<BTreeMap<String, String>>, QueueError> {
+        let mut c = self.conn.clone();
+        let m: BTreeMap<String, String> = c.hgetall(format!("{}:job:{id}", self.prefix)).await?;
+        Ok((!m.is_empty()).then_some(m))
+    }
+
+    /// Worker processes with a live lease, and when each lease ends (unix ms).
+    pub async fn workers(&self) -> Result<Vec<(String, i64)>, QueueError> {
+        let mut c = self.conn.clone();
+        let v: Vec<(String, i64)> = c
+            .zrangebyscore_withscores(format!("{}:workers", self.prefix), now_ms(), "+inf")
+            .await?;
+        Ok(v)
+    }
+
+    /// Deletes every key of this namespace (tests and benchmarks; never the daemon).
+    pub async fn delete_namespace(&self) -> Result<u64, QueueError> {
+        let mut c = self.conn.clone();
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await?;
+            if !keys.is_empty() {
+                deleted += c.unlink::<_, u64>(keys).await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// A raw connection, for tests that write Redis the way a foreign producer would.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+fn parse_pushed(v: Vec<Value>, out: &mut Vec<Pushed>) -> Result<(), QueueError> {
+    for pair in v.chunks(2) {
+        let [id, dup] = pair else {
+            return Err(QueueError::Protocol("push tuple".into()));
+        };
+        let id = as_string(id.clone())?;
+        out.push(Pushed {
+            id: id
+                .parse()
+                .map_err(|_| QueueError::Protocol(format!("job id {id} is not a uuid")))?,
+            duplicate: as_int(dup)? == 1,
+        });
+    }
+    Ok(())
+}
+
+fn as_string(v: Value) -> Result<String, QueueError> {
+    match v {
+        Value::BulkString(b) => {
+            String::from_utf8(b).map_err(|e| QueueError::Protocol(e.to_string()))
+        }
+        Value::SimpleString(s) => Ok(s),
+        Value::Int(i) => Ok(i.to_string()),
+        Value::Okay => Ok("OK".into()),
+        other => Err(QueueError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
+    }
+}
+
+fn as_int(v: &Value) -> Result<i64, QueueError> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| QueueError::Protocol("expected an integer".into())),
+        other => Err(QueueError::Protocol(format!(
+            "expected an integer, got {other:?}"
+        ))),
+    }
+}

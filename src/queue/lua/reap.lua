@@ -1,0 +1,39 @@
+-- Give back the jobs of worker processes whose lease lapsed (crashed, frozen, partitioned).
+-- ARGV: prefix, worker ('' = every expired worker; a name = that worker now, for a process
+-- that gives up at the end of its drain deadline).
+-- Each job goes to the FRONT of its ready list (a prompt rerun) with orphans + 1.
+-- Returns per job 6 values: worker, id, queue, attempt, job_type, started_at_ms.
+local p, only = ARGV[1], ARGV[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local workers
+if only ~= '' then
+  workers = { only }
+else
+  workers = redis.call('ZRANGEBYSCORE', p .. ':workers', '-inf', now, 'LIMIT', 0, 20)
+end
+local out = {}
+for _, w in ipairs(workers) do
+  local wip = p .. ':wip:' .. w
+  local entries = redis.call('HGETALL', wip)
+  for i = 1, #entries, 2 do
+    local id, q = entries[i], entries[i + 1]
+    local jk = p .. ':job:' .. id
+    local started = redis.call('ZSCORE', p .. ':q:' .. q .. ':active', id) or now
+    redis.call('ZREM', p .. ':q:' .. q .. ':active', id)
+    local f = redis.call('HMGET', jk, 'attempt', 'type')
+    if f[2] then
+      redis.call('HINCRBY', jk, 'orphans', 1)
+      redis.call('LPUSH', p .. ':q:' .. q .. ':ready', id)
+      out[#out + 1] = w
+      out[#out + 1] = id
+      out[#out + 1] = q
+      out[#out + 1] = f[1] or 0
+      out[#out + 1] = f[2]
+      out[#out + 1] = started
+    end
+  end
+  redis.call('DEL', wip)
+  redis.call('ZREM', p .. ':workers', w)
+end
+return out
