@@ -70,6 +70,7 @@ pub async fn queue(mut settings: Settings, args: QueueBenchArgs) -> anyhow::Resu
                 delay: Duration::ZERO,
                 idempotency_key: None,
                 max_attempts: None,
+                prior_attempts: 0,
             })
             .collect();
         let t0 = Instant::now();

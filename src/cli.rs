@@ -342,6 +342,7 @@ async fn jobs_command(ctx: &AppContext, cmd: JobsCommand) -> anyhow::Result<()> 
                     delay: Duration::ZERO,
                     idempotency_key: None,
                     max_attempts: None,
+                    prior_attempts: d.attempts.max(0) as u32,
                 };
                 ctx.queue
                     .push(&[job], ctx.settings.worker.idempotency_ttl)

@@ -110,6 +110,7 @@ impl AppContext {
             delay: opts.delay,
             idempotency_key: opts.idempotency_key,
             max_attempts: opts.max_attempts,
+            prior_attempts: 0,
         };
         let mut pushed = self
             .queue

@@ -110,6 +110,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             delay: Duration::ZERO,
             idempotency_key: None,
             max_attempts: None,
+            prior_attempts: 0,
         })
         .collect();
     let t0 = Instant::now();

@@ -54,6 +54,7 @@ async fn run_entry(ctx: AppContext, entry: CronEntry, stop: CancellationToken) {
             delay: std::time::Duration::ZERO,
             idempotency_key: Some(format!("cron:{}:{tick}", entry.name)),
             max_attempts: None,
+            prior_attempts: 0,
         };
         match ctx
             .queue

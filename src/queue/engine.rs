@@ -48,6 +48,9 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// Overrides the queue's max attempts for this job.
     pub max_attempts: Option<u32>,
+    /// Attempts already made (a re-queued dead job keeps numbering its attempts, so its
+    /// earlier `job_runs` rows stay).
+    pub prior_attempts: u32,
 }
 
 /// What a push did for one job.
@@ -233,7 +236,8 @@ impl Engine {
                     .arg(&j.payload)
                     .arg(j.delay.as_millis() as u64)
                     .arg(j.idempotency_key.as_deref().unwrap_or(""))
-                    .arg(j.max_attempts.map(|m| m.to_string()).unwrap_or_default());
+                    .arg(j.max_attempts.map(|m| m.to_string()).unwrap_or_default())
+                    .arg(j.prior_attempts);
             }
             let mut c = self.conn.clone();
             pending.push_back(async move { inv.invoke_async::<Vec<Value>>(&mut c).await });

@@ -1,0 +1,142 @@
+//! The real binary as a child process, for crash, drain and multi-process tests.
+
+use std::{
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use finworker::config::Settings;
+
+use super::db::PASSWORD;
+
+/// Environment variables that make the binary use `s` (its test database and namespace).
+pub fn env_for(s: &Settings) -> Vec<(String, String)> {
+    let d = |d: Duration| format!("{}ms", d.as_millis());
+    let mut env = vec![
+        ("FINWORKER__DATABASE__URL", s.database.url.clone()),
+        (
+            "FINWORKER__DATABASE__DIRECT_URL",
+            s.database.direct_url.clone(),
+        ),
+        ("FINWORKER__DATABASE__PASSWORD", PASSWORD.to_string()),
+        ("FINWORKER__REDIS__PREFIX", s.redis.prefix.clone()),
+        ("FINWORKER__HTTP__BIND", "127.0.0.1:0".to_string()),
+        ("FINWORKER__HTTP__API_TOKEN", super::app::TOKEN.to_string()),
+        ("FINWORKER__WORKER__ALLOW_TEST_JOBS", "true".to_string()),
+        (
+            "FINWORKER__WORKER__POLL_INTERVAL",
+            d(s.worker.poll_interval),
+        ),
+        (
+            "FINWORKER__WORKER__HEARTBEAT_INTERVAL",
+            d(s.worker.heartbeat_interval),
+        ),
+        (
+            "FINWORKER__WORKER__MISSED_HEARTBEATS",
+            s.worker.missed_heartbeats.to_string(),
+        ),
+        (
+            "FINWORKER__WORKER__DRAIN_TIMEOUT",
+            d(s.worker.drain_timeout),
+        ),
+        (
+            "FINWORKER__WORKER__AUDIT_RUNNING_AFTER",
+            d(s.worker.audit_running_after),
+        ),
+        (
+            "FINWORKER__QUEUES__TEST_JOB__CONCURRENCY",
+            s.queue("test_job").concurrency.to_string(),
+        ),
+        (
+            "FINWORKER__QUEUES__TEST_JOB__MAX_ATTEMPTS",
+            s.queue("test_job").max_attempts.to_string(),
+        ),
+        (
+            "FINWORKER__QUEUES__TEST_JOB__BACKOFF_BASE",
+            d(s.queue("test_job").backoff_base),
+        ),
+        ("FINWORKER__LOG__FORMAT", "json".to_string()),
+    ];
+    env.push(("RUST_LOG", "info".to_string()));
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+pub fn command(s: &Settings, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_finworker"));
+    c.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("FINWORKER_ENV")
+        .envs(env_for(s));
+    c
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub fn start(s: &Settings, args: &[&str]) -> Self {
+        Self::start_in(s, args, Path::new(env!("CARGO_MANIFEST_DIR")), &[])
+    }
+
+    pub fn start_in(s: &Settings, args: &[&str], dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        let log =
+            std::env::temp_dir().join(format!("fw-daemon-{}.log", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut c = command(s, args);
+        c.current_dir(dir).stdout(Stdio::null()).stderr(file);
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        let child = c.spawn().expect("start finworker");
+        Self { child, log }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(&self) {
+        kill(self.pid(), Signal::SIGTERM).unwrap();
+    }
+
+    pub fn wait_timeout(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,13 @@
+//! The one integration-test binary. Every test builds the real application against a fresh
+//! database (reached through the real PgBouncer) and its own Redis namespace.
+
+mod helpers;
+
+mod crash;
+mod deployment;
+mod drain;
+mod enqueue;
+mod pgbouncer;
+mod readiness;
+mod retries;
+mod runtime;
