@@ -30,13 +30,26 @@ pub struct QueueBenchArgs {
     pub no_redis_benchmark: bool,
 }
 
-async fn commands_processed(ctx: &crate::context::AppContext) -> anyhow::Result<u64> {
+/// (script calls = round trips of the runtime, all commands including those run inside scripts)
+async fn redis_counts(ctx: &crate::context::AppContext) -> anyhow::Result<(u64, u64)> {
     let mut c = ctx.queue.connection();
-    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await?;
-    info.lines()
+    let stats: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await?;
+    let total = stats
+        .lines()
         .find_map(|l| l.strip_prefix("total_commands_processed:"))
         .and_then(|v| v.trim().parse().ok())
-        .context("INFO stats without total_commands_processed")
+        .context("INFO stats without total_commands_processed")?;
+    let cmds: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await?;
+    let calls = |name: &str| -> u64 {
+        cmds.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((calls("evalsha") + calls("eval"), total))
 }
 
 /// Runs the benchmark and prints its figures.
@@ -80,7 +93,7 @@ pub async fn queue(mut settings: Settings, args: QueueBenchArgs) -> anyhow::Resu
         let enqueue = t0.elapsed();
         drop(jobs);
 
-        let before = commands_processed(&ctx).await?;
+        let before = redis_counts(&ctx).await?;
         let token = CancellationToken::new();
         let t1 = Instant::now();
         let worker = tokio::spawn(runtime::run(
@@ -103,18 +116,19 @@ pub async fn queue(mut settings: Settings, args: QueueBenchArgs) -> anyhow::Resu
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let process = t1.elapsed();
-        let after = commands_processed(&ctx).await?;
+        let after = redis_counts(&ctx).await?;
         token.cancel();
         worker.await??;
         ctx.queue.delete_namespace().await?;
         println!(
-            "  audit {:<3}  enqueue {:>9.0} jobs/s ({:.2}s)   process {:>8.0} jobs/s ({:.2}s)   redis commands/job {:.3}",
+            "  audit {:<3}  enqueue {:>9.0} jobs/s ({:.2}s)   process {:>8.0} jobs/s ({:.2}s)   redis round trips/job {:.4} (commands run inside scripts/job {:.2})",
             if audit { "on" } else { "off" },
             args.jobs as f64 / enqueue.as_secs_f64(),
             enqueue.as_secs_f64(),
             args.jobs as f64 / process.as_secs_f64(),
             process.as_secs_f64(),
-            (after - before) as f64 / args.jobs as f64,
+            (after.0 - before.0) as f64 / args.jobs as f64,
+            (after.1 - before.1) as f64 / args.jobs as f64,
         );
     }
     if !args.no_redis_benchmark {

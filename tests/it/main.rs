@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)] // test helpers: a failed set-up should panic loudly
+
 //! The one integration-test binary. Every test builds the real application against a fresh
 //! database (reached through the real PgBouncer) and its own Redis namespace.
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the demo pipeline: sets up Postgres, PgBouncer and Redis if needed, builds finworker,
+# migrates, starts the daemon, enqueues a batch of jobs and prints what happened.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# Local development credentials created by setup.sh; production sets its own.
+export FINWORKER__DATABASE__PASSWORD="${FINWORKER__DATABASE__PASSWORD:-finworker}"
+exec cargo run --release --quiet -- demo "$@"
