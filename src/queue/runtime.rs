@@ -124,7 +124,7 @@ pub async fn run(
     let housekeeping = tokio::spawn(housekeeping(shared.clone(), loops_stop.clone()));
     let cron = tokio::spawn(cron::run(ctx.clone(), loops_stop.clone()));
 
-    let mut workers = Vec::new();
+    let mut workers = tokio::task::JoinSet::new();
     for queue in &queues {
         let qs = settings.queue(queue);
         let (tx, rx) = mpsc::channel(qs.concurrency);
@@ -146,11 +146,11 @@ pub async fn run(
             .backend(ChannelBackend::new(rx, shutdown.clone()))
             .build(service);
         let queue = queue.clone();
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             if let Err(e) = w.run().await {
                 error!(queue = %queue, error = %e, "apalis worker ended with an error");
             }
-        }));
+        });
     }
 
     shutdown.cancelled().await;
@@ -160,11 +160,15 @@ pub async fn run(
         .filter(|h| h.started.is_some())
         .count();
     info!(running, drain_timeout = ?settings.worker.drain_timeout, "draining: no new jobs are taken");
-    let drain = futures::future::join_all(workers);
+    let drain = async { while workers.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.worker.drain_timeout, drain)
         .await
         .is_err()
     {
+        // Stop the workers first, so no outcome of a cut job reaches the settler: a job cut
+        // here is interrupted (handed back below), not failed, and keeps its attempts.
+        workers.abort_all();
+        while workers.join_next().await.is_some() {}
         let mut cut = 0;
         for h in shared.held().values() {
             if let Some(a) = &h.abort {
@@ -174,7 +178,7 @@ pub async fn run(
         }
         warn!(
             cut,
-            "drain deadline passed: stopping the jobs still running; they run again elsewhere"
+            "drain deadline passed: stopped the jobs still running; they are handed back and run again"
         );
     }
     // Settle every outcome that reached the settler; give up on Postgres/Redis retries after a
@@ -363,7 +367,7 @@ async fn execute(s: Arc<Shared>, queue: String, qs: QueueSettings, job: FetchedJ
     } else {
         job.job_type.clone()
     };
-    let span = info_span!("job", job_type = %job_type, job_id = %job.id, attempt = job.attempt);
+    let span = info_span!("job", job_type = %job_type, job_id = %job.id, attempt = job.attempt, queue = %queue);
     async {
         let started_at = Utc::now();
         let t0 = Instant::now();

@@ -1,0 +1,99 @@
+use std::time::Duration;
+
+use finworker::context::EnqueueOptions;
+use serde_json::json;
+
+use crate::helpers::{process, spawn_api_only, spawn_app};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn config_check_redacts_secrets_warns_about_risks_and_names_bad_keys() {
+    let app = spawn_api_only().await;
+
+    let ok = process::command(&app.settings, &["config", "check"])
+        .env("FINWORKER__QUEUES__NOOP__TIMEOUT", "10m")
+        .output()
+        .unwrap();
+    let bad = process::command(&app.settings, &["config", "check"])
+        .env("FINWORKER__WORKER__HEARTBEAT_INTERVALL", "1s")
+        .output()
+        .unwrap();
+
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let out = text(&ok.stdout);
+    assert!(out.contains("api_token = \"[redacted]\""), "{out}");
+    assert!(!out.contains(crate::helpers::app::TOKEN));
+    assert!(
+        text(&ok.stderr).contains("queues.noop.timeout (10m) is longer than worker.drain_timeout")
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("heartbeat_intervall"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+#[tokio::test]
+async fn jobs_show_tells_the_whole_story_of_a_job() {
+    let app = spawn_app().await;
+    let id = app
+        .enqueue("test_job", json!({"label": "story", "fail_times": 1}))
+        .await;
+    app.finished_runs(&id, Duration::from_secs(10)).await;
+
+    let out = process::command(&app.settings, &["jobs", "show", &id])
+        .output()
+        .unwrap();
+    let missing = process::command(&app.settings, &["jobs", "show", "no-such-job"])
+        .output()
+        .unwrap();
+
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("#1 failed"), "{s}");
+    assert!(s.contains("fails attempt 1"), "{s}");
+    assert!(s.contains("#2 succeeded"), "{s}");
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("no job no-such-job"));
+}
+
+#[tokio::test]
+async fn queues_reports_depth_per_queue() {
+    let app = spawn_api_only().await;
+    for _ in 0..3 {
+        app.ctx
+            .enqueue_json("noop", b"{}", EnqueueOptions::default())
+            .await
+            .unwrap();
+    }
+    app.ctx
+        .enqueue_json(
+            "noop",
+            b"{}",
+            EnqueueOptions {
+                delay: Duration::from_secs(600),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let out = process::command(&app.settings, &["queues"])
+        .output()
+        .unwrap();
+
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let noop: Vec<&str> = s
+        .lines()
+        .find(|l| l.starts_with("noop "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&noop[1..5], ["3", "1", "0", "0"], "{s}");
+    assert_ne!(noop[5], "-", "an oldest-waiting age is shown: {s}");
+}
