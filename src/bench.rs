@@ -75,17 +75,7 @@ pub async fn queue(mut settings: Settings, args: QueueBenchArgs) -> anyhow::Resu
         s.worker.audit = audit;
         s.redis.prefix = format!("{base_prefix}:bench:{}", uuid::Uuid::new_v4().simple());
         let ctx = startup::build_context(s).await?;
-        let jobs: Vec<NewJob> = (0..args.jobs)
-            .map(|_| NewJob {
-                id: uuid::Uuid::now_v7(),
-                job_type: "noop".into(),
-                payload: "{}".into(),
-                delay: Duration::ZERO,
-                idempotency_key: None,
-                max_attempts: None,
-                prior_attempts: 0,
-            })
-            .collect();
+        let jobs: Vec<NewJob> = (0..args.jobs).map(|_| NewJob::new("noop", "{}")).collect();
         let t0 = Instant::now();
         ctx.queue
             .push(&jobs, ctx.settings.worker.idempotency_ttl)

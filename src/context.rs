@@ -3,8 +3,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use uuid::Uuid;
-
 use crate::{
     config::Settings,
     db::Db,
@@ -104,13 +102,10 @@ impl AppContext {
             });
         }
         let job = NewJob {
-            id: Uuid::now_v7(),
-            job_type: job_type.to_string(),
-            payload,
             delay: opts.delay,
             idempotency_key: opts.idempotency_key,
             max_attempts: opts.max_attempts,
-            prior_attempts: 0,
+            ..NewJob::new(job_type, payload)
         };
         let mut pushed = self
             .queue

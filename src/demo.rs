@@ -102,17 +102,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     println!("   {s3} for a bad payload: {}", v3["error"]);
 
     println!("4. pushing {} noop jobs in bulk", args.jobs);
-    let bulk: Vec<NewJob> = (0..args.jobs)
-        .map(|_| NewJob {
-            id: uuid::Uuid::now_v7(),
-            job_type: "noop".into(),
-            payload: "{}".into(),
-            delay: Duration::ZERO,
-            idempotency_key: None,
-            max_attempts: None,
-            prior_attempts: 0,
-        })
-        .collect();
+    let bulk: Vec<NewJob> = (0..args.jobs).map(|_| NewJob::new("noop", "{}")).collect();
     let t0 = Instant::now();
     ctx.queue
         .push(&bulk, ctx.settings.worker.idempotency_ttl)

@@ -48,13 +48,8 @@ async fn run_entry(ctx: AppContext, entry: CronEntry, stop: CancellationToken) {
         }
         let tick = next.timestamp();
         let new = NewJob {
-            id: uuid::Uuid::now_v7(),
-            job_type: entry.job_type.clone(),
-            payload: payload.clone(),
-            delay: std::time::Duration::ZERO,
             idempotency_key: Some(format!("cron:{}:{tick}", entry.name)),
-            max_attempts: None,
-            prior_attempts: 0,
+            ..NewJob::new(&entry.job_type, payload.clone())
         };
         match ctx
             .queue

@@ -53,6 +53,21 @@ pub struct NewJob {
     pub prior_attempts: u32,
 }
 
+impl NewJob {
+    /// A job to run now, with a fresh UUID v7 and no key or overrides.
+    pub fn new(job_type: &str, payload: impl Into<String>) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            job_type: job_type.to_string(),
+            payload: payload.into(),
+            delay: Duration::ZERO,
+            idempotency_key: None,
+            max_attempts: None,
+            prior_attempts: 0,
+        }
+    }
+}
+
 /// What a push did for one job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {

@@ -376,6 +376,7 @@ async fn execute(s: Arc<Shared>, queue: String, qs: QueueSettings, job: FetchedJ
         m.started.get_or_create(&labels).inc();
         m.in_flight.get_or_create(&labels).inc();
 
+        debug!("job started");
         let result = attempt(&s, &qs, &job).await;
 
         let elapsed = t0.elapsed();
@@ -399,17 +400,17 @@ async fn execute(s: Arc<Shared>, queue: String, qs: QueueSettings, job: FetchedJ
         match &outcome {
             Outcome::Succeeded => {
                 m.succeeded.get_or_create(&labels).inc();
-                info!(duration_ms, outcome = "succeeded", "job finished");
+                info!(started_at = %started_at, duration_ms, outcome = "succeeded", "job finished");
             }
             Outcome::Retry { delay, error } => {
                 m.failed.get_or_create(&labels).inc();
                 m.retried.get_or_create(&labels).inc();
-                warn!(duration_ms, outcome = "retry", retry_in_ms = delay.as_millis() as u64, error = %error, "job failed; will retry");
+                warn!(started_at = %started_at, duration_ms, outcome = "retry", retry_in_ms = delay.as_millis() as u64, error = %error, "job failed; will retry");
             }
             Outcome::Dead { error } => {
                 m.failed.get_or_create(&labels).inc();
                 m.dead.get_or_create(&labels).inc();
-                error!(duration_ms, outcome = "dead", error = %error, "job failed; moved to the dead-letter store");
+                error!(started_at = %started_at, duration_ms, outcome = "dead", error = %error, "job failed; moved to the dead-letter store");
             }
         }
         let c = Completion {
