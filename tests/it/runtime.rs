@@ -244,3 +244,38 @@ async fn cron_with_two_worker_processes_runs_once_per_tick() {
     std::fs::remove_dir_all(dir).unwrap();
     crate::helpers::app::delete_namespace(prefix);
 }
+
+#[tokio::test]
+async fn a_queue_never_runs_more_jobs_at_once_than_its_configured_concurrency() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.queues.get_mut("test_job").unwrap().concurrency = Some(2);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            app.enqueue(
+                "test_job",
+                json!({"label": format!("c{i}"), "sleep_ms": 400}),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        app.finished_runs(id, Duration::from_secs(20)).await;
+    }
+
+    let mut c = app.db.connect().await;
+    let spans: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT started_at, finished_at FROM job_runs WHERE job_type = 'test_job'")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    let max_overlap = spans
+        .iter()
+        .map(|(s, _)| spans.iter().filter(|(s2, f2)| s2 <= s && s < f2).count())
+        .max()
+        .unwrap();
+    assert_eq!(spans.len(), 6);
+    assert_eq!(max_overlap, 2, "two at a time: {spans:?}");
+}
