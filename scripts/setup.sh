@@ -87,6 +87,12 @@ fi
 
 # --- PgBouncer ----------------------------------------------------------------------------
 ensure_pkg pgbouncer pgbouncer
+if port_open $BOUNCER_PORT && ! pgrep -f "pgbouncer.*$BOUNCER_INI" >/dev/null; then
+  # The distribution's own pgbouncer (its default config routes no database) holds the port.
+  say "stopping the default pgbouncer on $BOUNCER_PORT to start finworker's"
+  $SUDO service pgbouncer stop >/dev/null 2>&1 || $SUDO pkill -x pgbouncer || true
+  for _ in $(seq 1 50); do port_open $BOUNCER_PORT || break; sleep 0.1; done
+fi
 if ! port_open $BOUNCER_PORT; then
   $SUDO mkdir -p $BOUNCER_DIR /var/run/postgresql /var/log/postgresql
   $SUDO chown postgres:postgres /var/run/postgresql /var/log/postgresql
@@ -119,4 +125,10 @@ EOF
   wait_port $BOUNCER_PORT pgbouncer
 fi
 
+# The login the demo and the tests use, end to end through PgBouncer.
+if ! PGPASSWORD=$PG_PASSWORD PGCONNECT_TIMEOUT=5 psql -X -q -h 127.0.0.1 -p $BOUNCER_PORT -U $PG_USER -d $PG_USER \
+    -tAc 'SELECT 1' >/dev/null; then
+  say "cannot log in as $PG_USER through pgbouncer on $BOUNCER_PORT (see /var/log/postgresql/pgbouncer-finworker.log)"
+  exit 1
+fi
 say "ready: postgres 127.0.0.1:$PG_PORT, pgbouncer 127.0.0.1:$BOUNCER_PORT, redis 127.0.0.1:$REDIS_PORT"
