@@ -165,6 +165,8 @@ pub struct WorkerSettings {
     pub max_orphans: u32,
     /// Write `job_runs`.
     pub audit: bool,
+    /// Outcomes per settle round trip.
+    pub settle_batch: usize,
     /// Write `running` rows for executions older than this.
     #[serde(with = "humantime_serde")]
     pub audit_running_after: Duration,
@@ -346,6 +348,9 @@ impl Settings {
         }
         if self.worker.fetch_batch == 0 {
             return bad("worker.fetch_batch", "must be at least 1");
+        }
+        if self.worker.settle_batch == 0 {
+            return bad("worker.settle_batch", "must be at least 1");
         }
         if self.worker.poll_interval.is_zero() {
             return bad("worker.poll_interval", "must be above zero");

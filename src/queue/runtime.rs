@@ -494,10 +494,11 @@ async fn settler(
     stop: CancellationToken,
     give_up: CancellationToken,
 ) {
-    let mut buf = Vec::with_capacity(4096);
+    let batch = s.ctx.settings.worker.settle_batch;
+    let mut buf = Vec::with_capacity(batch);
     loop {
         let n = tokio::select! {
-            n = rx.recv_many(&mut buf, 4096) => n,
+            n = rx.recv_many(&mut buf, batch) => n,
             _ = stop.cancelled() => {
                 // Drain what is buffered, then stop.
                 while let Ok(c) = rx.try_recv() {
