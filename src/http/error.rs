@@ -53,7 +53,11 @@ impl From<EnqueueError> for ApiError {
                 message: e.to_string(),
             },
             EnqueueError::QueueFull { .. } => Self::Unavailable(e.to_string()),
-            other => Self::Internal(anyhow::Error::new(other)),
+            EnqueueError::Queue(q) => {
+                // The producer should retry (with the same Idempotency-Key): say so with 503.
+                tracing::warn!(error = %q, "enqueue failed: redis unavailable");
+                Self::Unavailable("the job queue is unavailable; retry later".into())
+            }
         }
     }
 }

@@ -50,6 +50,11 @@ async fn readyz_answers_503_naming_redis_while_it_is_unreachable_and_the_worker_
         "{body}"
     );
     assert_eq!(body["checks"]["postgres"], "ok");
+    let refused = app
+        .post_job("noop", &json!({}), Some("during-outage"))
+        .await;
+    assert_eq!(refused.status(), 503, "producers are told to retry");
+    assert!(refused.headers().contains_key("retry-after"));
     // A job enqueued straight into Redis (not through the broken proxy) during the outage.
     let direct = {
         let mut s = app.settings.clone();
