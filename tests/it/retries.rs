@@ -184,3 +184,40 @@ async fn purge_deletes_dead_jobs_only_with_yes() {
     assert!(done.status.success());
     assert!(app.dead_error(&id).await.is_none());
 }
+
+#[tokio::test]
+async fn retry_all_requeues_every_dead_job_of_a_queue() {
+    let app = spawn_app().await;
+    let a = app
+        .enqueue("test_job", json!({"label": "a", "permanent": true}))
+        .await;
+    let b = app
+        .enqueue("test_job", json!({"label": "b", "permanent": true}))
+        .await;
+    app.finished_runs(&a, Duration::from_secs(10)).await;
+    app.finished_runs(&b, Duration::from_secs(10)).await;
+
+    let out = process::command(
+        &app.settings,
+        &["jobs", "retry", "--all", "--queue", "test_job"],
+    )
+    .output()
+    .unwrap();
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 job(s) re-queued"));
+    for id in [&a, &b] {
+        // Each runs again (attempt 2) and, refusing again, is dead-lettered again.
+        let runs =
+            crate::helpers::eventually(Duration::from_secs(10), "the second attempt", || async {
+                let runs = app.runs(id).await;
+                (runs.len() == 2 && runs[1].status == "dead").then_some(runs)
+            })
+            .await;
+        assert_eq!(runs[1].attempt, 2);
+    }
+}
