@@ -135,19 +135,12 @@ async fn test_jobs_are_refused_unless_the_config_allows_them() {
 async fn a_job_enqueued_with_the_cli_runs() {
     let app = spawn_app().await;
 
-    let out = process::command(
+    let id = process::cli_ok(
         &app.settings,
         &["enqueue", "test_job", r#"{"label": "from-cli"}"#],
     )
-    .output()
-    .unwrap();
-
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    .trim()
+    .to_string();
     let runs = app.finished_runs(&id, Duration::from_secs(10)).await;
     assert_eq!(runs.last().unwrap().status, "succeeded");
 

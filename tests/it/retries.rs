@@ -60,14 +60,7 @@ async fn an_always_failing_job_is_dead_lettered_after_exactly_max_attempts_and_r
         .unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&id));
 
-    let retry = process::command(&app.settings, &["jobs", "retry", &id])
-        .output()
-        .unwrap();
-    assert!(
-        retry.status.success(),
-        "{}",
-        String::from_utf8_lossy(&retry.stderr)
-    );
+    process::cli_ok(&app.settings, &["jobs", "retry", &id]);
 
     // Attempt 4 fails (fail_times 4), attempt 5 succeeds; the earlier runs are kept.
     let runs = crate::helpers::eventually(
@@ -197,19 +190,11 @@ async fn retry_all_requeues_every_dead_job_of_a_queue() {
     app.finished_runs(&a, Duration::from_secs(10)).await;
     app.finished_runs(&b, Duration::from_secs(10)).await;
 
-    let out = process::command(
+    let out = process::cli_ok(
         &app.settings,
         &["jobs", "retry", "--all", "--queue", "test_job"],
-    )
-    .output()
-    .unwrap();
-
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 job(s) re-queued"));
+    assert!(out.contains("2 job(s) re-queued"));
     for id in [&a, &b] {
         // Each runs again (attempt 2) and, refusing again, is dead-lettered again.
         let runs =

@@ -140,3 +140,14 @@ impl Drop for Daemon {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// Runs a CLI command to completion, asserts it succeeded (showing stderr if not), returns stdout.
+pub fn cli_ok(s: &Settings, args: &[&str]) -> String {
+    let out = command(s, args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "finworker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
