@@ -13,7 +13,7 @@ use crate::{
     context::{AppContext, EnqueueOptions},
     db, demo, jobs, schema, shutdown,
     startup::{self, App, Roles},
-    telemetry,
+    telemetry, uploads,
 };
 
 /// finworker: background jobs for SEPA direct-debit collection.
@@ -47,6 +47,14 @@ pub enum Command {
     Bench(BenchCommand),
     /// Run the demo pipeline end to end and print what happened.
     Demo(demo::DemoArgs),
+    /// Store a local debtor file, enqueue its upload job and follow it to the end.
+    Upload(UploadArgs),
+    /// Inspect uploads.
+    #[command(subcommand)]
+    Uploads(UploadsCommand),
+    /// Generate test data.
+    #[command(subcommand)]
+    Gen(GenCommand),
     /// Regenerate the producer contract in jobs/ from the payload types.
     Schemas {
         /// Folder to write into.
@@ -82,6 +90,48 @@ pub struct EnqueueArgs {
     /// Run no earlier than this from now (e.g. 30s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub delay: Option<Duration>,
+}
+
+/// `upload` arguments.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The CSV / XLSX / XLS / ODS file.
+    pub file: PathBuf,
+    /// File name to record (defaults to the file's own).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Sheet of a workbook (defaults to the first).
+    #[arg(long)]
+    pub sheet: Option<String>,
+    /// Print the upload id and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the final record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `uploads` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UploadsCommand {
+    /// Status, progress (chunks, rows/s, ETA), totals and the first rejected rows.
+    Show {
+        /// Upload id.
+        id: uuid::Uuid,
+        /// Rejected rows to list.
+        #[arg(long, default_value_t = 20)]
+        rejects: i64,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `gen` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// A debtor file (CSV or XLSX) with duplicates and malformed rows; prints its summary.
+    Debtors(crate::testdata::DebtorArgs),
 }
 
 /// `config` subcommands.
@@ -227,6 +277,68 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => {
             let settings = load().await?;
             demo::run(settings, args).await
+        }
+        Command::Upload(args) => {
+            let ctx = startup::build_context(load().await?).await?;
+            let id = uploads::submit(
+                &ctx,
+                &args.file,
+                args.name.as_deref(),
+                args.sheet.as_deref(),
+            )
+            .await?;
+            if args.no_wait {
+                println!("{id}");
+                return Ok(());
+            }
+            eprintln!(
+                "upload {id} enqueued; waiting for workers (Ctrl-C stops waiting, not the upload)"
+            );
+            let rec = uploads::watch(&ctx, id, Duration::from_millis(200)).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rec.clone().view(Utc::now()))?
+                );
+            } else {
+                print!("{}", uploads::describe(&rec, Utc::now()));
+            }
+            if rec.status == "failed" {
+                bail!("upload {id} failed: {}", rec.error.unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Uploads(UploadsCommand::Show { id, rejects, json }) => {
+            let ctx = startup::build_context(load().await?).await?;
+            let rec = uploads::get(&ctx.db, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no upload {id}"))?;
+            let list = uploads::rejects(&ctx.db, id, rejects).await?;
+            if json {
+                let mut v = serde_json::to_value(rec.view(Utc::now()))?;
+                v["rejects"] = serde_json::to_value(&list)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", uploads::describe(&rec, Utc::now()));
+                if !list.is_empty() {
+                    println!("rejected rows (first {}):", list.len());
+                    for r in list {
+                        println!(
+                            "  row {:>7}  {:<20} {}{}",
+                            r.row_no,
+                            r.column_name.as_deref().unwrap_or("(row)"),
+                            r.reason,
+                            r.value.map(|v| format!("  [{v}]")).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Gen(GenCommand::Debtors(args)) => {
+            let summary = crate::testdata::debtors(&args)?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
         }
         Command::Schemas { dir } => {
             for f in schema::write(&jobs::registry(), &dir)? {

@@ -13,6 +13,10 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+/// Job types that resume where they stopped when a deploy cuts them short (a split skips
+/// the chunks it already staged), so a timeout above the drain deadline costs nothing.
+pub const RESUMABLE_QUEUES: &[&str] = &["upload"];
+
 /// The defaults, compiled in so the binary runs with no file beside it.
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -20,7 +24,12 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "FINWORKER__";
 
 /// Keys that may only come from the environment.
-pub const SECRET_KEYS: &[&str] = &["redis.password", "database.password", "http.api_token"];
+pub const SECRET_KEYS: &[&str] = &[
+    "redis.password",
+    "database.password",
+    "http.api_token",
+    "storage.s3.secret_access_key",
+];
 
 /// Errors while loading or checking configuration.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +76,73 @@ pub struct Settings {
     /// Periodic jobs.
     #[serde(default)]
     pub cron: Vec<CronEntry>,
+    /// Object storage (uploaded files, staged chunks, reports).
+    pub storage: StorageSettings,
+    /// Upload ingestion.
+    pub upload: UploadSettings,
+}
+
+/// Object storage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `local` or `s3`.
+    pub backend: StorageBackend,
+    /// Folder of the local backend.
+    pub local_root: std::path::PathBuf,
+    /// The S3 backend.
+    pub s3: S3Settings,
+}
+
+/// Which object store.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// A local folder.
+    Local,
+    /// The S3 protocol.
+    S3,
+}
+
+/// S3-protocol storage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Bucket.
+    pub bucket: String,
+    /// Region.
+    pub region: String,
+    /// Endpoint URL; empty for AWS.
+    pub endpoint: String,
+    /// Allow plain http.
+    pub allow_http: bool,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub secret_access_key: Option<SecretString>,
+}
+
+/// Upload ingestion.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSettings {
+    /// Data rows per chunk job.
+    pub chunk_rows: u32,
+    /// Largest accepted file.
+    pub max_bytes: u64,
+    /// Most data rows accepted.
+    pub max_rows: u64,
+    /// Largest total unpacked size of a zip-based spreadsheet.
+    pub max_decompressed_bytes: u64,
+    /// Longest accepted cell in bytes.
+    pub max_field_bytes: usize,
+    /// Currency when the file gives none.
+    pub default_currency: String,
+    /// Spool folder for spreadsheets; empty = system temp.
+    pub spool_dir: String,
+    /// Header aliases per field.
+    pub columns: BTreeMap<crate::uploads::Field, Vec<String>>,
 }
 
 /// Log output.
@@ -375,6 +451,24 @@ impl Settings {
                 return bad(&format!("{key}.backoff_max"), "must be >= backoff_base");
             }
         }
+        if self.upload.chunk_rows == 0 {
+            return bad("upload.chunk_rows", "must be at least 1");
+        }
+        if self.upload.default_currency.len() != 3 {
+            return bad(
+                "upload.default_currency",
+                "must be a 3-letter ISO 4217 code",
+            );
+        }
+        if self.storage.backend == StorageBackend::S3 && self.storage.s3.bucket.is_empty() {
+            return bad(
+                "storage.s3.bucket",
+                "must be set when storage.backend = \"s3\"",
+            );
+        }
+        if let Err((key, message)) = crate::uploads::ColumnAliases::check(&self.upload.columns) {
+            return bad(&key, &message);
+        }
         for (i, c) in self.cron.iter().enumerate() {
             if let Err(e) = c.schedule.parse::<cron::Schedule>() {
                 return bad(&format!("cron[{i}].schedule"), &e.to_string());
@@ -396,7 +490,7 @@ impl Settings {
             } else {
                 (self.queue(name), format!("queues.{name}"))
             };
-            if q.timeout > self.worker.drain_timeout {
+            if q.timeout > self.worker.drain_timeout && !RESUMABLE_QUEUES.contains(&name.as_str()) {
                 w.push(format!(
                     "{label}.timeout ({}) is longer than worker.drain_timeout ({}): a deploy can cut such jobs short; they then run again",
                     humantime::format_duration(q.timeout),

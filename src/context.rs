@@ -12,6 +12,7 @@ use crate::{
         job::Job,
         registry::{PayloadError, Registry},
     },
+    storage::Storage,
 };
 
 /// Shared handles. Cheap to clone.
@@ -27,6 +28,8 @@ pub struct AppContext {
     pub metrics: Arc<Metrics>,
     /// Known job types.
     pub registry: Arc<Registry>,
+    /// Object storage.
+    pub storage: Storage,
 }
 
 /// Options of one enqueue.

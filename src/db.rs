@@ -151,6 +151,11 @@ impl Tx {
         Ok(q.persistent(false).fetch_one(&mut *self.inner).await?)
     }
 
+    /// A parameterless statement (DDL such as temp tables).
+    pub async fn execute_raw(&mut self, sql: &str) -> Result<(), DbError> {
+        self.execute(sqlx::query(sql)).await.map(|_| ())
+    }
+
     /// `COPY ... FROM STDIN` with the given bytes (works through PgBouncer).
     pub async fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64, DbError> {
         let mut copy = self.inner.copy_in_raw(statement).await?;

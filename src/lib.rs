@@ -13,4 +13,7 @@ pub mod queue;
 pub mod schema;
 pub mod shutdown;
 pub mod startup;
+pub mod storage;
 pub mod telemetry;
+pub mod testdata;
+pub mod uploads;

@@ -83,12 +83,15 @@ pub async fn build_context(settings: Settings) -> anyhow::Result<AppContext> {
     let queue = Engine::connect(&settings.redis)
         .await
         .with_context(|| format!("connecting to redis at {}", settings.redis.url))?;
+    let storage = crate::storage::Storage::from_settings(&settings.storage)
+        .context("opening object storage")?;
     Ok(AppContext {
         settings: Arc::new(settings),
         db,
         queue,
         metrics: Arc::new(Metrics::new()),
         registry: Arc::new(registry),
+        storage,
     })
 }
 

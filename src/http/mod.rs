@@ -5,6 +5,7 @@ mod enqueue;
 mod error;
 mod health;
 mod metrics;
+mod uploads;
 
 use axum::{
     Router,
@@ -29,6 +30,7 @@ pub fn router(ctx: AppContext) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/api/jobs/{job_type}", post(enqueue::enqueue))
+        .route("/api/uploads/{id}", get(uploads::show))
         .fallback(error::not_found)
         .layer(RequestBodyLimitLayer::new(http.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(

@@ -29,6 +29,7 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     s.database.direct_url = db.direct_url();
     s.database.max_connections = 8;
     s.redis.prefix = prefix.to_string();
+    s.storage.local_root = db.storage_root();
     s.http.bind = "127.0.0.1:0".into();
     s.http.api_token = Some(SecretString::from(TOKEN));
     s.worker.allow_test_jobs = true;

@@ -124,8 +124,18 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// This test's local object-storage folder (removed with the database).
+    pub fn storage_root(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join("finworker-test-storage")
+            .join(&self.name)
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.storage_root());
         let name = self.name.clone();
         // Drop runs outside any async context we can await in: use a small runtime.
         let _ = std::thread::spawn(move || {

@@ -26,6 +26,15 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
         ),
         ("FINWORKER__DATABASE__PASSWORD", PASSWORD.to_string()),
         ("FINWORKER__REDIS__PREFIX", s.redis.prefix.clone()),
+        (
+            "FINWORKER__STORAGE__LOCAL_ROOT",
+            s.storage.local_root.display().to_string(),
+        ),
+        (
+            "FINWORKER__UPLOAD__CHUNK_ROWS",
+            s.upload.chunk_rows.to_string(),
+        ),
+        ("FINWORKER__UPLOAD__MAX_ROWS", s.upload.max_rows.to_string()),
         ("FINWORKER__HTTP__BIND", "127.0.0.1:0".to_string()),
         ("FINWORKER__HTTP__API_TOKEN", super::app::TOKEN.to_string()),
         ("FINWORKER__WORKER__ALLOW_TEST_JOBS", "true".to_string()),

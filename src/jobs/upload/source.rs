@@ -1,0 +1,204 @@
+//! What every file reader shares: file-level errors, format detection by content, and the
+//! row stream the splitter consumes.
+
+use crate::uploads::{ColumnMap, Field, staged::RowProblem};
+
+/// A problem with the file as a whole. The message is for a finance user: it says what is
+/// wrong and, where it helps, where.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileError {
+    /// Zero bytes.
+    #[error("the file is empty")]
+    Empty,
+    /// Not a CSV or spreadsheet.
+    #[error("the file is {0}, not a CSV or Excel/OpenDocument spreadsheet")]
+    WrongFormat(String),
+    /// Over `upload.max_bytes`.
+    #[error("the file is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Size.
+        size: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// Over `upload.max_rows`.
+    #[error("the file has more than {limit} data rows (the limit); split it into smaller files")]
+    TooManyRows {
+        /// Limit.
+        limit: u64,
+    },
+    /// A zip-based spreadsheet that unpacks beyond `upload.max_decompressed_bytes`.
+    #[error(
+        "the spreadsheet unpacks to more than {limit} bytes (the limit); it is damaged or not a normal spreadsheet"
+    )]
+    Unpacked {
+        /// Limit.
+        limit: u64,
+    },
+    /// No header row found.
+    #[error("the file has no header row (it holds no values)")]
+    NoHeader,
+    /// A header row but nothing under it.
+    #[error("the file has a header row but no data rows")]
+    NoDataRows,
+    /// Required columns missing, or ambiguous.
+    #[error("{0}")]
+    Columns(String),
+    /// A sheet name that is not in the workbook.
+    #[error("the workbook has no sheet named \"{name}\"; its sheets are: {available}")]
+    NoSuchSheet {
+        /// Asked for.
+        name: String,
+        /// Sheet names.
+        available: String,
+    },
+    /// The reader could not go on (damaged file, unclosed quote).
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+/// Spreadsheet and text formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Delimited text.
+    Csv,
+    /// Office Open XML workbook.
+    Xlsx,
+    /// Legacy Excel (BIFF, in an OLE2 container).
+    Xls,
+    /// OpenDocument spreadsheet.
+    Ods,
+}
+
+impl Format {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Xlsx => "xlsx",
+            Format::Xls => "xls",
+            Format::Ods => "ods",
+        }
+    }
+}
+
+/// Decides the format from the first bytes, whatever the file is called. A zip archive is
+/// told apart (XLSX or ODS) once it has been spooled and its entries can be listed.
+pub fn detect(head: &[u8]) -> Result<Format, FileError> {
+    if head.is_empty() {
+        return Err(FileError::Empty);
+    }
+    let starts = |m: &[u8]| head.starts_with(m);
+    if starts(b"PK\x03\x04") {
+        const ODS: &[u8] = b"application/vnd.oasis.opendocument.spreadsheet";
+        let ods = head.windows(ODS.len()).any(|w| w == ODS);
+        return Ok(if ods { Format::Ods } else { Format::Xlsx });
+    }
+    if starts(b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1") {
+        return Ok(Format::Xls);
+    }
+    let known: &[(&[u8], &str)] = &[
+        (b"%PDF", "a PDF document"),
+        (b"\x89PNG", "a PNG image"),
+        (b"\xFF\xD8\xFF", "a JPEG image"),
+        (b"GIF8", "a GIF image"),
+        (b"\x1F\x8B", "gzip-compressed (upload the file inside it)"),
+        (b"Rar!", "a RAR archive"),
+        (b"7z\xBC\xAF", "a 7-Zip archive"),
+        (b"PK\x05\x06", "an empty zip archive"),
+    ];
+    for (magic, what) in known {
+        if starts(magic) {
+            return Err(FileError::WrongFormat((*what).to_string()));
+        }
+    }
+    let utf16 = starts(b"\xFF\xFE") || starts(b"\xFE\xFF");
+    if !utf16 && head.iter().take(8192).filter(|b| **b == 0).count() > 0 {
+        return Err(FileError::WrongFormat("binary data".into()));
+    }
+    Ok(Format::Csv)
+}
+
+/// One row as the splitter sees it.
+#[derive(Debug)]
+pub enum SourceRow {
+    /// A row with no value in any cell: counted, not a debtor.
+    Blank,
+    /// A data row.
+    Row {
+        /// Row number in the file (header = 1).
+        row_no: u32,
+        /// Set when the reader already knows the row is bad.
+        problem: Option<RowProblem>,
+        /// Values in [`Field::ALL`] order.
+        values: [String; 14],
+    },
+}
+
+/// What a reader found out about the file, kept on the upload record.
+#[derive(Debug, Clone, Default)]
+pub struct SourceMeta {
+    /// Format.
+    pub format: Option<Format>,
+    /// CSV text encoding.
+    pub encoding: Option<String>,
+    /// CSV delimiter, printable.
+    pub delimiter: Option<String>,
+    /// Column mapping.
+    pub columns: ColumnMap,
+}
+
+/// A stream of rows after the header.
+pub trait RowSource {
+    /// What the reader found out.
+    fn meta(&self) -> &SourceMeta;
+    /// The next row, or `None` at the end.
+    fn next_row(&mut self) -> Result<Option<SourceRow>, FileError>;
+    /// Bytes of the original file consumed so far (0 when unknown).
+    fn bytes_read(&self) -> u64 {
+        0
+    }
+    /// Remarks for the upload record (encoding fallbacks and the like).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Places mapped cell texts into the field array.
+pub fn place(columns: &ColumnMap, mut cell: impl FnMut(usize, Field) -> String) -> [String; 14] {
+    let mut values: [String; 14] = Default::default();
+    for (field, col, _) in &columns.columns {
+        values[field.index()] = cell(*col, *field);
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_told_by_content_not_name() {
+        assert_eq!(detect(b"IBAN;Name\n"), Ok(Format::Csv));
+        assert_eq!(detect(b"PK\x03\x04rest"), Ok(Format::Xlsx));
+        assert_eq!(
+            detect(b"PK\x03\x04....................................mimetypeapplication/vnd.oasis.opendocument.spreadsheet"),
+            Ok(Format::Ods)
+        );
+        assert_eq!(
+            detect(b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1...."),
+            Ok(Format::Xls)
+        );
+        assert_eq!(detect(b"\xFF\xFEI\0B\0"), Ok(Format::Csv));
+        assert_eq!(detect(b""), Err(FileError::Empty));
+        assert_eq!(
+            detect(b"%PDF-1.7").unwrap_err().to_string(),
+            "the file is a PDF document, not a CSV or Excel/OpenDocument spreadsheet"
+        );
+        assert!(matches!(
+            detect(b"abc\0\0def"),
+            Err(FileError::WrongFormat(_))
+        ));
+    }
+}

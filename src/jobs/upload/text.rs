@@ -1,0 +1,343 @@
+//! CSV reading: encoding and delimiter sniffing, then a streamed row source.
+//!
+//! Encoding: a UTF-8 BOM or valid UTF-8 → UTF-8; a UTF-16 BOM → transcoded; otherwise
+//! Windows-1252 (a superset of ISO-8859-1), so names with umlauts and accents survive. In a
+//! UTF-8 file, a stray non-UTF-8 cell is read as Windows-1252 too, and counted in the note.
+//! Delimiter: of `;` `,` tab `|`, the one whose header row names the most known columns.
+
+use std::{
+    io::{self, Cursor, Read},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use encoding_rs::WINDOWS_1252;
+
+use super::source::{FileError, Format, RowSource, SourceMeta, SourceRow, place};
+use crate::uploads::{ColumnAliases, staged::RowProblem};
+
+/// Bytes looked at for sniffing.
+const SNIFF_BYTES: u64 = 64 * 1024;
+/// A record longer than this is an unclosed quote swallowing the file, not a debtor row.
+const RUNAWAY_BYTES: u64 = 1024 * 1024;
+/// A record spanning more lines than this is the same mistake in a smaller file.
+const RUNAWAY_LINES: u64 = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enc {
+    Utf8,
+    Windows1252,
+}
+
+/// Counts bytes read and refuses to read far past the last record boundary.
+struct Guarded<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+    mark: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total.saturating_sub(self.mark.load(Ordering::Relaxed)) > RUNAWAY_BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "runaway record"));
+        }
+        Ok(n)
+    }
+}
+
+/// A CSV file as a stream of rows.
+pub struct CsvSource {
+    rdr: csv::Reader<Box<dyn Read + Send>>,
+    meta: SourceMeta,
+    enc: Enc,
+    header_len: usize,
+    rec: csv::ByteRecord,
+    read: Arc<AtomicU64>,
+    mark: Arc<AtomicU64>,
+    head_len: u64,
+    fallback_cells: u64,
+    utf16: bool,
+}
+
+fn decode(enc: Enc, bytes: &[u8], fallbacks: &mut u64) -> String {
+    match enc {
+        Enc::Utf8 => match std::str::from_utf8(bytes) {
+            Ok(s) => s.to_string(),
+            Err(_) => {
+                *fallbacks += 1;
+                WINDOWS_1252
+                    .decode_without_bom_handling(bytes)
+                    .0
+                    .into_owned()
+            }
+        },
+        Enc::Windows1252 => WINDOWS_1252
+            .decode_without_bom_handling(bytes)
+            .0
+            .into_owned(),
+    }
+}
+
+fn is_blank(rec: &csv::ByteRecord) -> bool {
+    rec.iter().all(|f| f.iter().all(u8::is_ascii_whitespace))
+}
+
+/// Picks the delimiter whose first non-blank record names the most known columns; ties go
+/// to the one that splits the following records most consistently.
+fn sniff_delimiter(sample: &[u8], enc: Enc, aliases: &ColumnAliases) -> u8 {
+    let mut best = (b';', (0usize, 0usize, 0usize));
+    for d in [b';', b',', b'\t', b'|'] {
+        let mut r = csv::ReaderBuilder::new()
+            .delimiter(d)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(sample);
+        let mut header: Option<Vec<String>> = None;
+        let mut consistent = 0;
+        let mut rec = csv::ByteRecord::new();
+        let mut lens = Vec::new();
+        while let Ok(true) = r.read_byte_record(&mut rec) {
+            if is_blank(&rec) {
+                continue;
+            }
+            match &header {
+                None => {
+                    let mut fb = 0;
+                    header = Some(rec.iter().map(|f| decode(enc, f, &mut fb)).collect());
+                }
+                Some(_) => lens.push(rec.len()),
+            }
+            if lens.len() > 50 {
+                break;
+            }
+        }
+        // The sample may end mid-record.
+        lens.pop();
+        let Some(h) = header else { continue };
+        for l in &lens {
+            if *l == h.len() {
+                consistent += 1;
+            }
+        }
+        let score = aliases.score(h.iter().map(String::as_str));
+        let key = (score, consistent, h.len());
+        if key > best.1 {
+            best = (d, key);
+        }
+    }
+    best.0
+}
+
+fn printable(d: u8) -> String {
+    match d {
+        b'\t' => "tab".into(),
+        other => (other as char).to_string(),
+    }
+}
+
+impl CsvSource {
+    /// Sniffs the encoding and delimiter, reads the header row and maps its columns.
+    pub fn open(
+        mut input: Box<dyn Read + Send>,
+        aliases: &ColumnAliases,
+    ) -> Result<Self, FileError> {
+        let mut head = Vec::with_capacity(SNIFF_BYTES as usize);
+        (&mut input)
+            .take(SNIFF_BYTES)
+            .read_to_end(&mut head)
+            .map_err(|e| FileError::Unreadable(format!("the file cannot be read: {e}")))?;
+        if head.is_empty() {
+            return Err(FileError::Empty);
+        }
+        let head_len = head.len() as u64;
+        let read = Arc::new(AtomicU64::new(head_len));
+        let mark = Arc::new(AtomicU64::new(0));
+        let rest = Guarded {
+            inner: input,
+            read: Arc::clone(&read),
+            mark: Arc::clone(&mark),
+        };
+        let utf16 = head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF");
+        let (enc, encoding_name, sample, reader): (Enc, &str, Vec<u8>, Box<dyn Read + Send>) =
+            if utf16 {
+                let enc = if head.starts_with(b"\xFF\xFE") {
+                    encoding_rs::UTF_16LE
+                } else {
+                    encoding_rs::UTF_16BE
+                };
+                let sample = enc.decode(&head).0.into_owned().into_bytes();
+                let reader = encoding_rs_io::DecodeReaderBytesBuilder::new()
+                    .bom_sniffing(true)
+                    .build(Cursor::new(head).chain(rest));
+                (Enc::Utf8, enc.name(), sample, Box::new(reader))
+            } else {
+                let body = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&head).to_vec();
+                let enc = match std::str::from_utf8(&body) {
+                    Ok(_) => Enc::Utf8,
+                    // Cut mid-character at the end of the sample: still UTF-8.
+                    Err(e) if e.error_len().is_none() => Enc::Utf8,
+                    Err(_) => Enc::Windows1252,
+                };
+                let name = if enc == Enc::Utf8 {
+                    "UTF-8"
+                } else {
+                    "windows-1252"
+                };
+                (
+                    enc,
+                    name,
+                    body.clone(),
+                    Box::new(Cursor::new(body).chain(rest)),
+                )
+            };
+        let delimiter = sniff_delimiter(&sample, enc, aliases);
+        let mut rdr = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(reader);
+        let mut rec = csv::ByteRecord::new();
+        let mut fb = 0;
+        let headers: Vec<String> = loop {
+            match rdr.read_byte_record(&mut rec) {
+                Ok(false) => return Err(FileError::NoHeader),
+                Ok(true) if is_blank(&rec) => continue,
+                Ok(true) => break rec.iter().map(|f| decode(enc, f, &mut fb)).collect(),
+                Err(e) => {
+                    return Err(FileError::Unreadable(format!(
+                        "the header row cannot be read: {e}"
+                    )));
+                }
+            }
+        };
+        let columns = aliases.map(&headers).map_err(FileError::Columns)?;
+        // A trailing delimiter leaves an empty last header: not a column.
+        let header_len = headers
+            .iter()
+            .rposition(|h| !h.trim().is_empty())
+            .map_or(0, |i| i + 1);
+        mark.store(rdr.position().byte(), Ordering::Relaxed);
+        Ok(Self {
+            rdr,
+            meta: SourceMeta {
+                format: Some(Format::Csv),
+                encoding: Some(encoding_name.to_string()),
+                delimiter: Some(printable(delimiter)),
+                columns,
+            },
+            enc,
+            header_len,
+            rec,
+            read,
+            mark,
+            head_len,
+            fallback_cells: 0,
+            utf16,
+        })
+    }
+}
+
+impl RowSource for CsvSource {
+    fn meta(&self) -> &SourceMeta {
+        &self.meta
+    }
+
+    fn next_row(&mut self) -> Result<Option<SourceRow>, FileError> {
+        let start_line = self.rdr.position().line();
+        match self.rdr.read_byte_record(&mut self.rec) {
+            Ok(false) => return Ok(None),
+            Ok(true) => {}
+            Err(e) => {
+                let runaway = matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == io::ErrorKind::InvalidData);
+                return Err(FileError::Unreadable(if runaway {
+                    format!(
+                        "from line {start_line} on, a quoted value is never closed, so the rest of the file would be one cell; check the quote characters (\") on that line"
+                    )
+                } else {
+                    format!("the file cannot be read after line {start_line}: {e}")
+                }));
+            }
+        }
+        let line = self.rec.position().map_or(start_line, csv::Position::line);
+        let end = self.rdr.position();
+        if !self.utf16 {
+            self.mark.store(end.byte(), Ordering::Relaxed);
+        } else {
+            self.mark
+                .store(self.read.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        if end.line().saturating_sub(line) > RUNAWAY_LINES {
+            return Err(FileError::Unreadable(format!(
+                "the row at line {line} runs over {} lines: a quoted value is probably never closed; check the quote characters (\") on that line",
+                end.line() - line
+            )));
+        }
+        if is_blank(&self.rec) {
+            return Ok(Some(SourceRow::Blank));
+        }
+        let row_no = u32::try_from(line).unwrap_or(u32::MAX);
+        let n = self.rec.len();
+        let extra_non_empty = self
+            .rec
+            .iter()
+            .skip(self.header_len)
+            .any(|f| !f.iter().all(u8::is_ascii_whitespace));
+        if n < self.header_len || extra_non_empty {
+            let shown = if extra_non_empty {
+                n
+            } else {
+                // Count without trailing empty cells for the message.
+                self.rec
+                    .iter()
+                    .rposition(|f| !f.is_empty())
+                    .map_or(0, |i| i + 1)
+                    .max(n.min(self.header_len))
+            };
+            return Ok(Some(SourceRow::Row {
+                row_no,
+                problem: Some(RowProblem {
+                    field: None,
+                    column: None,
+                    reason: format!(
+                        "the row has {shown} values but the header has {} columns",
+                        self.header_len
+                    ),
+                    value: None,
+                }),
+                values: Default::default(),
+            }));
+        }
+        let (enc, rec, fb) = (self.enc, &self.rec, &mut self.fallback_cells);
+        let values = place(&self.meta.columns, |col, _| {
+            rec.get(col)
+                .map_or_else(String::new, |b| decode(enc, b, fb))
+        });
+        Ok(Some(SourceRow::Row {
+            row_no,
+            problem: None,
+            values,
+        }))
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed).max(self.head_len)
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let mut n = Vec::new();
+        if self.enc == Enc::Windows1252 {
+            n.push("the file is not UTF-8: read as Windows-1252 (Latin-1)".to_string());
+        }
+        if self.fallback_cells > 0 {
+            n.push(format!(
+                "{} cells were not valid UTF-8 and were read as Windows-1252",
+                self.fallback_cells
+            ));
+        }
+        n
+    }
+}

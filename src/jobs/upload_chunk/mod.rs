@@ -1,0 +1,427 @@
+//! `upload_chunk` (ProcessUploadChunkJob): imports one staged chunk in one transaction.
+//!
+//! - Rows are converted here (in parallel across chunks), then COPYed into a transaction-
+//!   local temp table and moved into `debtors` with one `INSERT … SELECT … ON CONFLICT
+//!   (iban, reference) DO NOTHING`, in key order so concurrent chunks cannot deadlock.
+//! - Deduplication key: normalised IBAN + trimmed reference. A row whose key exists (from an
+//!   earlier upload, another chunk, or earlier in this chunk) goes to `upload_duplicates`,
+//!   linked to the debtor it repeats; the first row of the file wins within a chunk, the
+//!   first chunk to commit wins across chunks.
+//! - Exactly once: the chunk row is locked `FOR UPDATE` and stamped `done_at` in the same
+//!   transaction, so a retry after a crash (before or after commit) or a second copy of the
+//!   job leaves one copy of each row. The counters it adds are checked: imported +
+//!   duplicates + rejected must equal the rows of the chunk, or the transaction is undone.
+//! - The chunk that completes the upload marks it completed and starts the next stage.
+//! - Retries: storage and Postgres errors. A damaged staged chunk fails the upload.
+
+mod convert;
+
+pub use convert::{Debtor, Rejected, Rules, parse_amount, parse_date};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    context::AppContext,
+    db::Tx,
+    queue::{
+        engine::NewJob,
+        job::{Job, JobContext, JobError},
+    },
+    uploads::{ColumnMap, Field, staged},
+};
+
+/// Payload of `upload_chunk`: which chunk of which upload. The chunk's staged object and
+/// row range are in `upload_chunks`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadChunk {
+    /// The upload.
+    pub upload_id: Uuid,
+    /// Chunk number, from 0.
+    pub chunk_no: u32,
+}
+
+impl Job for UploadChunk {
+    const NAME: &'static str = "upload_chunk";
+
+    fn example() -> Self {
+        UploadChunk {
+            upload_id: Uuid::from_u128(0x0196f1c2_7d1e_7c3a_9f00_5b2a7e0e4a11),
+            chunk_no: 0,
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let last_attempt = ctx.attempt >= ctx.app.settings.queue(Self::NAME).max_attempts;
+        match import(&ctx.app, &self).await {
+            Ok(Outcome::Completed) => {
+                next_stage(&ctx.app, self.upload_id).await?;
+                super::upload::cleanup_staging(&ctx.app, self.upload_id).await;
+                Ok(())
+            }
+            Ok(Outcome::Imported | Outcome::Skipped) => Ok(()),
+            Err(ChunkError::Damaged(msg)) => {
+                let msg = format!("chunk {} could not be imported: {msg}", self.chunk_no);
+                super::upload::fail(&ctx.app, self.upload_id, &msg).await?;
+                Err(JobError::Permanent(msg))
+            }
+            Err(ChunkError::Other(e)) => {
+                if last_attempt {
+                    let msg = format!(
+                        "chunk {} could not be imported after {} attempts: {e:#}",
+                        self.chunk_no, ctx.attempt
+                    );
+                    super::upload::fail(&ctx.app, self.upload_id, &msg).await?;
+                }
+                Err(JobError::Retryable(e))
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Imported,
+    Completed,
+    Skipped,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ChunkError {
+    #[error("{0}")]
+    Damaged(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<crate::db::DbError> for ChunkError {
+    fn from(e: crate::db::DbError) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+/// Starts what follows a completed upload: the `validation` job when this binary has one
+/// (under an idempotency key, so repeats are harmless). Without it nothing is enqueued and
+/// the upload's note says so.
+pub async fn next_stage(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
+    if app.registry.get("validation").is_some() {
+        let job = NewJob {
+            idempotency_key: Some(format!("validation:{upload_id}")),
+            ..NewJob::new(
+                "validation",
+                serde_json::json!({ "upload_id": upload_id }).to_string(),
+            )
+        };
+        app.queue
+            .push(
+                std::slice::from_ref(&job),
+                app.settings.worker.idempotency_ttl,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        None => out.extend_from_slice(b"\\N"),
+        Some(s) => {
+            for b in s.bytes() {
+                match b {
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    other => out.push(other),
+                }
+            }
+        }
+    }
+}
+
+fn copy_row(out: &mut Vec<u8>, cols: &[Option<&str>]) {
+    for (i, c) in cols.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        copy_text(out, *c);
+    }
+    out.push(b'\n');
+}
+
+const TEMP_TABLE: &str = "CREATE TEMP TABLE chunk_rows (\
+    row_no integer, reference text, first_name text, last_name text, name text, email text, \
+    iban text, bic text, amount_minor bigint, currency text, mandate_id text, mandate_date date, \
+    country text, usage text) ON COMMIT DROP";
+
+const MOVE: &str = "INSERT INTO debtors (upload_id, row_no, reference, first_name, last_name, name, \
+    email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage) \
+    SELECT $1, row_no, reference, first_name, last_name, name, email, iban, bic, amount_minor, \
+    currency, mandate_id, mandate_date, country, usage FROM chunk_rows \
+    ORDER BY iban, reference, row_no \
+    ON CONFLICT (iban, reference) DO NOTHING";
+
+const DUPLICATES: &str = "INSERT INTO upload_duplicates (upload_id, row_no, debtor_id) \
+    SELECT $1, c.row_no, d.id FROM chunk_rows c \
+    JOIN debtors d ON d.iban = c.iban AND d.reference = c.reference \
+    WHERE NOT (d.upload_id = $1 AND d.row_no = c.row_no)";
+
+/// Converts a staged chunk into COPY data: (debtor rows, reject rows, debtors, rejects).
+fn prepare(
+    upload_id: Uuid,
+    rows: &[staged::StagedRow],
+    rules: &Rules<'_>,
+) -> (Vec<u8>, Vec<u8>, usize, usize) {
+    let mut debtors = Vec::with_capacity(rows.len() * 128);
+    let mut rejects = Vec::new();
+    let (mut n_ok, mut n_bad) = (0, 0);
+    let upload = upload_id.to_string();
+    for row in rows {
+        match rules.convert(row) {
+            Ok(d) => {
+                n_ok += 1;
+                let row_no = d.row_no.to_string();
+                let amount = d.amount_minor.to_string();
+                let date = d.mandate_date.map(|x| x.format("%Y-%m-%d").to_string());
+                copy_row(
+                    &mut debtors,
+                    &[
+                        Some(&row_no),
+                        Some(&d.reference),
+                        d.first_name.as_deref(),
+                        d.last_name.as_deref(),
+                        Some(&d.name),
+                        d.email.as_deref(),
+                        Some(&d.iban),
+                        d.bic.as_deref(),
+                        Some(&amount),
+                        Some(&d.currency),
+                        d.mandate_id.as_deref(),
+                        date.as_deref(),
+                        d.country.as_deref(),
+                        d.usage.as_deref(),
+                    ],
+                );
+            }
+            Err(r) => {
+                n_bad += 1;
+                let row_no = r.row_no.to_string();
+                copy_row(
+                    &mut rejects,
+                    &[
+                        Some(&upload),
+                        Some(&row_no),
+                        r.problem.column.as_deref(),
+                        r.problem.field.map(Field::as_str),
+                        Some(&r.problem.reason),
+                        r.problem.value.as_deref(),
+                    ],
+                );
+            }
+        }
+    }
+    (debtors, rejects, n_ok, n_bad)
+}
+
+async fn import(app: &AppContext, job: &UploadChunk) -> Result<Outcome, ChunkError> {
+    let id = job.upload_id;
+    let chunk_no = i32::try_from(job.chunk_no).unwrap_or(i32::MAX);
+
+    // Look before fetching anything: a chunk already imported is a no-op.
+    let mut tx = app.db.begin().await?;
+    let chunk: Option<(String, Option<chrono::DateTime<chrono::Utc>>, i32)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT staged_key, done_at, rows FROM upload_chunks WHERE upload_id = $1 AND chunk_no = $2",
+            )
+            .bind(id)
+            .bind(chunk_no),
+        )
+        .await?;
+    let status: Option<(String, Option<serde_json::Value>, i32, Option<i32>)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT status, columns, chunks_done, chunks_total FROM uploads WHERE id = $1",
+            )
+            .bind(id),
+        )
+        .await?;
+    tx.commit().await?;
+    let Some((staged_key, done_at, expected_rows)) = chunk else {
+        return Err(ChunkError::Damaged(format!(
+            "upload {id} has no chunk {chunk_no}"
+        )));
+    };
+    let Some((status, columns, done, total)) = status else {
+        return Err(ChunkError::Damaged(format!("upload {id} does not exist")));
+    };
+    if done_at.is_some() {
+        // Imported already; if that completed the upload, make sure the next stage started.
+        return Ok(if status == "completed" && Some(done) == total {
+            Outcome::Completed
+        } else {
+            Outcome::Skipped
+        });
+    }
+    if status != "importing" {
+        return Ok(Outcome::Skipped);
+    }
+    let columns: ColumnMap = {
+        let mut map = ColumnMap::default();
+        if let Some(serde_json::Value::Object(o)) = columns {
+            for (k, v) in o {
+                if let (Some(f), Some(h)) = (
+                    Field::ALL.iter().copied().find(|f| f.as_str() == k),
+                    v.as_str(),
+                ) {
+                    map.columns.push((f, 0, h.to_string()));
+                }
+            }
+        }
+        map
+    };
+
+    let bytes = app
+        .storage
+        .get_bytes(&staged_key)
+        .await
+        .map_err(|e| match e {
+            crate::storage::StorageError::NotFound(k) => {
+                ChunkError::Damaged(format!("its staged rows are missing ({k})"))
+            }
+            other => ChunkError::Other(other.into()),
+        })?;
+    let settings = &app.settings.upload;
+    let rows = staged::read_chunk(&bytes).map_err(|e| ChunkError::Damaged(e.to_string()))?;
+    if rows.len() != usize::try_from(expected_rows).unwrap_or(0) {
+        return Err(ChunkError::Damaged(format!(
+            "{} staged rows where {expected_rows} were recorded",
+            rows.len()
+        )));
+    }
+    let rules = Rules {
+        columns: &columns,
+        max_field_bytes: settings.max_field_bytes,
+        default_currency: &settings.default_currency,
+    };
+    let (debtor_copy, reject_copy, n_ok, n_bad) = prepare(id, &rows, &rules);
+
+    let mut tx = app.db.begin().await?;
+    let locked: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT done_at FROM upload_chunks WHERE upload_id = $1 AND chunk_no = $2 FOR UPDATE",
+            )
+            .bind(id)
+            .bind(chunk_no),
+        )
+        .await?;
+    if !matches!(locked, Some((None,))) {
+        // Another copy of this job got here first.
+        return Ok(Outcome::Skipped);
+    }
+    let (imported, duplicates) = if n_ok > 0 {
+        tx.execute_raw(TEMP_TABLE).await?;
+        tx.copy_in("COPY chunk_rows FROM STDIN", &debtor_copy)
+            .await?;
+        let imported = tx.execute(sqlx::query(MOVE).bind(id)).await?;
+        let duplicates = tx.execute(sqlx::query(DUPLICATES).bind(id)).await?;
+        (imported, duplicates)
+    } else {
+        (0, 0)
+    };
+    if n_bad > 0 {
+        tx.copy_in(
+            "COPY upload_rejects (upload_id, row_no, column_name, field, reason, value) FROM STDIN",
+            &reject_copy,
+        )
+        .await?;
+    }
+    if imported + duplicates != n_ok as u64 {
+        // A debtor this chunk collided with vanished before it could be linked (its upload
+        // failed meanwhile). Undo and retry: the row then imports.
+        return Err(ChunkError::Other(anyhow::anyhow!(
+            "row accounting mismatch in chunk {chunk_no}: {n_ok} rows, {imported} imported + {duplicates} duplicates"
+        )));
+    }
+    tx.execute(
+        sqlx::query(
+            "UPDATE upload_chunks SET done_at = now(), imported = $3, duplicates = $4, rejected = $5 \
+             WHERE upload_id = $1 AND chunk_no = $2",
+        )
+        .bind(id)
+        .bind(chunk_no)
+        .bind(imported as i32)
+        .bind(duplicates as i32)
+        .bind(n_bad as i32),
+    )
+    .await?;
+    let counted: Option<(i32, Option<i32>)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "UPDATE uploads SET chunks_done = chunks_done + 1, rows_imported = rows_imported + $2, \
+                 rows_duplicate = rows_duplicate + $3, rows_rejected = rows_rejected + $4, updated_at = now() \
+                 WHERE id = $1 AND status = 'importing' RETURNING chunks_done, chunks_total",
+            )
+            .bind(id)
+            .bind(imported as i64)
+            .bind(duplicates as i64)
+            .bind(n_bad as i64),
+        )
+        .await?;
+    let Some((done, total)) = counted else {
+        // The upload failed meanwhile: import nothing.
+        return Ok(Outcome::Skipped);
+    };
+    let outcome = if Some(done) == total {
+        complete(&mut tx, app, id).await?;
+        Outcome::Completed
+    } else {
+        Outcome::Imported
+    };
+    tx.commit().await?;
+    tracing::debug!(upload_id = %id, chunk_no, imported, duplicates, rejected = n_bad, "chunk imported");
+    Ok(outcome)
+}
+
+/// Marks the upload completed, after checking that every row is accounted for.
+async fn complete(tx: &mut Tx, app: &AppContext, id: Uuid) -> Result<(), ChunkError> {
+    let next = if app.registry.get("validation").is_some() {
+        "validation enqueued"
+    } else {
+        "no validation job in this version: nothing was enqueued for the next stage"
+    };
+    let (seen, accounted): (i64, i64) = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "UPDATE uploads SET status = 'completed', finished_at = now(), updated_at = now(), \
+                 note = concat_ws('; ', note, $2::text) WHERE id = $1 \
+                 RETURNING rows_seen, rows_imported + rows_duplicate + rows_rejected",
+            )
+            .bind(id)
+            .bind(next),
+        )
+        .await?
+        .ok_or_else(|| ChunkError::Damaged(format!("upload {id} vanished")))?;
+    if seen != accounted {
+        return Err(ChunkError::Other(anyhow::anyhow!(
+            "upload {id}: {seen} rows seen but {accounted} accounted for"
+        )));
+    }
+    tracing::info!(upload_id = %id, rows = seen, "upload completed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_misread() {
+        let mut out = Vec::new();
+        copy_row(&mut out, &[Some("a\tb\\c\nd\re"), None, Some("")]);
+        assert_eq!(out, b"a\\tb\\\\c\\nd\\re\t\\N\t\n");
+    }
+}
