@@ -131,4 +131,24 @@ if ! PGPASSWORD=$PG_PASSWORD PGCONNECT_TIMEOUT=5 psql -X -q -h 127.0.0.1 -p $BOU
   say "cannot log in as $PG_USER through pgbouncer on $BOUNCER_PORT (see /var/log/postgresql/pgbouncer-finworker.log)"
   exit 1
 fi
+# --- S3-protocol server (tests of the S3 storage backend; `--with-s3`) ----------------------
+# moto's server mode from PyPI: a real S3 HTTP endpoint, in memory, on loopback. Any access
+# key is accepted; buckets are created by the tests.
+if [ "${1:-}" = "--with-s3" ]; then
+  MOTO_PORT=${FINWORKER_TEST_S3_PORT:-9100}
+  MOTO_VENV=/opt/finworker-moto
+  if ! port_open $MOTO_PORT; then
+    if [ ! -x $MOTO_VENV/bin/moto_server ]; then
+      say "installing moto (S3 test server) into $MOTO_VENV"
+      $SUDO python3 -m venv $MOTO_VENV
+      $SUDO $MOTO_VENV/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+    fi
+    say "starting moto S3 server on 127.0.0.1:$MOTO_PORT"
+    $SUDO mkdir -p /var/log/finworker
+    setsid nohup $MOTO_VENV/bin/moto_server -H 127.0.0.1 -p $MOTO_PORT \
+      > /var/log/finworker/moto.log 2>&1 < /dev/null &
+    wait_port $MOTO_PORT moto
+  fi
+  say "ready: s3 (moto) 127.0.0.1:$MOTO_PORT"
+fi
 say "ready: postgres 127.0.0.1:$PG_PORT, pgbouncer 127.0.0.1:$BOUNCER_PORT, redis 127.0.0.1:$REDIS_PORT"

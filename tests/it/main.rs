@@ -14,3 +14,5 @@ mod pgbouncer;
 mod readiness;
 mod retries;
 mod runtime;
+mod storage;
+mod uploads;

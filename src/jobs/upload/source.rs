@@ -114,7 +114,9 @@ pub fn detect(head: &[u8]) -> Result<Format, FileError> {
         }
     }
     let utf16 = starts(b"\xFF\xFE") || starts(b"\xFE\xFF");
-    if !utf16 && head.iter().take(8192).filter(|b| **b == 0).count() > 0 {
+    // A stray NUL is a damaged row (rejected later); many of them mean binary data.
+    let sample = &head[..head.len().min(8192)];
+    if !utf16 && sample.iter().filter(|b| **b == 0).count() * 100 > sample.len() {
         return Err(FileError::WrongFormat("binary data".into()));
     }
     Ok(Format::Csv)
@@ -195,6 +197,10 @@ mod tests {
         assert_eq!(
             detect(b"%PDF-1.7").unwrap_err().to_string(),
             "the file is a PDF document, not a CSV or Excel/OpenDocument spreadsheet"
+        );
+        assert_eq!(
+            detect(b"Name;IBAN\nA\0B;DE89370400440532013000\n"),
+            Ok(Format::Csv)
         );
         assert!(matches!(
             detect(b"abc\0\0def"),

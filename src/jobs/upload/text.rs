@@ -49,6 +49,69 @@ impl<R: Read> Read for Guarded<R> {
     }
 }
 
+/// Remembers where the newlines are in the bytes the CSV parser reads, so a record's byte
+/// offset gives its exact line (the parser's own line count skips blank lines). Only the
+/// newlines the parser has not passed yet are kept: memory is one read-ahead buffer.
+#[derive(Default)]
+struct Lines {
+    /// (first byte of the line ending: `\r` of CRLF or the `\n`, the `\n`).
+    ends: std::collections::VecDeque<(u64, u64)>,
+    passed: u64,
+    read: u64,
+    last: u8,
+}
+
+impl Lines {
+    /// 1-based line of a byte offset; offsets must not go backwards.
+    fn line_at(&mut self, byte: u64) -> u64 {
+        while self.ends.front().is_some_and(|(_, nl)| *nl < byte) {
+            self.ends.pop_front();
+            self.passed += 1;
+        }
+        self.passed + 1
+    }
+
+    /// Line where a record starting at `byte` has its first value: the parser's record
+    /// position includes the blank lines it skipped before the record.
+    fn content_line_at(&mut self, byte: u64) -> u64 {
+        let mut at = byte;
+        self.line_at(at);
+        while let Some((start, nl)) = self.ends.front().copied() {
+            if start != at {
+                break;
+            }
+            self.ends.pop_front();
+            self.passed += 1;
+            at = nl + 1;
+        }
+        self.passed + 1
+    }
+}
+
+struct LineTracker<R> {
+    inner: R,
+    lines: Arc<std::sync::Mutex<Lines>>,
+}
+
+impl<R: Read> Read for LineTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Ok(mut l) = self.lines.lock() {
+            let base = l.read;
+            for (i, b) in buf[..n].iter().enumerate() {
+                let at = base + i as u64;
+                if *b == b'\n' {
+                    let start = if l.last == b'\r' { at - 1 } else { at };
+                    l.ends.push_back((start, at));
+                }
+                l.last = *b;
+            }
+            l.read += n as u64;
+        }
+        Ok(n)
+    }
+}
+
 /// A CSV file as a stream of rows.
 pub struct CsvSource {
     rdr: csv::Reader<Box<dyn Read + Send>>,
@@ -61,6 +124,7 @@ pub struct CsvSource {
     head_len: u64,
     fallback_cells: u64,
     utf16: bool,
+    lines: Arc<std::sync::Mutex<Lines>>,
 }
 
 fn decode(enc: Enc, bytes: &[u8], fallbacks: &mut u64) -> String {
@@ -195,6 +259,11 @@ impl CsvSource {
                 )
             };
         let delimiter = sniff_delimiter(&sample, enc, aliases);
+        let lines = Arc::new(std::sync::Mutex::new(Lines::default()));
+        let reader: Box<dyn Read + Send> = Box::new(LineTracker {
+            inner: reader,
+            lines: Arc::clone(&lines),
+        });
         let mut rdr = csv::ReaderBuilder::new()
             .delimiter(delimiter)
             .has_headers(false)
@@ -237,6 +306,7 @@ impl CsvSource {
             head_len,
             fallback_cells: 0,
             utf16,
+            lines,
         })
     }
 }
@@ -247,7 +317,8 @@ impl RowSource for CsvSource {
     }
 
     fn next_row(&mut self) -> Result<Option<SourceRow>, FileError> {
-        let start_line = self.rdr.position().line();
+        let here = self.rdr.position().byte();
+        let start_line = self.lines.lock().map_or(0, |mut l| l.line_at(here));
         match self.rdr.read_byte_record(&mut self.rec) {
             Ok(false) => return Ok(None),
             Ok(true) => {}
@@ -262,7 +333,11 @@ impl RowSource for CsvSource {
                 }));
             }
         }
-        let line = self.rec.position().map_or(start_line, csv::Position::line);
+        let line = match (self.rec.position(), self.lines.lock()) {
+            (Some(p), Ok(mut l)) => l.content_line_at(p.byte()),
+            (Some(p), Err(_)) => p.line(),
+            (None, _) => start_line,
+        };
         let end = self.rdr.position();
         if !self.utf16 {
             self.mark.store(end.byte(), Ordering::Relaxed);
@@ -270,10 +345,14 @@ impl RowSource for CsvSource {
             self.mark
                 .store(self.read.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        if end.line().saturating_sub(line) > RUNAWAY_LINES {
+        let end_line = self
+            .lines
+            .lock()
+            .map_or(end.line(), |mut l| l.line_at(end.byte()));
+        if end_line.saturating_sub(line) > RUNAWAY_LINES {
             return Err(FileError::Unreadable(format!(
                 "the row at line {line} runs over {} lines: a quoted value is probably never closed; check the quote characters (\") on that line",
-                end.line() - line
+                end_line - line
             )));
         }
         if is_blank(&self.rec) {
