@@ -182,3 +182,35 @@ fn url_host_port(url: &str) -> (String, String) {
     let port = it.next().unwrap_or("6379").to_string();
     (host, port)
 }
+
+/// `bench xlsx-read`: calamine alone reading every cell of the first sheet, streamed, as the
+/// reference for the XLSX upload figure.
+pub fn xlsx_read(path: &std::path::Path) -> anyhow::Result<()> {
+    use calamine::{Reader, Xlsx, open_workbook};
+    let t0 = std::time::Instant::now();
+    let mut wb: Xlsx<_> = open_workbook(path)?;
+    let name = wb
+        .sheet_names()
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no sheets"))?;
+    let mut cells = wb.worksheet_cells_reader(&name)?;
+    let (mut rows, mut last, mut n) = (0u64, u32::MAX, 0u64);
+    while let Some(c) = cells.next_cell()? {
+        n += 1;
+        if c.get_position().0 != last {
+            last = c.get_position().0;
+            rows += 1;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let data_rows = rows.saturating_sub(1);
+    println!(
+        "{:<34} {:>9} rows in {:>6.2} s = {:>8.0} rows/s ({n} cells)",
+        "bare calamine read (xlsx)",
+        data_rows,
+        secs,
+        data_rows as f64 / secs
+    );
+    Ok(())
+}

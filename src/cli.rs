@@ -192,6 +192,11 @@ pub enum JobsCommand {
 pub enum BenchCommand {
     /// Enqueue and process no-op jobs through the real Redis; prints rates beside redis-benchmark.
     Queue(bench::QueueBenchArgs),
+    /// Read every cell of an XLSX with calamine alone (the reference for upload figures).
+    XlsxRead {
+        /// The workbook.
+        file: PathBuf,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -270,6 +275,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let ctx = startup::build_context(load().await?).await?;
             queues_command(&ctx).await
         }
+        Command::Bench(BenchCommand::XlsxRead { file }) => bench::xlsx_read(&file),
         Command::Bench(BenchCommand::Queue(args)) => {
             let settings = load().await?;
             bench::queue(settings, args).await

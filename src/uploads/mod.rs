@@ -299,95 +299,6 @@ pub fn mask_iban(iban: &str) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record() -> UploadRecord {
-        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        UploadRecord {
-            id: Uuid::nil(),
-            object_key: "k".into(),
-            file_name: "f.csv".into(),
-            sheet: None,
-            format: Some("csv".into()),
-            encoding: None,
-            delimiter: None,
-            status: "importing".into(),
-            size_bytes: Some(1000),
-            bytes_read: 0,
-            chunk_rows: 10,
-            chunks_total: Some(10),
-            chunks_staged: 10,
-            chunks_done: 4,
-            rows_seen: 100,
-            rows_blank: 0,
-            rows_imported: 35,
-            rows_duplicate: 3,
-            rows_rejected: 2,
-            columns: None,
-            error: None,
-            note: None,
-            created_at: t0,
-            started_at: Some(t0),
-            split_at: Some(t0),
-            finished_at: None,
-            updated_at: t0,
-        }
-    }
-
-    #[test]
-    fn progress_gives_rate_and_eta_from_rows_settled() {
-        let r = record();
-        let now = r.started_at.unwrap() + chrono::Duration::seconds(4);
-        let p = r.progress(now);
-        assert_eq!(p.rows_done, 40);
-        assert_eq!(p.rows_per_second, Some(10.0));
-        assert_eq!(p.eta_seconds, Some(6.0));
-        assert_eq!(p.percent, 40.0);
-        assert!(p.chunks_total_final);
-    }
-
-    #[test]
-    fn while_splitting_the_chunk_total_is_an_estimate() {
-        let mut r = record();
-        r.chunks_total = None;
-        r.chunks_staged = 3;
-        r.bytes_read = 250;
-        let p = r.progress(r.started_at.unwrap());
-        assert!(!p.chunks_total_final);
-        assert_eq!(p.eta_seconds, None);
-        assert_eq!(p.chunks_total, Some(12));
-    }
-
-    #[test]
-    fn ibans_are_masked_but_keep_country_check_digits_and_tail() {
-        assert_eq!(
-            mask_iban("DE89370400440532013000"),
-            "DE89**************3000"
-        );
-        assert_eq!(
-            mask_iban("DE89 3704 0044 0532 0130 00"),
-            "DE89**************3000"
-        );
-        assert_eq!(mask_iban("short"), "*****");
-    }
-
-    #[test]
-    fn object_keys_are_dated_and_safe() {
-        let t = DateTime::parse_from_rfc3339("2026-03-05T10:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let k = object_key_for(Uuid::nil(), "../März Liste.csv", t);
-        assert_eq!(
-            k,
-            "uploads/2026/03/05/00000000-0000-0000-0000-000000000000/_M_rz_Liste.csv"
-        );
-    }
-}
-
 /// Stores a local file and enqueues its `upload` job (what `finworker upload` does).
 pub async fn submit(
     ctx: &crate::context::AppContext,
@@ -518,4 +429,93 @@ pub fn describe(rec: &UploadRecord, now: DateTime<Utc>) -> String {
         let _ = writeln!(s, "note       {n}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> UploadRecord {
+        let t0 = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        UploadRecord {
+            id: Uuid::nil(),
+            object_key: "k".into(),
+            file_name: "f.csv".into(),
+            sheet: None,
+            format: Some("csv".into()),
+            encoding: None,
+            delimiter: None,
+            status: "importing".into(),
+            size_bytes: Some(1000),
+            bytes_read: 0,
+            chunk_rows: 10,
+            chunks_total: Some(10),
+            chunks_staged: 10,
+            chunks_done: 4,
+            rows_seen: 100,
+            rows_blank: 0,
+            rows_imported: 35,
+            rows_duplicate: 3,
+            rows_rejected: 2,
+            columns: None,
+            error: None,
+            note: None,
+            created_at: t0,
+            started_at: Some(t0),
+            split_at: Some(t0),
+            finished_at: None,
+            updated_at: t0,
+        }
+    }
+
+    #[test]
+    fn progress_gives_rate_and_eta_from_rows_settled() {
+        let r = record();
+        let now = r.started_at.unwrap() + chrono::Duration::seconds(4);
+        let p = r.progress(now);
+        assert_eq!(p.rows_done, 40);
+        assert_eq!(p.rows_per_second, Some(10.0));
+        assert_eq!(p.eta_seconds, Some(6.0));
+        assert_eq!(p.percent, 40.0);
+        assert!(p.chunks_total_final);
+    }
+
+    #[test]
+    fn while_splitting_the_chunk_total_is_an_estimate() {
+        let mut r = record();
+        r.chunks_total = None;
+        r.chunks_staged = 3;
+        r.bytes_read = 250;
+        let p = r.progress(r.started_at.unwrap());
+        assert!(!p.chunks_total_final);
+        assert_eq!(p.eta_seconds, None);
+        assert_eq!(p.chunks_total, Some(12));
+    }
+
+    #[test]
+    fn ibans_are_masked_but_keep_country_check_digits_and_tail() {
+        assert_eq!(
+            mask_iban("DE89370400440532013000"),
+            "DE89**************3000"
+        );
+        assert_eq!(
+            mask_iban("DE89 3704 0044 0532 0130 00"),
+            "DE89**************3000"
+        );
+        assert_eq!(mask_iban("short"), "*****");
+    }
+
+    #[test]
+    fn object_keys_are_dated_and_safe() {
+        let t = DateTime::parse_from_rfc3339("2026-03-05T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let k = object_key_for(Uuid::nil(), "../März Liste.csv", t);
+        assert_eq!(
+            k,
+            "uploads/2026/03/05/00000000-0000-0000-0000-000000000000/_M_rz_Liste.csv"
+        );
+    }
 }

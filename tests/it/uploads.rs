@@ -437,7 +437,7 @@ async fn xlsx_dates_long_numbers_and_amounts_read_as_excel_shows_them() {
     ws.write_string(1, 2, "DE89370400440532013000").unwrap();
     ws.write_number(1, 3, 19.99).unwrap();
     ws.write_number(1, 4, 98_765_432_109_876.0).unwrap();
-    ws.write_datetime_with_format(1, 5, &ExcelDateTime::from_ymd(2024, 3, 15).unwrap(), &date)
+    ws.write_datetime_with_format(1, 5, ExcelDateTime::from_ymd(2024, 3, 15).unwrap(), &date)
         .unwrap();
     ws.write_number(2, 0, 42.0).unwrap();
     ws.write_string(2, 1, "Zoë").unwrap();
@@ -456,7 +456,14 @@ async fn xlsx_dates_long_numbers_and_amounts_read_as_excel_shows_them() {
     assert_eq!(rec.format.as_deref(), Some("xlsx"));
     assert_eq!(rec.rows_imported, 2);
     let mut c = app.db.connect().await;
-    let rows: Vec<(String, String, i64, Option<String>, Option<chrono::NaiveDate>)> = sqlx::query_as(
+    type Stored = (
+        String,
+        String,
+        i64,
+        Option<String>,
+        Option<chrono::NaiveDate>,
+    );
+    let rows: Vec<Stored> = sqlx::query_as(
         "SELECT reference, name, amount_minor, mandate_id, mandate_date FROM debtors WHERE upload_id = $1 ORDER BY row_no",
     )
     .bind(id)

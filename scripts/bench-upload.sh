@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Upload ingestion benchmark, release build, in one run on this machine:
+#   1. a generated CSV of ROWS rows (default 1,000,000 and 100,000) through `finworker upload`
+#      against a worker daemon (its own process), until completed: rows/s and the daemon's
+#      peak RSS (VmHWM);
+#   2. `psql \copy` of the same file into a plain logged table: the ceiling;
+#   3. a generated XLSX (default 200,000 rows) through `finworker upload`, beside a bare
+#      calamine read of the same file (`finworker bench xlsx-read`).
+# Usage: scripts/bench-upload.sh [csv rows...]   (XLSX_ROWS=200000 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export FINWORKER__DATABASE__PASSWORD="${FINWORKER__DATABASE__PASSWORD:-finworker}"
+export PGPASSWORD="$FINWORKER__DATABASE__PASSWORD"
+export FINWORKER__LOG__LEVEL="${FINWORKER__LOG__LEVEL:-warn}"
+cargo build --release --quiet
+BIN="${CARGO_TARGET_DIR:-target}/release/finworker"
+WORK=$(mktemp -d /var/tmp/fw-bench-XXXXXX)
+DB="fw_bench_$$"
+export FINWORKER__DATABASE__URL="postgres://finworker@127.0.0.1:6432/$DB"
+export FINWORKER__DATABASE__DIRECT_URL="postgres://finworker@127.0.0.1:5432/$DB"
+export FINWORKER__REDIS__PREFIX="fwbench$$"
+export FINWORKER__STORAGE__LOCAL_ROOT="$WORK/storage"
+export FINWORKER__HTTP__API_TOKEN="bench"
+DAEMON=""
+cleanup() {
+  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null || true
+  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
+  redis-cli --scan --pattern "$FINWORKER__REDIS__PREFIX:*" | xargs -r redis-cli del >/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "CREATE DATABASE $DB"
+"$BIN" migrate >/dev/null
+
+start_daemon() {
+  "$BIN" run --no-http --queues upload,upload_chunk >"$WORK/daemon.log" 2>&1 &
+  DAEMON=$!
+  sleep 0.5
+}
+stop_daemon() { # prints the daemon's peak RSS in MB
+  local hwm
+  hwm=$(awk '/VmHWM/ {print $2}' /proc/$DAEMON/status)
+  kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; DAEMON=""
+  echo $((hwm / 1024))
+}
+reset_tables() {
+  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c \
+    "TRUNCATE upload_duplicates, upload_rejects, debtors, upload_chunks, uploads CASCADE"
+}
+upload_rate() { # upload_rate <file> <rows> <label>
+  reset_tables
+  start_daemon
+  local t0 t1 ms rss
+  t0=$(date +%s%N)
+  "$BIN" upload "$1" >"$WORK/upload.out"
+  t1=$(date +%s%N)
+  rss=$(stop_daemon)
+  ms=$(( (t1 - t0) / 1000000 ))
+  grep '^rows ' "$WORK/upload.out" | sed 's/^/    /'
+  printf '  %-34s %9d rows in %6.2f s = %8d rows/s, worker peak RSS %4d MB\n' \
+    "$3" "$2" "$(awk "BEGIN{print $ms/1000}")" $(( $2 * 1000 / ms )) "$rss"
+}
+
+echo "== CSV: finworker upload (end to end) vs psql \\copy (ceiling)"
+for rows in ${@:-100000 1000000}; do
+  f="$WORK/debtors-$rows.csv"
+  "$BIN" gen debtors --rows "$rows" --seed 7 --out "$f" --no-short-rows >/dev/null
+  echo "  file: $rows rows, $(( $(stat -c %s "$f") / 1000000 )) MB"
+  upload_rate "$f" "$rows" "finworker upload ($rows rows)"
+  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "DROP TABLE IF EXISTS copy_ceiling; CREATE TABLE copy_ceiling (
+    customer_number text, first_name text, last_name text, email text, iban text, bic text,
+    amount text, currency text, mandate_reference text, mandate_date text, usage text)"
+  t0=$(date +%s%N)
+  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB \
+    -c "\\copy copy_ceiling FROM '$f' WITH (FORMAT csv, HEADER true, DELIMITER ';')"
+  t1=$(date +%s%N)
+  ms=$(( (t1 - t0) / 1000000 ))
+  printf '  %-34s %9d rows in %6.2f s = %8d rows/s\n' "psql \\copy (plain table)" "$rows" \
+    "$(awk "BEGIN{print $ms/1000}")" $(( rows * 1000 / ms ))
+done
+
+XLSX_ROWS=${XLSX_ROWS:-200000}
+echo "== XLSX: finworker upload (end to end) vs a bare calamine read"
+x="$WORK/debtors-$XLSX_ROWS.xlsx"
+"$BIN" gen debtors --rows "$XLSX_ROWS" --seed 7 --format xlsx --out "$x" >/dev/null
+echo "  file: $XLSX_ROWS rows, $(( $(stat -c %s "$x") / 1000000 )) MB"
+upload_rate "$x" "$XLSX_ROWS" "finworker upload (xlsx)"
+"$BIN" bench xlsx-read "$x" | sed 's/^/  /'
