@@ -116,7 +116,8 @@ pub fn detect(head: &[u8]) -> Result<Format, FileError> {
     let utf16 = starts(b"\xFF\xFE") || starts(b"\xFE\xFF");
     // A stray NUL is a damaged row (rejected later); many of them mean binary data.
     let sample = &head[..head.len().min(8192)];
-    if !utf16 && sample.iter().filter(|b| **b == 0).count() * 100 > sample.len() {
+    let nuls = sample.iter().filter(|b| **b == 0).count();
+    if !utf16 && nuls >= 4 && nuls * 100 > sample.len() {
         return Err(FileError::WrongFormat("binary data".into()));
     }
     Ok(Format::Csv)
@@ -204,7 +205,7 @@ mod tests {
             Ok(Format::Csv)
         );
         assert!(matches!(
-            detect(b"abc\0\0def"),
+            detect(b"abc\0\0\0\0\0\0def"),
             Err(FileError::WrongFormat(_))
         ));
     }

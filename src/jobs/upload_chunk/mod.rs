@@ -1,8 +1,8 @@
 //! `upload_chunk` (ProcessUploadChunkJob): imports one staged chunk in one transaction.
 //!
-//! - Rows are converted here (in parallel across chunks), then COPYed into a transaction-
-//!   local temp table and moved into `debtors` with one `INSERT … SELECT … ON CONFLICT
-//!   (iban, reference) DO NOTHING`, in key order so concurrent chunks cannot deadlock.
+//! - Rows are converted here (in parallel across chunks), then inserted with one
+//!   `INSERT … SELECT FROM unnest(<column arrays>) … ON CONFLICT (iban, reference) DO
+//!   NOTHING`, in key order so concurrent chunks cannot deadlock; rejects are COPYed.
 //! - Deduplication key: normalised IBAN + trimmed reference. A row whose key exists (from an
 //!   earlier upload, another chunk, or earlier in this chunk) goes to `upload_duplicates`,
 //!   linked to the debtor it repeats; the first row of the file wins within a chunk, the
@@ -151,60 +151,72 @@ fn copy_row(out: &mut Vec<u8>, cols: &[Option<&str>]) {
     out.push(b'\n');
 }
 
-const TEMP_TABLE: &str = "CREATE TEMP TABLE chunk_rows (\
-    row_no integer, reference text, first_name text, last_name text, name text, email text, \
-    iban text, bic text, amount_minor bigint, currency text, mandate_id text, mandate_date date, \
-    country text, usage text) ON COMMIT DROP";
-
 const MOVE: &str = "INSERT INTO debtors (upload_id, row_no, reference, first_name, last_name, name, \
     email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage) \
-    SELECT $1, row_no, reference, first_name, last_name, name, email, iban, bic, amount_minor, \
-    currency, mandate_id, mandate_date, country, usage FROM chunk_rows \
-    ORDER BY iban, reference, row_no \
-    ON CONFLICT (iban, reference) DO NOTHING";
+    SELECT $1, t.* FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], \
+    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::date[], \
+    $14::text[], $15::text[]) AS t(row_no, reference, first_name, last_name, name, email, iban, \
+    bic, amount_minor, currency, mandate_id, mandate_date, country, usage) \
+    ORDER BY t.iban, t.reference, t.row_no \
+    ON CONFLICT (iban, reference) DO NOTHING RETURNING row_no";
 
 const DUPLICATES: &str = "INSERT INTO upload_duplicates (upload_id, row_no, debtor_id) \
-    SELECT $1, c.row_no, d.id FROM chunk_rows c \
-    JOIN debtors d ON d.iban = c.iban AND d.reference = c.reference \
-    WHERE NOT (d.upload_id = $1 AND d.row_no = c.row_no)";
+    SELECT $1, c.row_no, d.id FROM unnest($2::int[], $3::text[], $4::text[]) AS c(row_no, iban, reference) \
+    JOIN debtors d ON d.iban = c.iban AND d.reference = c.reference";
 
-/// Converts a staged chunk into COPY data: (debtor rows, reject rows, debtors, rejects).
+/// The importable rows of a chunk, column by column (bound as arrays: one statement, no
+/// temp table, no per-row round trip).
+#[derive(Default)]
+struct Columns {
+    row_no: Vec<i32>,
+    reference: Vec<String>,
+    first_name: Vec<Option<String>>,
+    last_name: Vec<Option<String>>,
+    name: Vec<String>,
+    email: Vec<Option<String>>,
+    iban: Vec<String>,
+    bic: Vec<Option<String>>,
+    amount_minor: Vec<i64>,
+    currency: Vec<String>,
+    mandate_id: Vec<Option<String>>,
+    mandate_date: Vec<Option<chrono::NaiveDate>>,
+    country: Vec<Option<String>>,
+    usage: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, d: Debtor) {
+        self.row_no
+            .push(i32::try_from(d.row_no).unwrap_or(i32::MAX));
+        self.reference.push(d.reference);
+        self.first_name.push(d.first_name);
+        self.last_name.push(d.last_name);
+        self.name.push(d.name);
+        self.email.push(d.email);
+        self.iban.push(d.iban);
+        self.bic.push(d.bic);
+        self.amount_minor.push(d.amount_minor);
+        self.currency.push(d.currency);
+        self.mandate_id.push(d.mandate_id);
+        self.mandate_date.push(d.mandate_date);
+        self.country.push(d.country);
+        self.usage.push(d.usage);
+    }
+}
+
+/// Converts a staged chunk: (importable rows, COPY data of the rejects, rejects).
 fn prepare(
     upload_id: Uuid,
     rows: &[staged::StagedRow],
     rules: &Rules<'_>,
-) -> (Vec<u8>, Vec<u8>, usize, usize) {
-    let mut debtors = Vec::with_capacity(rows.len() * 128);
+) -> (Columns, Vec<u8>, usize) {
+    let mut cols = Columns::default();
     let mut rejects = Vec::new();
-    let (mut n_ok, mut n_bad) = (0, 0);
+    let mut n_bad = 0;
     let upload = upload_id.to_string();
     for row in rows {
         match rules.convert(row) {
-            Ok(d) => {
-                n_ok += 1;
-                let row_no = d.row_no.to_string();
-                let amount = d.amount_minor.to_string();
-                let date = d.mandate_date.map(|x| x.format("%Y-%m-%d").to_string());
-                copy_row(
-                    &mut debtors,
-                    &[
-                        Some(&row_no),
-                        Some(&d.reference),
-                        d.first_name.as_deref(),
-                        d.last_name.as_deref(),
-                        Some(&d.name),
-                        d.email.as_deref(),
-                        Some(&d.iban),
-                        d.bic.as_deref(),
-                        Some(&amount),
-                        Some(&d.currency),
-                        d.mandate_id.as_deref(),
-                        date.as_deref(),
-                        d.country.as_deref(),
-                        d.usage.as_deref(),
-                    ],
-                );
-            }
+            Ok(d) => cols.push(d),
             Err(r) => {
                 n_bad += 1;
                 let row_no = r.row_no.to_string();
@@ -222,7 +234,7 @@ fn prepare(
             }
         }
     }
-    (debtors, rejects, n_ok, n_bad)
+    (cols, rejects, n_bad)
 }
 
 async fn import(app: &AppContext, job: &UploadChunk) -> Result<Outcome, ChunkError> {
@@ -306,7 +318,8 @@ async fn import(app: &AppContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
         max_field_bytes: settings.max_field_bytes,
         default_currency: &settings.default_currency,
     };
-    let (debtor_copy, reject_copy, n_ok, n_bad) = prepare(id, &rows, &rules);
+    let (cols, reject_copy, n_bad) = prepare(id, &rows, &rules);
+    let n_ok = cols.row_no.len();
 
     let mut tx = app.db.begin().await?;
     let locked: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
@@ -323,12 +336,52 @@ async fn import(app: &AppContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
         return Ok(Outcome::Skipped);
     }
     let (imported, duplicates) = if n_ok > 0 {
-        tx.execute_raw(TEMP_TABLE).await?;
-        tx.copy_in("COPY chunk_rows FROM STDIN", &debtor_copy)
+        // Index probes, never a scan of all debtors: the planner cannot see how few rows
+        // the arrays hold. SET LOCAL ends with the transaction (safe behind PgBouncer).
+        tx.execute_raw("SET LOCAL enable_hashjoin = off").await?;
+        tx.execute_raw("SET LOCAL enable_mergejoin = off").await?;
+        let inserted: Vec<(i32,)> = tx
+            .fetch_all(
+                sqlx::query_as(MOVE)
+                    .bind(id)
+                    .bind(&cols.row_no)
+                    .bind(&cols.reference)
+                    .bind(&cols.first_name)
+                    .bind(&cols.last_name)
+                    .bind(&cols.name)
+                    .bind(&cols.email)
+                    .bind(&cols.iban)
+                    .bind(&cols.bic)
+                    .bind(&cols.amount_minor)
+                    .bind(&cols.currency)
+                    .bind(&cols.mandate_id)
+                    .bind(&cols.mandate_date)
+                    .bind(&cols.country)
+                    .bind(&cols.usage),
+            )
             .await?;
-        let imported = tx.execute(sqlx::query(MOVE).bind(id)).await?;
-        let duplicates = tx.execute(sqlx::query(DUPLICATES).bind(id)).await?;
-        (imported, duplicates)
+        let inserted: std::collections::HashSet<i32> = inserted.into_iter().map(|(r,)| r).collect();
+        let (mut d_row, mut d_iban, mut d_ref) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, r) in cols.row_no.iter().enumerate() {
+            if !inserted.contains(r) {
+                d_row.push(*r);
+                d_iban.push(cols.iban[i].as_str());
+                d_ref.push(cols.reference[i].as_str());
+            }
+        }
+        let duplicates = if d_row.is_empty() {
+            0
+        } else {
+            tx.execute(
+                sqlx::query(DUPLICATES)
+                    .bind(id)
+                    .bind(&d_row)
+                    .bind(&d_iban)
+                    .bind(&d_ref),
+            )
+            .await?
+        };
+        (inserted.len() as u64, duplicates)
     } else {
         (0, 0)
     };
