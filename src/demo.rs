@@ -22,6 +22,9 @@ pub struct DemoArgs {
     /// No-op jobs pushed in bulk.
     #[arg(long, default_value_t = 20_000)]
     pub jobs: usize,
+    /// Rows of the generated debtor file uploaded at the end.
+    #[arg(long, default_value_t = 50_000)]
+    pub debtors: u64,
 }
 
 /// Runs the demo.
@@ -170,6 +173,43 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         println!("   {id}  {e}");
     }
     println!("8. inspect one job: finworker jobs show {}", ids[0]);
+
+    // The ingestion pipeline: a generated debtor file (10% duplicates, 2% malformed rows).
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("demo-debtors.csv");
+    let gen_args = crate::testdata::DebtorArgs {
+        rows: args.debtors,
+        format: crate::testdata::GenFormat::Csv,
+        // A fresh seed per run: a second demo would otherwise find only duplicates of the first.
+        seed: (chrono::Utc::now().timestamp_millis() % 1_000_000) as u64,
+        out: file.clone(),
+        delimiter: ';',
+        encoding: crate::testdata::GenEncoding::Utf8,
+        bom: false,
+        crlf: false,
+        duplicates: 10.0,
+        malformed: 2.0,
+        no_short_rows: false,
+    };
+    let summary = crate::testdata::debtors(&gen_args)?;
+    println!(
+        "9. uploading a generated debtor file ({} rows: {} unique, {} duplicates, {} malformed)",
+        summary.rows, summary.unique, summary.duplicates, summary.malformed
+    );
+    let upload_id = crate::uploads::submit(&ctx, &file, None, None).await?;
+    let rec = crate::uploads::watch(&ctx, upload_id, Duration::from_millis(200)).await?;
+    for line in crate::uploads::describe(&rec, chrono::Utc::now()).lines() {
+        println!("   {line}");
+    }
+    for r in crate::uploads::rejects(&ctx.db, upload_id, 3).await? {
+        println!(
+            "   rejected row {} ({}): {}",
+            r.row_no,
+            r.column_name.as_deref().unwrap_or("row"),
+            r.reason
+        );
+    }
+    println!("   details: finworker uploads show {upload_id}");
 
     shutdown.cancel();
     daemon.await??;
