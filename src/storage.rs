@@ -148,14 +148,17 @@ impl Storage {
         Ok(meta.size)
     }
 
-    /// Streams an object.
-    pub async fn get_stream(&self, key: &str) -> Result<ObjectStream, StorageError> {
+    async fn fetch(&self, key: &str) -> Result<object_store::GetResult, StorageError> {
         let path = Self::path(key)?;
-        let res = self
-            .store
+        self.store
             .get(&path)
             .await
-            .map_err(|e| Self::map_err(key, e))?;
+            .map_err(|e| Self::map_err(key, e))
+    }
+
+    /// Streams an object.
+    pub async fn get_stream(&self, key: &str) -> Result<ObjectStream, StorageError> {
+        let res = self.fetch(key).await?;
         let size = res.meta.size;
         let k = key.to_string();
         let stream = res
@@ -167,12 +170,7 @@ impl Storage {
 
     /// A whole (small) object, such as a staged chunk.
     pub async fn get_bytes(&self, key: &str) -> Result<Bytes, StorageError> {
-        let path = Self::path(key)?;
-        let res = self
-            .store
-            .get(&path)
-            .await
-            .map_err(|e| Self::map_err(key, e))?;
+        let res = self.fetch(key).await?;
         res.bytes().await.map_err(|e| Self::map_err(key, e))
     }
 

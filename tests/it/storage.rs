@@ -37,26 +37,19 @@ impl Drop for Bucket {
     fn drop(&mut self) {
         // Empties and removes the bucket (moto accepts unsigned requests); Drop cannot await.
         let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let c = reqwest::Client::new();
-                let base = endpoint();
-                if let Ok(r) = c.get(format!("{base}/{name}?list-type=2")).send().await {
-                    let body = r.text().await.unwrap_or_default();
-                    for part in body.split("<Key>").skip(1) {
-                        if let Some(key) = part.split("</Key>").next() {
-                            let _ = c.delete(format!("{base}/{name}/{key}")).send().await;
-                        }
+        crate::helpers::block_on_own_thread(move || async move {
+            let c = reqwest::Client::new();
+            let base = endpoint();
+            if let Ok(r) = c.get(format!("{base}/{name}?list-type=2")).send().await {
+                let body = r.text().await.unwrap_or_default();
+                for part in body.split("<Key>").skip(1) {
+                    if let Some(key) = part.split("</Key>").next() {
+                        let _ = c.delete(format!("{base}/{name}/{key}")).send().await;
                     }
                 }
-                let _ = c.delete(format!("{base}/{name}")).send().await;
-            });
-        })
-        .join();
+            }
+            let _ = c.delete(format!("{base}/{name}")).send().await;
+        });
     }
 }
 
@@ -115,7 +108,21 @@ async fn an_upload_from_the_s3_backend_imports_and_cleans_its_staging() {
     // The file is in the bucket, the staged chunks are gone from it.
     let listed = app.ctx.storage.list("uploads").await.unwrap();
     assert_eq!(listed, vec![rec.object_key.clone()]);
-    assert!(app.ctx.storage.list("staging").await.unwrap().is_empty());
+    // Staging is removed just after the completing commit: poll, don't race it.
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the staging to be removed",
+        || async {
+            app.ctx
+                .storage
+                .list("staging")
+                .await
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
     assert_eq!(
         app.ctx.storage.size(&rec.object_key).await.unwrap(),
         std::fs::metadata(&args.out).unwrap().len()

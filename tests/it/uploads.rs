@@ -611,13 +611,22 @@ async fn staged_chunks_are_removed_when_the_upload_completes() {
     let app = spawn_app_with(|s| s.upload.chunk_rows = 10).await;
     let rec = ingest(&app, "s.csv", dialect(";", false, true).as_bytes()).await;
     assert_eq!(rec.status, "completed");
-    let left = app
-        .ctx
-        .storage
-        .list(&uploads::staging_prefix(rec.id))
-        .await
-        .unwrap();
-    assert!(left.is_empty(), "{left:?}");
+    // Staging is removed just after the completing commit: poll, don't race it.
+    let prefix = uploads::staging_prefix(rec.id);
+    eventually(
+        Duration::from_secs(10),
+        "the staging to be removed",
+        || async {
+            app.ctx
+                .storage
+                .list(&prefix)
+                .await
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
     // The original file stays.
     assert!(app.ctx.storage.size(&rec.object_key).await.unwrap() > 0);
 }

@@ -121,7 +121,6 @@ pub struct CsvSource {
     rec: csv::ByteRecord,
     read: Arc<AtomicU64>,
     mark: Arc<AtomicU64>,
-    head_len: u64,
     fallback_cells: u64,
     utf16: bool,
     lines: Arc<std::sync::Mutex<Lines>>,
@@ -217,8 +216,7 @@ impl CsvSource {
         if head.is_empty() {
             return Err(FileError::Empty);
         }
-        let head_len = head.len() as u64;
-        let read = Arc::new(AtomicU64::new(head_len));
+        let read = Arc::new(AtomicU64::new(head.len() as u64));
         let mark = Arc::new(AtomicU64::new(0));
         let rest = Guarded {
             inner: input,
@@ -303,7 +301,6 @@ impl CsvSource {
             rec,
             read,
             mark,
-            head_len,
             fallback_cells: 0,
             utf16,
             lines,
@@ -403,7 +400,7 @@ impl RowSource for CsvSource {
     }
 
     fn bytes_read(&self) -> u64 {
-        self.read.load(Ordering::Relaxed).max(self.head_len)
+        self.read.load(Ordering::Relaxed)
     }
 
     fn notes(&self) -> Vec<String> {

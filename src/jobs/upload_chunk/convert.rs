@@ -68,14 +68,11 @@ const SHOWN_VALUE: usize = 100;
 
 impl Rules<'_> {
     fn problem(&self, field: Field, reason: String, value: &str) -> RowProblem {
-        let mut shown: String = if field == Field::Iban {
+        let shown: String = if field == Field::Iban {
             mask_iban(value)
         } else {
             value.chars().take(SHOWN_VALUE).collect()
         };
-        if shown.is_empty() {
-            shown.clear();
-        }
         RowProblem {
             field: Some(field),
             column: self.columns.header_of(field).map(str::to_string),

@@ -213,20 +213,12 @@ impl Drop for TestApp {
 
 /// Deletes every Redis key under `prefix`, from a thread of its own (Drop cannot await).
 pub fn delete_namespace(prefix: String) {
-    let _ = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    super::block_on_own_thread(move || async move {
+        let mut s = Settings::load_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &[])
             .unwrap();
-        rt.block_on(async move {
-            let mut s =
-                Settings::load_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config"), &[])
-                    .unwrap();
-            s.redis.prefix = prefix;
-            if let Ok(e) = finworker::queue::engine::Engine::connect(&s.redis).await {
-                let _ = e.delete_namespace().await;
-            }
-        });
-    })
-    .join();
+        s.redis.prefix = prefix;
+        if let Ok(e) = finworker::queue::engine::Engine::connect(&s.redis).await {
+            let _ = e.delete_namespace().await;
+        }
+    });
 }

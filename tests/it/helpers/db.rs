@@ -138,18 +138,11 @@ impl Drop for TestDb {
         let _ = std::fs::remove_dir_all(self.storage_root());
         let name = self.name.clone();
         // Drop runs outside any async context we can await in: use a small runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut conn = admin().await;
-                let _ = conn
-                    .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                    .await;
-            });
-        })
-        .join();
+        super::block_on_own_thread(move || async move {
+            let mut conn = admin().await;
+            let _ = conn
+                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await;
+        });
     }
 }
