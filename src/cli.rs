@@ -55,6 +55,11 @@ pub enum Command {
     /// Generate test data.
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Serve the sandbox provider (simulated VOP/BAV API) until Ctrl-C.
+    Sandbox(SandboxArgs),
+    /// Reports: create, show, and print signed download links.
+    #[command(subcommand)]
+    Reports(ReportsCommand),
     /// Regenerate the producer contract in jobs/ from the payload types.
     Schemas {
         /// Folder to write into.
@@ -124,6 +129,62 @@ pub enum UploadsCommand {
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `sandbox` flags: the starting knobs (PUT /_sandbox/config changes them later).
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:9300")]
+    pub bind: String,
+    /// Added to every answer.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Share of calls failing (0..1), spread evenly.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// How injected failures look: 503 or timeout.
+    #[arg(long, default_value = "503")]
+    pub error_mode: String,
+    /// Requests/s accepted from all clients together (0 = unlimited); more get 429.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Bearer key required from clients.
+    #[arg(long, env = "FINWORKER_SANDBOX_API_KEY")]
+    pub api_key: Option<String>,
+}
+
+/// `reports` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReportsCommand {
+    /// Enqueue a VOP report of an upload (or a date range), wait for it, print its link.
+    Create {
+        /// The upload.
+        #[arg(long)]
+        upload: Option<uuid::Uuid>,
+        /// First check date (YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Last check date (inclusive).
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        /// csv or xlsx.
+        #[arg(long, default_value = "xlsx")]
+        format: String,
+    },
+    /// A report's status.
+    Show {
+        /// Report id.
+        id: uuid::Uuid,
+    },
+    /// Print a signed download link (valid for reports.link_ttl, or --ttl).
+    Link {
+        /// Report id.
+        id: uuid::Uuid,
+        /// How long the link works.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
     },
 }
 
@@ -320,12 +381,20 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no upload {id}"))?;
             let list = uploads::rejects(&ctx.db, id, rejects).await?;
+            let checks = uploads::verification(&ctx.db, id).await?;
             if json {
                 let mut v = serde_json::to_value(rec.view(Utc::now()))?;
                 v["rejects"] = serde_json::to_value(&list)?;
+                v["verification"] = serde_json::to_value(&checks)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", uploads::describe(&rec, Utc::now()));
+                if checks.checked > 0 {
+                    print!("{}", checks.describe());
+                }
+                if checks.checked > 0 {
+                    print!("{}", checks.describe());
+                }
                 if !list.is_empty() {
                     println!("rejected rows (first {}):", list.len());
                     for r in list {
@@ -346,6 +415,25 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
+        Command::Sandbox(a) => {
+            let settings = load().await?;
+            let _ = settings;
+            let token = CancellationToken::new();
+            shutdown::on_signals(token.clone());
+            let knobs = crate::sandbox::Knobs {
+                latency_ms: u64::try_from(a.latency.as_millis()).unwrap_or(u64::MAX),
+                error_rate: a.error_rate,
+                error_mode: a.error_mode,
+                outage_until_ms: None,
+                rate_limit: a.rate_limit,
+                api_key: a.api_key,
+            };
+            let (addr, _sandbox, handle) = crate::sandbox::serve(&a.bind, knobs, token).await?;
+            println!("sandbox provider listening on http://{addr} (knobs: /_sandbox/config, calls: /_sandbox/calls)");
+            handle.await?;
+            Ok(())
+        }
+        Command::Reports(cmd) => reports_command(cmd).await,
         Command::Schemas { dir } => {
             for f in schema::write(&jobs::registry(), &dir)? {
                 println!("{}", dir.join(f).display());
@@ -542,4 +630,79 @@ mod tests {
     fn verify_cli() {
         Cli::command().debug_assert();
     }
+}
+
+async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
+    let ctx = startup::build_context(load().await?).await?;
+    match cmd {
+        ReportsCommand::Create {
+            upload,
+            from,
+            to,
+            format,
+        } => {
+            let format = match format.as_str() {
+                "csv" => crate::reports::Format::Csv,
+                "xlsx" => crate::reports::Format::Xlsx,
+                other => anyhow::bail!("--format {other}: use csv or xlsx"),
+            };
+            if upload.is_none() && from.is_none() && to.is_none() {
+                anyhow::bail!("give --upload or --from/--to");
+            }
+            let id = jobs::vop_report::enqueue(
+                &ctx,
+                jobs::VopReport {
+                    report_id: None,
+                    upload_id: upload,
+                    from,
+                    to,
+                    format,
+                },
+            )
+            .await?;
+            eprintln!("report {id} enqueued; waiting for workers");
+            loop {
+                match crate::reports::get(&ctx.db, id).await? {
+                    Some(r) if r.status == "ready" => break,
+                    Some(r) if r.status == "failed" => anyhow::bail!(
+                        "report {id} failed: {}",
+                        r.error.unwrap_or_default()
+                    ),
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+            println!("{}", report_link(&ctx, id, None)?);
+        }
+        ReportsCommand::Show { id } => {
+            let r = crate::reports::get(&ctx.db, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no report {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        ReportsCommand::Link { id, ttl } => {
+            let r = crate::reports::get(&ctx.db, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no report {id}"))?;
+            if r.status != "ready" {
+                eprintln!("note: report {id} is {}; the link works once it is ready", r.status);
+            }
+            println!("{}", report_link(&ctx, id, ttl)?);
+        }
+    }
+    Ok(())
+}
+
+/// A signed link to a report, valid for `ttl` (default `reports.link_ttl`).
+pub fn report_link(
+    ctx: &crate::context::AppContext,
+    id: uuid::Uuid,
+    ttl: Option<Duration>,
+) -> anyhow::Result<String> {
+    let s = &ctx.settings.reports;
+    let secret = s.link_secret.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("reports.link_secret is not set (FINWORKER__REPORTS__LINK_SECRET)")
+    })?;
+    let ttl = chrono::Duration::from_std(ttl.unwrap_or(s.link_ttl))?;
+    let expires = (Utc::now() + ttl).timestamp();
+    Ok(crate::reports::link(&s.public_url, secret, id, expires))
 }

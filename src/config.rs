@@ -29,6 +29,8 @@ pub const SECRET_KEYS: &[&str] = &[
     "database.password",
     "http.api_token",
     "storage.s3.secret_access_key",
+    "vop.api_key",
+    "reports.link_secret",
 ];
 
 /// Errors while loading or checking configuration.
@@ -80,6 +82,89 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// Upload ingestion.
     pub upload: UploadSettings,
+    /// Structural SEPA checks.
+    pub validation: ValidationSettings,
+    /// Verification of Payee / Bank Account Verification.
+    pub vop: VopSettings,
+    /// Reports and their download links.
+    pub reports: ReportSettings,
+}
+
+/// Structural checks of debtors.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSettings {
+    /// Highest amount collected, minor units.
+    pub max_amount_minor: i64,
+    /// Currencies collected.
+    pub currencies: Vec<String>,
+    /// A debtor without mandate reference and signature date is invalid.
+    pub require_mandate: bool,
+}
+
+/// VOP/BAV provider access.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VopSettings {
+    /// Verify valid debtors after validation; off = validation ends the pipeline.
+    pub enabled: bool,
+    /// Provider module (`epc`: the EPC-VOP-shaped HTTP API the sandbox speaks).
+    pub provider: String,
+    /// Provider base URL.
+    pub base_url: String,
+    /// Provider API key (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub api_key: Option<SecretString>,
+    /// Requests per second to the provider, shared by every worker process.
+    pub rate_limit: u32,
+    /// Per-request deadline.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts per request on transport errors, timeouts, 5xx and 429.
+    pub request_attempts: u32,
+    /// First delay between attempts (doubles).
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Requests in flight per `vop` job.
+    pub in_flight: usize,
+    /// A `vop` job works this long, then continues in a fresh job.
+    #[serde(with = "humantime_serde")]
+    pub slice: Duration,
+    /// Breaker opens when the success rate falls below this (0..1).
+    pub breaker_min_success_rate: f64,
+    /// ... with at least this many requests in the window.
+    pub breaker_min_requests: u32,
+    /// ... over this window.
+    #[serde(with = "humantime_serde")]
+    pub breaker_window: Duration,
+    /// First open period (doubles on each failed probe, up to breaker_open_max).
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+    /// Longest open period.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_max: Duration,
+    /// How long a stored answer is reused for the same IBAN and name.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Times a chunk is put off (breaker open, provider down) before its remaining debtors
+    /// are recorded as errors.
+    pub max_deferrals: u32,
+}
+
+/// Reports.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSettings {
+    /// HMAC key of download links (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub link_secret: Option<SecretString>,
+    /// How long a download link works.
+    #[serde(with = "humantime_serde")]
+    pub link_ttl: Duration,
+    /// Base URL finance staff reach the HTTP receiver at (for printed links).
+    pub public_url: String,
+    /// Make a VOP report (XLSX) when an upload's verification ends.
+    pub after_vop: bool,
 }
 
 /// Object storage.
@@ -465,6 +550,35 @@ impl Settings {
                 "storage.s3.bucket",
                 "must be set when storage.backend = \"s3\"",
             );
+        }
+        if self.validation.currencies.is_empty()
+            || self.validation.currencies.iter().any(|c| c.len() != 3)
+        {
+            return bad(
+                "validation.currencies",
+                "must list 3-letter ISO 4217 codes",
+            );
+        }
+        if self.validation.max_amount_minor <= 0 {
+            return bad("validation.max_amount_minor", "must be above zero");
+        }
+        if self.vop.provider != "epc" {
+            return bad("vop.provider", "unknown provider (known: \"epc\")");
+        }
+        if self.vop.rate_limit == 0 {
+            return bad("vop.rate_limit", "must be at least 1");
+        }
+        if self.vop.in_flight == 0 {
+            return bad("vop.in_flight", "must be at least 1");
+        }
+        if self.vop.request_attempts == 0 {
+            return bad("vop.request_attempts", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.vop.breaker_min_success_rate) {
+            return bad("vop.breaker_min_success_rate", "must be between 0 and 1");
+        }
+        if self.vop.breaker_open_max < self.vop.breaker_open_for {
+            return bad("vop.breaker_open_max", "must be >= vop.breaker_open_for");
         }
         if let Err((key, message)) = crate::uploads::ColumnAliases::check(&self.upload.columns) {
             return bad(&key, &message);

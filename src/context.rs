@@ -30,6 +30,8 @@ pub struct AppContext {
     pub registry: Arc<Registry>,
     /// Object storage.
     pub storage: Storage,
+    /// The VOP/BAV provider behind its rate limit and breaker.
+    pub vop: crate::vop::Verifier,
 }
 
 /// Options of one enqueue.

@@ -25,6 +25,31 @@ pub struct DepthLabels {
     pub state: String,
 }
 
+/// Labels of provider request series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider module.
+    pub provider: String,
+    /// ok | refused | server_error | timeout | transport | rate_limited | rejected_by_breaker.
+    pub outcome: String,
+}
+
+/// Labels of breaker series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    /// Provider module.
+    pub provider: String,
+}
+
+/// Labels of breaker transitions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// Provider module.
+    pub provider: String,
+    /// open | half_open | closed.
+    pub to: String,
+}
+
 /// Labels of per-queue series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -67,6 +92,14 @@ pub struct Metrics {
     pub dead_letter_size: Family<QueueLabels, Gauge>,
     /// Errors talking to Redis or Postgres from the runtime loops.
     pub runtime_errors: Counter,
+    /// Provider requests by outcome.
+    pub provider_requests: Family<ProviderLabels, Counter>,
+    /// VOP/BAV answers reused from the cache instead of a provider call.
+    pub vop_cache_hits: Counter,
+    /// Breaker state per provider: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: Family<BreakerLabels, Gauge>,
+    /// Breaker transitions per provider and target state.
+    pub breaker_transitions: Family<TransitionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -93,6 +126,10 @@ impl Metrics {
             oldest_waiting_seconds: Family::default(),
             dead_letter_size: Family::default(),
             runtime_errors: Counter::default(),
+            provider_requests: Family::default(),
+            vop_cache_hits: Counter::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
         };
         r.register("jobs_started", "Job attempts started", m.started.clone());
         r.register(
@@ -145,6 +182,26 @@ impl Metrics {
             "runtime_errors",
             "Errors talking to Redis or Postgres in the worker loops",
             m.runtime_errors.clone(),
+        );
+        r.register(
+            "provider_requests",
+            "Requests to verification providers by outcome",
+            m.provider_requests.clone(),
+        );
+        r.register(
+            "vop_cache_hits",
+            "VOP/BAV answers reused from the cache",
+            m.vop_cache_hits.clone(),
+        );
+        r.register(
+            "breaker_state",
+            "Circuit breaker state per provider (0 closed, 1 half-open, 2 open)",
+            m.breaker_state.clone(),
+        );
+        r.register(
+            "breaker_transitions",
+            "Circuit breaker state changes",
+            m.breaker_transitions.clone(),
         );
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
         m

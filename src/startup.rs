@@ -85,13 +85,17 @@ pub async fn build_context(settings: Settings) -> anyhow::Result<AppContext> {
         .with_context(|| format!("connecting to redis at {}", settings.redis.url))?;
     let storage = crate::storage::Storage::from_settings(&settings.storage)
         .context("opening object storage")?;
+    let metrics = Arc::new(Metrics::new());
+    let vop = crate::vop::Verifier::from_settings(&settings.vop, &queue, metrics.clone())
+        .context("building the VOP provider client")?;
     Ok(AppContext {
         settings: Arc::new(settings),
         db,
         queue,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
         registry: Arc::new(registry),
         storage,
+        vop,
     })
 }
 

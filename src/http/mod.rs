@@ -5,6 +5,7 @@ mod enqueue;
 mod error;
 mod health;
 mod metrics;
+mod reports;
 mod uploads;
 
 use axum::{
@@ -31,6 +32,7 @@ pub fn router(ctx: AppContext) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/api/jobs/{job_type}", post(enqueue::enqueue))
         .route("/api/uploads/{id}", get(uploads::show))
+        .route("/reports/{id}/download", get(reports::download))
         .fallback(error::not_found)
         .layer(RequestBodyLimitLayer::new(http.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(

@@ -39,6 +39,10 @@ pub async fn show(
         .ok_or_else(|| ApiError::NotFound(format!("no upload {id}")))?;
     let mut v =
         serde_json::to_value(rec.view(Utc::now())).map_err(|e| ApiError::Internal(e.into()))?;
+    let checks = uploads::verification(&ctx.db, id)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    v["verification"] = serde_json::to_value(checks).map_err(|e| ApiError::Internal(e.into()))?;
     if q.rejects > 0 {
         let list = uploads::rejects(&ctx.db, id, q.rejects.min(1000))
             .await

@@ -5,11 +5,19 @@ mod noop;
 mod test_job;
 pub mod upload;
 pub mod upload_chunk;
+pub mod validation;
+pub mod validation_chunk;
+pub mod vop;
+pub mod vop_report;
 
 pub use noop::Noop;
 pub use test_job::TestJob;
 pub use upload::Upload;
 pub use upload_chunk::UploadChunk;
+pub use validation::Validation;
+pub use validation_chunk::ValidationChunk;
+pub use vop::Vop;
+pub use vop_report::VopReport;
 
 use crate::queue::registry::Registry;
 
@@ -20,4 +28,8 @@ pub fn registry() -> Registry {
         .add::<TestJob>()
         .add::<Upload>()
         .add::<UploadChunk>()
+        .add::<Validation>()
+        .add::<ValidationChunk>()
+        .add::<Vop>()
+        .add::<VopReport>()
 }

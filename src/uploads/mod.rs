@@ -99,6 +99,18 @@ pub struct UploadRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Chunks validated.
+    pub chunks_validated: i32,
+    /// Debtors that passed validation.
+    pub rows_valid: i64,
+    /// Debtors that failed validation.
+    pub rows_invalid: i64,
+    /// When validation ended.
+    pub validated_at: Option<DateTime<Utc>>,
+    /// Chunks whose valid debtors were verified (VOP/BAV).
+    pub chunks_verified: i32,
+    /// When verification ended.
+    pub verified_at: Option<DateTime<Utc>>,
 }
 
 /// Progress figures derived from a record.
@@ -203,7 +215,8 @@ impl UploadRecord {
 const SELECT: &str = "SELECT id, object_key, file_name, sheet, format, encoding, delimiter, status, \
      size_bytes, bytes_read, chunk_rows, chunks_total, chunks_staged, chunks_done, rows_seen, rows_blank, \
      rows_imported, rows_duplicate, rows_rejected, columns, error, note, created_at, started_at, \
-     split_at, finished_at, updated_at FROM uploads";
+     split_at, finished_at, updated_at, chunks_validated, rows_valid, rows_invalid, validated_at, \
+     chunks_verified, verified_at FROM uploads";
 
 /// Reads one record.
 pub async fn get(db: &Db, id: Uuid) -> Result<Option<UploadRecord>, DbError> {
@@ -422,6 +435,26 @@ pub fn describe(rec: &UploadRecord, now: DateTime<Utc>) -> String {
         p.rows_per_second.map_or("-".into(), |r| format!("{r:.0}")),
         p.eta_seconds.map_or("-".into(), |e| format!("{e:.1}s"))
     );
+    if rec.chunks_validated > 0 {
+        let _ = writeln!(
+            s,
+            "validated  {}/{} chunks: {} valid, {} invalid{}",
+            rec.chunks_validated,
+            p.chunks_total.map_or("?".into(), |t| t.to_string()),
+            rec.rows_valid,
+            rec.rows_invalid,
+            if rec.validated_at.is_some() { "" } else { " (running)" }
+        );
+    }
+    if rec.chunks_verified > 0 {
+        let _ = writeln!(
+            s,
+            "verified   {}/{} chunks{}",
+            rec.chunks_verified,
+            p.chunks_total.map_or("?".into(), |t| t.to_string()),
+            if rec.verified_at.is_some() { "" } else { " (running)" }
+        );
+    }
     if let Some(e) = &rec.error {
         let _ = writeln!(s, "error      {e}");
     }
@@ -518,4 +551,61 @@ mod tests {
             "uploads/2026/03/05/00000000-0000-0000-0000-000000000000/_M_rz_Liste.csv"
         );
     }
+}
+
+/// VOP/BAV results of an upload so far.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Verification {
+    /// Debtors with a result.
+    pub checked: i64,
+    /// Count per VOP result (match, close_match, no_match, not_possible, error).
+    pub vop: std::collections::BTreeMap<String, i64>,
+    /// Count per BAV result (valid, closed, no_direct_debit, not_possible, error).
+    pub bav: std::collections::BTreeMap<String, i64>,
+    /// Results reused from the cache (no provider call).
+    pub from_cache: i64,
+}
+
+impl Verification {
+    /// One line for `uploads show`.
+    pub fn describe(&self) -> String {
+        let join = |m: &std::collections::BTreeMap<String, i64>| {
+            m.iter()
+                .map(|(k, v)| format!("{v} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "vop        {} checked ({} from cache): {}\nbav        {}\n",
+            self.checked,
+            self.from_cache,
+            join(&self.vop),
+            join(&self.bav)
+        )
+    }
+}
+
+/// Counts an upload's VOP/BAV results.
+pub async fn verification(db: &Db, id: Uuid) -> Result<Verification, DbError> {
+    let mut tx = db.begin().await?;
+    let rows: Vec<(String, String, bool, i64)> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT vop_result, bav_result, from_cache, count(*) FROM vop_results WHERE upload_id = $1 \
+                 GROUP BY 1, 2, 3",
+            )
+            .bind(id),
+        )
+        .await?;
+    tx.commit().await?;
+    let mut v = Verification::default();
+    for (vop, bav, cached, n) in rows {
+        v.checked += n;
+        *v.vop.entry(vop).or_default() += n;
+        *v.bav.entry(bav).or_default() += n;
+        if cached {
+            v.from_cache += n;
+        }
+    }
+    Ok(v)
 }

@@ -124,33 +124,6 @@ pub async fn next_stage(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()>
     Ok(())
 }
 
-fn copy_text(out: &mut Vec<u8>, v: Option<&str>) {
-    match v {
-        None => out.extend_from_slice(b"\\N"),
-        Some(s) => {
-            for b in s.bytes() {
-                match b {
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    other => out.push(other),
-                }
-            }
-        }
-    }
-}
-
-fn copy_row(out: &mut Vec<u8>, cols: &[Option<&str>]) {
-    for (i, c) in cols.iter().enumerate() {
-        if i > 0 {
-            out.push(b'\t');
-        }
-        copy_text(out, *c);
-    }
-    out.push(b'\n');
-}
-
 const MOVE: &str = "INSERT INTO debtors (upload_id, row_no, reference, first_name, last_name, name, \
     email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage) \
     SELECT $1, t.* FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], \
@@ -220,7 +193,7 @@ fn prepare(
             Err(r) => {
                 n_bad += 1;
                 let row_no = r.row_no.to_string();
-                copy_row(
+                crate::db::copy_row(
                     &mut rejects,
                     &[
                         Some(&upload),
@@ -465,16 +438,4 @@ async fn complete(tx: &mut Tx, app: &AppContext, id: Uuid) -> Result<(), ChunkEr
     }
     tracing::info!(upload_id = %id, rows = seen, "upload completed");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_text_escapes_what_copy_would_misread() {
-        let mut out = Vec::new();
-        copy_row(&mut out, &[Some("a\tb\\c\nd\re"), None, Some("")]);
-        assert_eq!(out, b"a\\tb\\\\c\\nd\\re\t\\N\t\n");
-    }
 }

@@ -1,0 +1,267 @@
+//! `validation_chunk`: checks the debtors one chunk of an upload imported, in one
+//! transaction.
+//!
+//! - Reads the chunk's debtors by index range, checks them in memory ([`rules::check`]),
+//!   then COPYs one `debtor_checks` row per debtor and one `debtor_issues` row per finding.
+//! - Exactly once: the chunk row is locked and stamped `validated_at` in that transaction;
+//!   a redelivered job sees the stamp and only makes sure the next stage started.
+//! - The chunk that validates the upload's last chunk stamps the upload and fans out the
+//!   `vop` jobs (one per chunk with valid debtors) under idempotency keys.
+
+use chrono::NaiveDate;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::validation::rules::{self, DebtorData};
+use crate::{
+    context::AppContext,
+    db::copy_row,
+    queue::job::{Job, JobContext, JobError},
+};
+
+/// Payload of `validation_chunk`: one chunk of one upload.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationChunk {
+    /// The upload.
+    pub upload_id: Uuid,
+    /// Chunk number (as in `upload_chunks`).
+    pub chunk_no: u32,
+}
+
+impl Job for ValidationChunk {
+    const NAME: &'static str = "validation_chunk";
+
+    fn example() -> Self {
+        ValidationChunk {
+            upload_id: Uuid::from_u128(0x0196f1c2_7d1e_7c3a_9f00_5b2a7e0e4a11),
+            chunk_no: 0,
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        match validate(&ctx.app, &self).await? {
+            Done::Chunk => Ok(()),
+            Done::Upload => after_validation(&ctx.app, self.upload_id)
+                .await
+                .map_err(JobError::Retryable),
+        }
+    }
+}
+
+enum Done {
+    Chunk,
+    Upload,
+}
+
+type Row = (
+    i64,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    String,
+    Option<String>,
+    Option<NaiveDate>,
+    Option<String>,
+);
+
+fn retry(e: impl Into<anyhow::Error>) -> JobError {
+    JobError::Retryable(e.into())
+}
+
+async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobError> {
+    let id = job.upload_id;
+    let chunk_no = i32::try_from(job.chunk_no).unwrap_or(i32::MAX);
+    let mut tx = app.db.begin().await.map_err(retry)?;
+    let chunk: Option<(i32, i32, Option<chrono::DateTime<chrono::Utc>>)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT first_row, last_row, validated_at FROM upload_chunks WHERE upload_id = $1 AND chunk_no = $2",
+            )
+            .bind(id)
+            .bind(chunk_no),
+        )
+        .await
+        .map_err(retry)?;
+    let Some((first, last, validated_at)) = chunk else {
+        return Err(JobError::permanent(format!(
+            "upload {id} has no chunk {chunk_no}"
+        )));
+    };
+    if validated_at.is_some() {
+        tx.commit().await.map_err(retry)?;
+        return Ok(if upload_validated(app, id).await? {
+            Done::Upload
+        } else {
+            Done::Chunk
+        });
+    }
+    let rows: Vec<Row> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT id, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country \
+                 FROM debtors WHERE upload_id = $1 AND row_no BETWEEN $2 AND $3 ORDER BY id",
+            )
+            .bind(id)
+            .bind(first)
+            .bind(last),
+        )
+        .await
+        .map_err(retry)?;
+    tx.commit().await.map_err(retry)?;
+
+    let today = chrono::Utc::now().date_naive();
+    let rules_cfg = &app.settings.validation;
+    let upload = id.to_string();
+    let (mut checks, mut issues) = (Vec::new(), Vec::new());
+    let (mut valid, mut invalid) = (0i64, 0i64);
+    for (debtor_id, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country) in
+        rows
+    {
+        let d = DebtorData {
+            name,
+            email,
+            iban,
+            bic,
+            amount_minor,
+            currency,
+            mandate_id,
+            mandate_date,
+            country,
+        };
+        let v = rules::check(&d, rules_cfg, today);
+        let debtor = debtor_id.to_string();
+        if v.valid {
+            valid += 1;
+        } else {
+            invalid += 1;
+        }
+        copy_row(
+            &mut checks,
+            &[
+                Some(&debtor),
+                Some(&upload),
+                Some(if v.valid { "t" } else { "f" }),
+                v.sepa_name.as_deref(),
+            ],
+        );
+        for i in &v.issues {
+            copy_row(
+                &mut issues,
+                &[
+                    Some(&debtor),
+                    Some(&upload),
+                    Some(i.code),
+                    Some(i.field),
+                    Some(i.severity.as_str()),
+                    Some(&i.message),
+                    i.suggestion.as_deref(),
+                ],
+            );
+        }
+    }
+
+    let mut tx = app.db.begin().await.map_err(retry)?;
+    let locked: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT validated_at FROM upload_chunks WHERE upload_id = $1 AND chunk_no = $2 FOR UPDATE",
+            )
+            .bind(id)
+            .bind(chunk_no),
+        )
+        .await
+        .map_err(retry)?;
+    if !matches!(locked, Some((None,))) {
+        return Ok(Done::Chunk); // another copy of this job got here first
+    }
+    if !checks.is_empty() {
+        tx.copy_in(
+            "COPY debtor_checks (debtor_id, upload_id, valid, sepa_name) FROM STDIN",
+            &checks,
+        )
+        .await
+        .map_err(retry)?;
+    }
+    if !issues.is_empty() {
+        tx.copy_in(
+            "COPY debtor_issues (debtor_id, upload_id, code, field, severity, message, suggestion) FROM STDIN",
+            &issues,
+        )
+        .await
+        .map_err(retry)?;
+    }
+    tx.execute(
+        sqlx::query(
+            "UPDATE upload_chunks SET validated_at = now(), valid = $3, invalid = $4 WHERE upload_id = $1 AND chunk_no = $2",
+        )
+        .bind(id)
+        .bind(chunk_no)
+        .bind(valid as i32)
+        .bind(invalid as i32),
+    )
+    .await
+    .map_err(retry)?;
+    let (done, total): (i32, Option<i32>) = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "UPDATE uploads SET chunks_validated = chunks_validated + 1, rows_valid = rows_valid + $2, \
+                 rows_invalid = rows_invalid + $3, updated_at = now() WHERE id = $1 \
+                 RETURNING chunks_validated, chunks_total",
+            )
+            .bind(id)
+            .bind(valid)
+            .bind(invalid),
+        )
+        .await
+        .map_err(retry)?
+        .ok_or_else(|| JobError::permanent(format!("upload {id} vanished")))?;
+    let finished = Some(done) == total;
+    if finished {
+        tx.execute(
+            sqlx::query("UPDATE uploads SET validated_at = now() WHERE id = $1").bind(id),
+        )
+        .await
+        .map_err(retry)?;
+    }
+    tx.commit().await.map_err(retry)?;
+    tracing::debug!(upload_id = %id, chunk_no, valid, invalid, "chunk validated");
+    if finished {
+        tracing::info!(upload_id = %id, "upload validated");
+        Ok(Done::Upload)
+    } else {
+        Ok(Done::Chunk)
+    }
+}
+
+async fn upload_validated(app: &AppContext, id: Uuid) -> Result<bool, JobError> {
+    let mut tx = app.db.begin().await.map_err(retry)?;
+    let v: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
+        .fetch_optional(sqlx::query_as("SELECT validated_at FROM uploads WHERE id = $1").bind(id))
+        .await
+        .map_err(retry)?;
+    tx.commit().await.map_err(retry)?;
+    Ok(matches!(v, Some((Some(_),))))
+}
+
+/// What follows a validated upload: its verification, when `vop.enabled`. Idempotent.
+pub async fn after_validation(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
+    if app.settings.vop.enabled {
+        super::vop::start(app, upload_id).await
+    } else {
+        let mut tx = app.db.begin().await?;
+        tx.execute(
+            sqlx::query(
+                "UPDATE uploads SET note = concat_ws('; ', note, 'vop.enabled is off: no verification was started') \
+                 WHERE id = $1 AND (note IS NULL OR note NOT LIKE '%vop.enabled is off%')",
+            )
+            .bind(upload_id),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,493 @@
+//! `vop` (ProcessVopJob): name (VOP) and account (BAV) checks of the valid debtors of one
+//! upload chunk.
+//!
+//! - Answers cached for the same (provider, IBAN, normalised name) within `vop.cache_ttl`
+//!   are reused without a call (`from_cache`, counted in `finworker_vop_cache_hits`).
+//! - The rest go to the provider through [`crate::vop::Verifier`] (shared rate limit,
+//!   breaker, retries), `vop.in_flight` at a time; results are written in batches, so a
+//!   job cut short keeps what it learnt and its successor skips those debtors.
+//! - When the breaker is open or the provider keeps failing, the job stops launching calls,
+//!   saves its results and enqueues its own continuation for later (`deferrals + 1`): it is
+//!   put off, not failed. After `vop.max_deferrals` the remaining debtors get `error`.
+//! - A job also hands over to a continuation after `vop.slice`, keeping jobs short.
+//! - The job that verifies the upload's last chunk stamps it and starts the report.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    context::AppContext,
+    queue::{
+        engine::NewJob,
+        job::{Job, JobContext, JobError},
+    },
+    vop::{self, AccountAnswer, BavResult, CheckError, PayeeAnswer, VopResult},
+};
+
+/// Payload of `vop`: one chunk of one upload. Enqueued by validation; continuations carry
+/// `round` (the how-manieth job for this chunk) and `deferrals`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Vop {
+    /// The upload.
+    pub upload_id: Uuid,
+    /// Chunk number (as in `upload_chunks`).
+    pub chunk_no: u32,
+    /// Jobs this chunk has had before this one.
+    #[serde(default)]
+    pub round: u32,
+    /// Times this chunk was put off because the provider was unavailable.
+    #[serde(default)]
+    pub deferrals: u32,
+}
+
+impl Job for Vop {
+    const NAME: &'static str = "vop";
+
+    fn example() -> Self {
+        Vop {
+            upload_id: Uuid::from_u128(0x0196f1c2_7d1e_7c3a_9f00_5b2a7e0e4a11),
+            chunk_no: 0,
+            round: 0,
+            deferrals: 0,
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        run_chunk(&ctx, &self).await.map_err(JobError::Retryable)
+    }
+}
+
+fn key(upload_id: Uuid, chunk_no: u32, round: u32) -> String {
+    format!("vop:{upload_id}:{chunk_no}:{round}")
+}
+
+/// Starts verification of a validated upload: one `vop` job per chunk. Idempotent.
+pub async fn start(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
+    let mut tx = app.db.begin().await?;
+    let chunks: Vec<(i32,)> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND verified_at IS NULL ORDER BY chunk_no",
+            )
+            .bind(upload_id),
+        )
+        .await?;
+    tx.commit().await?;
+    if chunks.is_empty() {
+        return after_vop(app, upload_id).await;
+    }
+    let jobs: Vec<NewJob> = chunks
+        .iter()
+        .map(|(n,)| {
+            let n = u32::try_from(*n).unwrap_or(0);
+            let job = Vop {
+                upload_id,
+                chunk_no: n,
+                round: 0,
+                deferrals: 0,
+            };
+            NewJob {
+                idempotency_key: Some(key(upload_id, n, 0)),
+                ..NewJob::new(Vop::NAME, serde_json::to_string(&job).unwrap_or_default())
+            }
+        })
+        .collect();
+    app.queue
+        .push(&jobs, app.settings.worker.idempotency_ttl)
+        .await?;
+    tracing::info!(%upload_id, chunks = jobs.len(), "verification started");
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Target {
+    debtor_id: i64,
+    iban: String,
+    name: String,
+    bic: Option<String>,
+}
+
+struct Answer {
+    debtor_id: i64,
+    payee: PayeeAnswer,
+    account: AccountAnswer,
+    error: Option<String>,
+    from_cache: bool,
+    iban: String,
+    name_key: String,
+}
+
+async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
+    let app = &ctx.app;
+    let verifier = &app.vop;
+    let provider = verifier.provider_name();
+    let id = job.upload_id;
+    let chunk_no = i32::try_from(job.chunk_no).unwrap_or(i32::MAX);
+    let mut tx = app.db.begin().await?;
+    let Some((first, last, verified_at)) = tx
+        .fetch_optional(sqlx::query_as::<_, (i32, i32, Option<chrono::DateTime<chrono::Utc>>)>(
+            "SELECT first_row, last_row, verified_at FROM upload_chunks WHERE upload_id = $1 AND chunk_no = $2",
+        )
+        .bind(id)
+        .bind(chunk_no))
+        .await?
+    else {
+        anyhow::bail!("upload {id} has no chunk {chunk_no}");
+    };
+    if verified_at.is_some() {
+        tx.commit().await?;
+        return finish_if_last(app, id).await;
+    }
+    let rows: Vec<(i64, String, String, Option<String>)> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT d.id, d.iban, d.name, d.bic FROM debtors d \
+                 JOIN debtor_checks c ON c.debtor_id = d.id AND c.valid \
+                 WHERE d.upload_id = $1 AND d.row_no BETWEEN $2 AND $3 \
+                 AND NOT EXISTS (SELECT 1 FROM vop_results r WHERE r.debtor_id = d.id) ORDER BY d.id",
+            )
+            .bind(id)
+            .bind(first)
+            .bind(last),
+        )
+        .await?;
+    let targets: Vec<Target> = rows
+        .into_iter()
+        .map(|(debtor_id, iban, name, bic)| Target {
+            debtor_id,
+            iban,
+            name,
+            bic,
+        })
+        .collect();
+
+    // Cached answers, one query for the chunk.
+    let ibans: Vec<&str> = targets.iter().map(|t| t.iban.as_str()).collect();
+    let keys: Vec<String> = targets.iter().map(|t| vop::name_key(&t.name)).collect();
+    let ttl = chrono::Duration::from_std(app.settings.vop.cache_ttl)
+        .unwrap_or_else(|_| chrono::Duration::days(30));
+    type Cached = (String, String, String, Option<String>, Option<String>, String, Option<String>);
+    let cached: Vec<Cached> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT c.iban, c.name_key, c.vop_result, c.suggested_name, c.vop_reference, c.bav_result, c.bav_reference \
+                 FROM vop_cache c JOIN unnest($2::text[], $3::text[]) AS k(iban, name_key) \
+                 ON c.iban = k.iban AND c.name_key = k.name_key \
+                 WHERE c.provider = $1 AND c.checked_at > now() - $4::interval",
+            )
+            .bind(provider)
+            .bind(&ibans)
+            .bind(&keys)
+            .bind(ttl),
+        )
+        .await?;
+    tx.commit().await?;
+    let cache: std::collections::HashMap<(String, String), Cached> = cached
+        .into_iter()
+        .map(|c| ((c.0.clone(), c.1.clone()), c))
+        .collect();
+
+    let mut answers: Vec<Answer> = Vec::new();
+    let mut to_call: Vec<(Target, String)> = Vec::new();
+    for (t, k) in targets.into_iter().zip(keys) {
+        if let Some(c) = cache.get(&(t.iban.clone(), k.clone())) {
+            app.metrics.vop_cache_hits.inc();
+            answers.push(Answer {
+                debtor_id: t.debtor_id,
+                payee: PayeeAnswer {
+                    result: parse_vop(&c.2),
+                    suggested_name: c.3.clone(),
+                    reference: c.4.clone(),
+                },
+                account: AccountAnswer {
+                    result: parse_bav(&c.5),
+                    reference: c.6.clone(),
+                },
+                error: None,
+                from_cache: true,
+                iban: t.iban,
+                name_key: k,
+            });
+        } else {
+            to_call.push((t, k));
+        }
+    }
+    let remaining_before = to_call.len();
+
+    // Calls, in flight `vop.in_flight` at a time, until done, unavailable, sliced or draining.
+    let deadline = Instant::now() + app.settings.vop.slice;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut unavailable: Option<(String, Duration)> = None;
+    let give_up = job.deferrals >= app.settings.vop.max_deferrals;
+    let mut done_calls = 0usize;
+    if !give_up {
+        let mut stream = futures::stream::iter(to_call.clone())
+            .map(|(t, k)| {
+                let stop = stop.clone();
+                let shutdown = ctx.shutdown.clone();
+                let verifier = verifier.clone();
+                async move {
+                    if stop.is_cancelled() || shutdown.is_cancelled() || Instant::now() >= deadline {
+                        return None;
+                    }
+                    let req = vop::Request {
+                        iban: t.iban.clone(),
+                        name: t.name.clone(),
+                        bic: t.bic.clone(),
+                    };
+                    Some((t, k, verifier.check(&req).await))
+                }
+            })
+            .buffer_unordered(app.settings.vop.in_flight);
+        let mut batch: Vec<Answer> = Vec::new();
+        while let Some(item) = stream.next().await {
+            let Some((t, k, outcome)) = item else {
+                continue;
+            };
+            let answer = match outcome {
+                Ok((payee, account)) => Answer {
+                    debtor_id: t.debtor_id,
+                    payee,
+                    account,
+                    error: None,
+                    from_cache: false,
+                    iban: t.iban.clone(),
+                    name_key: k.clone(),
+                },
+                Err(CheckError::Refused(msg)) => Answer {
+                    debtor_id: t.debtor_id,
+                    payee: PayeeAnswer {
+                        result: VopResult::Error,
+                        suggested_name: None,
+                        reference: None,
+                    },
+                    account: AccountAnswer {
+                        result: BavResult::Error,
+                        reference: None,
+                    },
+                    error: Some(msg),
+                    from_cache: false,
+                    iban: t.iban.clone(),
+                    name_key: k.clone(),
+                },
+                Err(CheckError::Unavailable { reason, retry_in }) => {
+                    if unavailable.is_none() {
+                        tracing::warn!(upload_id = %id, chunk_no, %reason, "provider unavailable: putting the chunk off");
+                    }
+                    unavailable.get_or_insert((reason, retry_in));
+                    stop.cancel();
+                    continue;
+                }
+            };
+            done_calls += 1;
+            batch.push(answer);
+            if batch.len() >= 200 {
+                save(app, id, provider, &std::mem::take(&mut batch)).await?;
+            }
+        }
+        answers.extend(batch);
+    } else {
+        let msg = format!(
+            "provider {provider} unavailable: chunk put off {} times",
+            job.deferrals
+        );
+        for (t, k) in &to_call {
+            answers.push(Answer {
+                debtor_id: t.debtor_id,
+                payee: PayeeAnswer {
+                    result: VopResult::Error,
+                    suggested_name: None,
+                    reference: None,
+                },
+                account: AccountAnswer {
+                    result: BavResult::Error,
+                    reference: None,
+                },
+                error: Some(msg.clone()),
+                from_cache: false,
+                iban: t.iban.clone(),
+                name_key: k.clone(),
+            });
+        }
+        done_calls = to_call.len();
+    }
+    save(app, id, provider, &answers).await?;
+
+    if done_calls < remaining_before {
+        // Not finished: hand over to a continuation.
+        let (delay, deferrals) = match &unavailable {
+            Some((_, retry_in)) => (*retry_in, job.deferrals + 1),
+            None => (Duration::ZERO, job.deferrals),
+        };
+        let next = Vop {
+            upload_id: id,
+            chunk_no: job.chunk_no,
+            round: job.round + 1,
+            deferrals,
+        };
+        let nj = NewJob {
+            delay,
+            idempotency_key: Some(key(id, job.chunk_no, next.round)),
+            ..NewJob::new(Vop::NAME, serde_json::to_string(&next)?)
+        };
+        app.queue
+            .push(std::slice::from_ref(&nj), app.settings.worker.idempotency_ttl)
+            .await?;
+        tracing::info!(upload_id = %id, chunk_no, left = remaining_before - done_calls, delay_ms = delay.as_millis() as u64, deferrals, "vop chunk continues later");
+        return Ok(());
+    }
+
+    let mut tx = app.db.begin().await?;
+    let locked: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT verified_at FROM upload_chunks WHERE upload_id = $1 AND chunk_no = $2 FOR UPDATE",
+            )
+            .bind(id)
+            .bind(chunk_no),
+        )
+        .await?;
+    if matches!(locked, Some((None,))) {
+        tx.execute(
+            sqlx::query(
+                "UPDATE upload_chunks SET verified_at = now() WHERE upload_id = $1 AND chunk_no = $2",
+            )
+            .bind(id)
+            .bind(chunk_no),
+        )
+        .await?;
+        tx.execute(
+            sqlx::query(
+                "UPDATE uploads SET chunks_verified = chunks_verified + 1, \
+                 verified_at = CASE WHEN chunks_verified + 1 = chunks_total THEN now() END, updated_at = now() \
+                 WHERE id = $1",
+            )
+            .bind(id),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    finish_if_last(app, id).await
+}
+
+fn parse_vop(s: &str) -> VopResult {
+    match s {
+        "match" => VopResult::Match,
+        "close_match" => VopResult::CloseMatch,
+        "no_match" => VopResult::NoMatch,
+        "not_possible" => VopResult::NotPossible,
+        _ => VopResult::Error,
+    }
+}
+
+fn parse_bav(s: &str) -> BavResult {
+    match s {
+        "valid" => BavResult::Valid,
+        "closed" => BavResult::Closed,
+        "no_direct_debit" => BavResult::NoDirectDebit,
+        "not_possible" => BavResult::NotPossible,
+        _ => BavResult::Error,
+    }
+}
+
+/// Stores results (first one wins per debtor) and caches fresh provider answers.
+async fn save(app: &AppContext, upload_id: Uuid, provider: &str, a: &[Answer]) -> anyhow::Result<()> {
+    if a.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = a.iter().map(|x| x.debtor_id).collect();
+    let vop_r: Vec<&str> = a.iter().map(|x| x.payee.result.as_str()).collect();
+    let sugg: Vec<Option<&str>> = a.iter().map(|x| x.payee.suggested_name.as_deref()).collect();
+    let vref: Vec<Option<&str>> = a.iter().map(|x| x.payee.reference.as_deref()).collect();
+    let bav_r: Vec<&str> = a.iter().map(|x| x.account.result.as_str()).collect();
+    let bref: Vec<Option<&str>> = a.iter().map(|x| x.account.reference.as_deref()).collect();
+    let err: Vec<Option<&str>> = a.iter().map(|x| x.error.as_deref()).collect();
+    let cached: Vec<bool> = a.iter().map(|x| x.from_cache).collect();
+    let mut tx = app.db.begin().await?;
+    tx.execute(
+        sqlx::query(
+            "INSERT INTO vop_results (debtor_id, upload_id, provider, vop_result, suggested_name, vop_reference, \
+             bav_result, bav_reference, error, from_cache, checked_at) \
+             SELECT t.id, $1, $2, t.v, t.s, t.vr, t.b, t.br, t.e, t.c, now() \
+             FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[]) \
+             AS t(id, v, s, vr, b, br, e, c) ON CONFLICT (debtor_id) DO NOTHING",
+        )
+        .bind(upload_id)
+        .bind(provider)
+        .bind(&ids)
+        .bind(&vop_r)
+        .bind(&sugg)
+        .bind(&vref)
+        .bind(&bav_r)
+        .bind(&bref)
+        .bind(&err)
+        .bind(&cached),
+    )
+    .await?;
+    // Fresh answers (not errors) feed the cache; last writer wins per key.
+    let fresh: Vec<&Answer> = a
+        .iter()
+        .filter(|x| !x.from_cache && x.error.is_none())
+        .collect();
+    if !fresh.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let fresh: Vec<&Answer> = fresh
+            .into_iter()
+            .filter(|x| seen.insert((x.iban.as_str(), x.name_key.as_str())))
+            .collect();
+        let ib: Vec<&str> = fresh.iter().map(|x| x.iban.as_str()).collect();
+        let nk: Vec<&str> = fresh.iter().map(|x| x.name_key.as_str()).collect();
+        let v: Vec<&str> = fresh.iter().map(|x| x.payee.result.as_str()).collect();
+        let s: Vec<Option<&str>> = fresh.iter().map(|x| x.payee.suggested_name.as_deref()).collect();
+        let vr: Vec<Option<&str>> = fresh.iter().map(|x| x.payee.reference.as_deref()).collect();
+        let b: Vec<&str> = fresh.iter().map(|x| x.account.result.as_str()).collect();
+        let br: Vec<Option<&str>> = fresh.iter().map(|x| x.account.reference.as_deref()).collect();
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO vop_cache (provider, iban, name_key, vop_result, suggested_name, vop_reference, bav_result, bav_reference, checked_at) \
+                 SELECT $1, t.* , now() FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+                 AS t(iban, name_key, v, s, vr, b, br) \
+                 ON CONFLICT (provider, iban, name_key) DO UPDATE SET vop_result = EXCLUDED.vop_result, \
+                 suggested_name = EXCLUDED.suggested_name, vop_reference = EXCLUDED.vop_reference, \
+                 bav_result = EXCLUDED.bav_result, bav_reference = EXCLUDED.bav_reference, checked_at = EXCLUDED.checked_at",
+            )
+            .bind(provider)
+            .bind(&ib)
+            .bind(&nk)
+            .bind(&v)
+            .bind(&s)
+            .bind(&vr)
+            .bind(&b)
+            .bind(&br),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn finish_if_last(app: &AppContext, id: Uuid) -> anyhow::Result<()> {
+    let mut tx = app.db.begin().await?;
+    let v: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
+        .fetch_optional(sqlx::query_as("SELECT verified_at FROM uploads WHERE id = $1").bind(id))
+        .await?;
+    tx.commit().await?;
+    if matches!(v, Some((Some(_),))) {
+        after_vop(app, id).await?;
+    }
+    Ok(())
+}
+
+/// What follows a verified upload: its VOP report, when `reports.after_vop`. Idempotent.
+pub async fn after_vop(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
+    if app.settings.reports.after_vop {
+        super::vop_report::enqueue_for_upload(app, upload_id, crate::reports::Format::Xlsx)
+            .await?;
+    }
+    Ok(())
+}

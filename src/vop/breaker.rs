@@ -1,0 +1,285 @@
+//! The circuit breaker in front of a provider: failsafe's state machine with a
+//! success-rate-over-window policy and exponential open periods.
+//!
+//! - Counts transport errors, timeouts, 5xx and 429 as failures; answers (any VOP result)
+//!   and 4xx refusals as successes: a refusal says our request was wrong, not that the
+//!   provider is down.
+//! - Half-open lets one probe through at a time; its outcome closes or re-opens.
+//! - Per process: each worker process learns the provider's health from its own calls.
+//! - Transitions are logged and exported (`finworker_breaker_state`,
+//!   `finworker_breaker_transitions`).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use failsafe::{
+    Config, StateMachine, backoff,
+    failure_policy::{self, SuccessRateOverTimeWindow},
+};
+
+use crate::{
+    config::VopSettings,
+    metrics::{BreakerLabels, Metrics, TransitionLabels},
+};
+
+const CLOSED: u8 = 0;
+const HALF_OPEN: u8 = 1;
+const OPEN: u8 = 2;
+
+#[derive(Debug)]
+struct Shared {
+    provider: &'static str,
+    state: AtomicU8,
+    opened_at: std::sync::Mutex<Option<Instant>>,
+    open_for: Duration,
+    probing: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// Logs and exports transitions.
+#[derive(Debug, Clone)]
+struct Instrument(Arc<Shared>);
+
+impl Instrument {
+    fn transit(&self, to: u8, label: &str) {
+        let s = &self.0;
+        s.state.store(to, Ordering::SeqCst);
+        s.metrics
+            .breaker_state
+            .get_or_create(&BreakerLabels {
+                provider: s.provider.to_string(),
+            })
+            .set(i64::from(to));
+        s.metrics
+            .breaker_transitions
+            .get_or_create(&TransitionLabels {
+                provider: s.provider.to_string(),
+                to: label.to_string(),
+            })
+            .inc();
+    }
+}
+
+impl failsafe::Instrument for Instrument {
+    fn on_call_rejected(&self) {}
+
+    fn on_open(&self) {
+        *self.0.opened_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.transit(OPEN, "open");
+        tracing::warn!(
+            provider = self.0.provider,
+            "circuit breaker opened: the provider's failure rate is over the limit; verification is put off"
+        );
+    }
+
+    fn on_half_open(&self) {
+        self.transit(HALF_OPEN, "half_open");
+        tracing::info!(
+            provider = self.0.provider,
+            "circuit breaker half-open: sending a probe"
+        );
+    }
+
+    fn on_closed(&self) {
+        self.transit(CLOSED, "closed");
+        tracing::info!(
+            provider = self.0.provider,
+            "circuit breaker closed: the provider answers again"
+        );
+    }
+}
+
+type Machine = StateMachine<SuccessRateOverTimeWindow<backoff::Exponential>, Instrument>;
+
+/// The breaker of one provider. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    machine: Machine,
+    shared: Arc<Shared>,
+}
+
+/// Permission for one call; report how it went.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    done: bool,
+}
+
+impl Permit<'_> {
+    /// The provider answered.
+    pub fn success(mut self) {
+        self.breaker.machine.on_success();
+        self.finish();
+    }
+
+    /// The provider failed (transport, timeout, 5xx, 429).
+    pub fn failure(mut self) {
+        self.breaker.machine.on_error();
+        self.finish();
+    }
+
+    /// No call was made after all.
+    pub fn abandon(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        if self.probe {
+            self.breaker.shared.probing.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // A cancelled call (job timeout, shutdown) tells nothing about the provider.
+            self.finish();
+        }
+    }
+}
+
+impl Breaker {
+    /// A closed breaker configured from `[vop]`.
+    pub fn new(provider: &'static str, s: &VopSettings, metrics: Arc<Metrics>) -> Self {
+        let shared = Arc::new(Shared {
+            provider,
+            state: AtomicU8::new(CLOSED),
+            opened_at: std::sync::Mutex::new(None),
+            open_for: s.breaker_open_for,
+            probing: AtomicBool::new(false),
+            metrics,
+        });
+        let policy = failure_policy::success_rate_over_time_window(
+            s.breaker_min_success_rate,
+            s.breaker_min_requests,
+            s.breaker_window,
+            backoff::exponential(s.breaker_open_for, s.breaker_open_max),
+        );
+        let machine = Config::new()
+            .failure_policy(policy)
+            .instrument(Instrument(shared.clone()))
+            .build();
+        Self { machine, shared }
+    }
+
+    /// A permit when a call may go out now; `None` while open (or while another probe of
+    /// the half-open state is in flight).
+    pub fn permit(&self) -> Option<Permit<'_>> {
+        if !self.machine.is_call_permitted() {
+            return None;
+        }
+        let probe = self.shared.state.load(Ordering::SeqCst) == HALF_OPEN;
+        if probe
+            && self
+                .shared
+                .probing
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return None;
+        }
+        Some(Permit {
+            breaker: self,
+            probe,
+            done: false,
+        })
+    }
+
+    /// `closed`, `half_open` or `open`.
+    pub fn state(&self) -> &'static str {
+        match self.shared.state.load(Ordering::SeqCst) {
+            CLOSED => "closed",
+            HALF_OPEN => "half_open",
+            _ => "open",
+        }
+    }
+
+    /// A sensible delay before trying again while open.
+    pub fn retry_in(&self) -> Duration {
+        let opened = *self
+            .shared
+            .opened_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match opened {
+            Some(t) => self
+                .shared
+                .open_for
+                .saturating_sub(t.elapsed())
+                .max(Duration::from_millis(200)),
+            None => self.shared.open_for,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> VopSettings {
+        let s: crate::config::Settings =
+            crate::config::Settings::load_from(std::path::Path::new("config"), &[]).unwrap();
+        VopSettings {
+            breaker_min_success_rate: 0.5,
+            breaker_min_requests: 10,
+            breaker_window: Duration::from_millis(200),
+            breaker_open_for: Duration::from_millis(300),
+            breaker_open_max: Duration::from_secs(2),
+            ..s.vop
+        }
+    }
+
+    #[test]
+    fn opens_on_a_low_success_rate_probes_once_and_closes_on_success() {
+        let metrics = Arc::new(Metrics::new());
+        let b = Breaker::new("test", &settings(), metrics.clone());
+        // The policy judges only after a full window of traffic.
+        let start = Instant::now();
+        while b.state() == "closed" && start.elapsed() < Duration::from_secs(3) {
+            // 60% failures
+            for i in 0..10 {
+                if let Some(p) = b.permit() {
+                    if i % 5 < 3 {
+                        p.failure()
+                    } else {
+                        p.success()
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(b.state(), "open");
+        assert!(b.permit().is_none(), "open: no calls");
+        assert!(b.retry_in() <= Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(350));
+        let probe = b.permit().expect("half-open lets a probe through");
+        assert_eq!(b.state(), "half_open");
+        assert!(b.permit().is_none(), "one probe at a time");
+        probe.success();
+        assert_eq!(b.state(), "closed");
+        let text = metrics.render();
+        assert!(
+            text.contains("finworker_breaker_transitions_total{provider=\"test\",to=\"open\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("finworker_breaker_state{provider=\"test\"} 0"));
+    }
+
+    #[test]
+    fn no_match_answers_and_refusals_never_open_it() {
+        let b = Breaker::new("test", &settings(), Arc::new(Metrics::new()));
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(400) {
+            b.permit().unwrap().success();
+        }
+        assert_eq!(b.state(), "closed");
+    }
+}

@@ -1,0 +1,151 @@
+//! Provider module `epc`: the EPC-VOP-shaped JSON API documented in `docs/sandbox.md`
+//! (`POST /vop/v1/payee-verifications`, `POST /bav/v1/account-verifications`).
+
+use futures::{FutureExt, future::BoxFuture};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::{
+    AccountAnswer, BavResult, PayeeAnswer, Provider, ProviderError, Request, VopResult,
+};
+use crate::config::VopSettings;
+
+/// reqwest client of the `epc` API.
+#[derive(Debug)]
+pub struct EpcClient {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PayeeBody {
+    verification_id: Option<String>,
+    result: String,
+    matched_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AccountBody {
+    verification_id: Option<String>,
+    result: String,
+}
+
+impl EpcClient {
+    /// A client for `vop.base_url`.
+    pub fn new(s: &VopSettings) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(s.request_timeout)
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(Self {
+            http,
+            base: s.base_url.trim_end_matches('/').to_string(),
+            key: s.api_key.as_ref().map(|k| k.expose_secret().to_string()),
+        })
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<T, ProviderError> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("X-Request-ID", uuid::Uuid::now_v7().to_string())
+            .json(&body);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                ProviderError::Timeout
+            } else {
+                ProviderError::Transport(e.to_string())
+            }
+        })?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return resp.json::<T>().await.map_err(|e| {
+                if e.is_timeout() {
+                    ProviderError::Timeout
+                } else {
+                    ProviderError::Transport(format!("bad answer: {e}"))
+                }
+            });
+        }
+        let mut body = resp.text().await.unwrap_or_default();
+        body.truncate(200);
+        Err(match status {
+            429 => ProviderError::RateLimited,
+            s if s >= 500 => ProviderError::Server { status: s, body },
+            s => ProviderError::Refused { status: s, body },
+        })
+    }
+}
+
+fn unknown(what: &str, v: &str) -> ProviderError {
+    ProviderError::Transport(format!("unknown {what} result `{v}`"))
+}
+
+impl Provider for EpcClient {
+    fn name(&self) -> &'static str {
+        "epc"
+    }
+
+    fn verify_payee<'a>(
+        &'a self,
+        req: &'a Request,
+    ) -> BoxFuture<'a, Result<PayeeAnswer, ProviderError>> {
+        async move {
+            let b: PayeeBody = self
+                .post(
+                    "/vop/v1/payee-verifications",
+                    serde_json::json!({ "iban": req.iban, "name": req.name, "bic": req.bic }),
+                )
+                .await?;
+            let result = match b.result.as_str() {
+                "MTCH" => VopResult::Match,
+                "CMTC" => VopResult::CloseMatch,
+                "NMTC" => VopResult::NoMatch,
+                "NOAP" => VopResult::NotPossible,
+                other => return Err(unknown("VOP", other)),
+            };
+            Ok(PayeeAnswer {
+                result,
+                suggested_name: b.matched_name,
+                reference: b.verification_id,
+            })
+        }
+        .boxed()
+    }
+
+    fn verify_account<'a>(
+        &'a self,
+        req: &'a Request,
+    ) -> BoxFuture<'a, Result<AccountAnswer, ProviderError>> {
+        async move {
+            let b: AccountBody = self
+                .post(
+                    "/bav/v1/account-verifications",
+                    serde_json::json!({ "iban": req.iban, "bic": req.bic }),
+                )
+                .await?;
+            let result = match b.result.as_str() {
+                "VALID" => BavResult::Valid,
+                "CLOSED" => BavResult::Closed,
+                "NO_DIRECT_DEBIT" => BavResult::NoDirectDebit,
+                "NOT_POSSIBLE" => BavResult::NotPossible,
+                other => return Err(unknown("BAV", other)),
+            };
+            Ok(AccountAnswer {
+                result,
+                reference: b.verification_id,
+            })
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,64 @@
+//! The provider's rate limit, held across every worker process.
+//!
+//! Providers count requests from all our processes together, so a per-process limiter
+//! (governor alone) would let N processes send N times the limit. Each request therefore
+//! takes a send time from Redis (`limiter.lua`: a GCRA without burst on Redis's clock):
+//! consecutive slots are exactly `1/rate` apart whichever process takes them, so the
+//! combined rate cannot exceed the limit. governor sits in front, per process, so one
+//! process never queues more than the whole limit's worth of slot requests at Redis.
+
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use redis::{Script, aio::ConnectionManager};
+
+use crate::queue::engine::Engine;
+
+/// A rate limit shared through Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedLimiter {
+    conn: ConnectionManager,
+    key: String,
+    spacing_us: u64,
+    local: Arc<DefaultDirectRateLimiter>,
+    script: Arc<Script>,
+}
+
+impl std::fmt::Debug for SharedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLimiter")
+            .field("key", &self.key)
+            .field("spacing_us", &self.spacing_us)
+            .finish()
+    }
+}
+
+impl SharedLimiter {
+    /// `rate` requests per second for `provider`, in the queue's Redis namespace.
+    pub fn new(queue: &Engine, provider: &str, rate: u32) -> Self {
+        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        Self {
+            conn: queue.connection(),
+            key: format!("{}:ratelimit:{provider}", queue.prefix()),
+            spacing_us: 1_000_000 / u64::from(rate.get()),
+            local: Arc::new(RateLimiter::direct(Quota::per_second(rate))),
+            script: Arc::new(Script::new(include_str!("limiter.lua"))),
+        }
+    }
+
+    /// Waits until this process may send one request.
+    pub async fn acquire(&self) -> Result<(), redis::RedisError> {
+        self.local.until_ready().await;
+        let mut conn = self.conn.clone();
+        let wait_us: i64 = self
+            .script
+            .key(&self.key)
+            .arg(self.spacing_us)
+            .invoke_async(&mut conn)
+            .await?;
+        if wait_us > 0 {
+            tokio::time::sleep(Duration::from_micros(wait_us.unsigned_abs())).await;
+        }
+        Ok(())
+    }
+}
