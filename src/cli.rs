@@ -429,7 +429,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 api_key: a.api_key,
             };
             let (addr, _sandbox, handle) = crate::sandbox::serve(&a.bind, knobs, token).await?;
-            println!("sandbox provider listening on http://{addr} (knobs: /_sandbox/config, calls: /_sandbox/calls)");
+            println!(
+                "sandbox provider listening on http://{addr} (knobs: /_sandbox/config, calls: /_sandbox/calls)"
+            );
             handle.await?;
             Ok(())
         }
@@ -664,10 +666,9 @@ async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
             loop {
                 match crate::reports::get(&ctx.db, id).await? {
                     Some(r) if r.status == "ready" => break,
-                    Some(r) if r.status == "failed" => anyhow::bail!(
-                        "report {id} failed: {}",
-                        r.error.unwrap_or_default()
-                    ),
+                    Some(r) if r.status == "failed" => {
+                        anyhow::bail!("report {id} failed: {}", r.error.unwrap_or_default())
+                    }
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
@@ -684,7 +685,10 @@ async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no report {id}"))?;
             if r.status != "ready" {
-                eprintln!("note: report {id} is {}; the link works once it is ready", r.status);
+                eprintln!(
+                    "note: report {id} is {}; the link works once it is ready",
+                    r.status
+                );
             }
             println!("{}", report_link(&ctx, id, ttl)?);
         }

@@ -554,10 +554,7 @@ impl Settings {
         if self.validation.currencies.is_empty()
             || self.validation.currencies.iter().any(|c| c.len() != 3)
         {
-            return bad(
-                "validation.currencies",
-                "must list 3-letter ISO 4217 codes",
-            );
+            return bad("validation.currencies", "must list 3-letter ISO 4217 codes");
         }
         if self.validation.max_amount_minor <= 0 {
             return bad("validation.max_amount_minor", "must be above zero");
@@ -576,6 +573,13 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&self.vop.breaker_min_success_rate) {
             return bad("vop.breaker_min_success_rate", "must be between 0 and 1");
+        }
+        // failsafe counts the window and its backoff in whole seconds.
+        if self.vop.breaker_window < Duration::from_secs(1) {
+            return bad("vop.breaker_window", "must be at least 1s");
+        }
+        if self.vop.breaker_open_for < Duration::from_secs(1) {
+            return bad("vop.breaker_open_for", "must be at least 1s");
         }
         if self.vop.breaker_open_max < self.vop.breaker_open_for {
             return bad("vop.breaker_open_max", "must be >= vop.breaker_open_for");

@@ -174,9 +174,10 @@ pub async fn vop_content(db: &Db, scope: &Scope) -> Result<(Summary, Vec<VopRow>
         )
         .await?;
     let mut summary = Summary::default();
-    summary
-        .lines
-        .push(("Report".into(), "Verification of Payee / Bank Account Verification".into()));
+    summary.lines.push((
+        "Report".into(),
+        "Verification of Payee / Bank Account Verification".into(),
+    ));
     if let Some(u) = scope.upload_id {
         summary.lines.push(("Upload".into(), u.to_string()));
         let totals: Option<(String, i64, i64, i64, i64)> = tx
@@ -204,8 +205,14 @@ pub async fn vop_content(db: &Db, scope: &Scope) -> Result<(Summary, Vec<VopRow>
             "Checked between".into(),
             format!(
                 "{} and {}",
-                scope.from.map(|d| d.to_string()).unwrap_or_else(|| "the start".into()),
-                scope.to.map(|d| d.to_string()).unwrap_or_else(|| "today".into())
+                scope
+                    .from
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "the start".into()),
+                scope
+                    .to
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "today".into())
             ),
         ));
     }
@@ -261,7 +268,9 @@ pub fn write_csv(path: &Path, summary: &Summary, rows: &[VopRow]) -> anyhow::Res
     for r in rows {
         w.write_record(r.cells.iter().map(|c| neutralise(c).into_owned()))?;
     }
-    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?.flush()?;
+    w.into_inner()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .flush()?;
     Ok(())
 }
 
@@ -399,6 +408,8 @@ mod tests {
             Err(LinkError::BadSignature)
         );
         let url = link("http://x:8080/", &secret, id, exp);
-        assert!(url.starts_with(&format!("http://x:8080/reports/{id}/download?expires={exp}&signature=")));
+        assert!(url.starts_with(&format!(
+            "http://x:8080/reports/{id}/download?expires={exp}&signature="
+        )));
     }
 }

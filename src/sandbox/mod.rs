@@ -74,6 +74,8 @@ pub struct Call {
     pub status: u16,
     /// IBAN asked about (masked).
     pub iban: Option<String>,
+    /// The caller's User-Agent (finworker sends its process id).
+    pub client: Option<String>,
 }
 
 /// `GET /_sandbox/calls`.
@@ -105,6 +107,11 @@ impl CallLog {
         }
         best
     }
+}
+
+tokio::task_local! {
+    /// The User-Agent of the request being handled (set by the API modules).
+    pub static CLIENT: Option<String>;
 }
 
 struct Inner {
@@ -141,7 +148,11 @@ impl Sandbox {
 
     /// Current knobs.
     pub fn knobs(&self) -> Knobs {
-        self.0.knobs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0
+            .knobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the knobs.
@@ -150,7 +161,9 @@ impl Sandbox {
     }
 
     fn record(&self, path: &str, status: u16, iban: Option<&str>) {
+        let client = CLIENT.try_with(|c| c.clone()).ok().flatten();
         let call = Call {
+            client,
             at_ms: u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             path: path.to_string(),
             status,
@@ -175,7 +188,9 @@ impl Sandbox {
                     // Burst of 5% of a second: a client pacing itself at the limit passes;
                     // one sending faster does not.
                     let burst = NonZeroU32::new((rate / 20).max(1)).unwrap_or(NonZeroU32::MIN);
-                    let lim = Arc::new(RateLimiter::direct(Quota::per_second(nz).allow_burst(burst)));
+                    let lim = Arc::new(RateLimiter::direct(
+                        Quota::per_second(nz).allow_burst(burst),
+                    ));
                     *l = Some((rate, lim.clone()));
                     lim
                 }
@@ -238,22 +253,28 @@ impl Sandbox {
     /// The call log.
     pub fn calls(&self) -> CallLog {
         CallLog {
-            calls: self.0.calls.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            calls: self
+                .0
+                .calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 
     /// Forgets every call.
     pub fn clear_calls(&self) {
-        self.0.calls.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.0
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// The whole router: every simulated API plus the control routes.
     pub fn router(&self) -> Router {
         Router::new()
-            .route(
-                "/_sandbox/config",
-                get(get_knobs).put(put_knobs),
-            )
+            .route("/_sandbox/config", get(get_knobs).put(put_knobs))
             .route("/_sandbox/calls", get(get_calls).delete(delete_calls))
             .merge(vop::routes())
             .with_state(self.clone())
@@ -310,6 +331,7 @@ mod tests {
                     path: "/vop".into(),
                     status: 200,
                     iban: None,
+                    client: None,
                 })
                 .collect(),
         };

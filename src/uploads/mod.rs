@@ -443,7 +443,11 @@ pub fn describe(rec: &UploadRecord, now: DateTime<Utc>) -> String {
             p.chunks_total.map_or("?".into(), |t| t.to_string()),
             rec.rows_valid,
             rec.rows_invalid,
-            if rec.validated_at.is_some() { "" } else { " (running)" }
+            if rec.validated_at.is_some() {
+                ""
+            } else {
+                " (running)"
+            }
         );
     }
     if rec.chunks_verified > 0 {
@@ -452,7 +456,11 @@ pub fn describe(rec: &UploadRecord, now: DateTime<Utc>) -> String {
             "verified   {}/{} chunks{}",
             rec.chunks_verified,
             p.chunks_total.map_or("?".into(), |t| t.to_string()),
-            if rec.verified_at.is_some() { "" } else { " (running)" }
+            if rec.verified_at.is_some() {
+                ""
+            } else {
+                " (running)"
+            }
         );
     }
     if let Some(e) = &rec.error {
@@ -500,6 +508,12 @@ mod tests {
             split_at: Some(t0),
             finished_at: None,
             updated_at: t0,
+            chunks_validated: 0,
+            rows_valid: 0,
+            rows_invalid: 0,
+            validated_at: None,
+            chunks_verified: 0,
+            verified_at: None,
         }
     }
 

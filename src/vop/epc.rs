@@ -5,9 +5,7 @@ use futures::{FutureExt, future::BoxFuture};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::{
-    AccountAnswer, BavResult, PayeeAnswer, Provider, ProviderError, Request, VopResult,
-};
+use super::{AccountAnswer, BavResult, PayeeAnswer, Provider, ProviderError, Request, VopResult};
 use crate::config::VopSettings;
 
 /// reqwest client of the `epc` API.
@@ -38,6 +36,11 @@ impl EpcClient {
     pub fn new(s: &VopSettings) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(s.request_timeout)
+            .user_agent(format!(
+                "finworker/{} pid/{}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ))
             .pool_max_idle_per_host(64)
             .build()?;
         Ok(Self {

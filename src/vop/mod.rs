@@ -162,8 +162,10 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Module name (metrics, cache key, stored results).
     fn name(&self) -> &'static str;
     /// VOP: does the name match the account holder?
-    fn verify_payee<'a>(&'a self, req: &'a Request)
-    -> BoxFuture<'a, Result<PayeeAnswer, ProviderError>>;
+    fn verify_payee<'a>(
+        &'a self,
+        req: &'a Request,
+    ) -> BoxFuture<'a, Result<PayeeAnswer, ProviderError>>;
     /// BAV: does the account exist and take direct debits?
     fn verify_account<'a>(
         &'a self,
@@ -177,7 +179,7 @@ pub enum CheckError {
     /// The provider refused the request (4xx): record it, do not retry.
     #[error("{0}")]
     Refused(String),
-    /// The breaker is open, or the provider kept failing: try again later.
+    /// The breaker is open (or the shared limiter is unreachable): stop calling, try later.
     #[error("provider unavailable: {reason}")]
     Unavailable {
         /// What happened.
@@ -185,6 +187,9 @@ pub enum CheckError {
         /// When to try again.
         retry_in: Duration,
     },
+    /// Every attempt of this request failed transiently: leave it for a later job.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A provider behind the rate limit, the breaker and the retry policy. Cheap to clone.
@@ -241,12 +246,8 @@ impl Verifier {
 
     /// Both checks for one account.
     pub async fn check(&self, req: &Request) -> Result<(PayeeAnswer, AccountAnswer), CheckError> {
-        let payee = self
-            .call(|| self.provider.verify_payee(req))
-            .await?;
-        let account = self
-            .call(|| self.provider.verify_account(req))
-            .await?;
+        let payee = self.call(|| self.provider.verify_payee(req)).await?;
+        let account = self.call(|| self.provider.verify_account(req)).await?;
         Ok((payee, account))
     }
 
@@ -298,13 +299,10 @@ impl Verifier {
                 }
             }
         }
-        Err(CheckError::Unavailable {
-            reason: format!(
-                "{name}: {} attempts failed, last: {last}",
-                self.settings.request_attempts
-            ),
-            retry_in: self.settings.breaker_open_for,
-        })
+        Err(CheckError::Failed(format!(
+            "{name}: {} attempts failed, last: {last}",
+            self.settings.request_attempts
+        )))
     }
 
     fn count(&self, outcome: &str) {

@@ -16,3 +16,4 @@ mod retries;
 mod runtime;
 mod storage;
 mod uploads;
+mod verification;

@@ -54,7 +54,11 @@ impl Job for Validation {
                 self.upload_id, rec.status
             )));
         }
-        let mut tx = app.db.begin().await.map_err(|e| JobError::Retryable(e.into()))?;
+        let mut tx = app
+            .db
+            .begin()
+            .await
+            .map_err(|e| JobError::Retryable(e.into()))?;
         let pending: Vec<(i32,)> = tx
             .fetch_all(
                 sqlx::query_as(
@@ -64,7 +68,9 @@ impl Job for Validation {
             )
             .await
             .map_err(|e| JobError::Retryable(e.into()))?;
-        tx.commit().await.map_err(|e| JobError::Retryable(e.into()))?;
+        tx.commit()
+            .await
+            .map_err(|e| JobError::Retryable(e.into()))?;
         if pending.is_empty() {
             // Every chunk was validated by an earlier run: make sure what follows started.
             return super::validation_chunk::after_validation(app, self.upload_id)

@@ -187,7 +187,9 @@ pub fn check(d: &DebtorData, rules: &ValidationSettings, today: NaiveDate) -> Ve
 fn check_iban<'a>(iban: &'a str, issues: &mut Vec<Issue>) -> Option<&'a str> {
     let masked = mask_iban(iban);
     if iban.len() < 5
-        || !iban.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        || !iban
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
         || !iban.as_bytes()[..2].iter().all(u8::is_ascii_uppercase)
         || !iban.as_bytes()[2..4].iter().all(u8::is_ascii_digit)
     {
@@ -630,12 +632,12 @@ mod tests {
         );
         assert!(codes(&with(Some(&"M".repeat(35)), past)).is_empty());
         assert_eq!(codes(&with(Some("M_1"), past)), vec!["MANDATE_CHARSET"]);
-        assert_eq!(codes(&with(Some("//M1"), past)), vec!["MANDATE_DOUBLE_SLASH"]);
-        assert_eq!(codes(&with(None, past)), vec!["MANDATE_MISSING"]);
         assert_eq!(
-            codes(&with(Some("M1"), None)),
-            vec!["MANDATE_DATE_MISSING"]
+            codes(&with(Some("//M1"), past)),
+            vec!["MANDATE_DOUBLE_SLASH"]
         );
+        assert_eq!(codes(&with(None, past)), vec!["MANDATE_MISSING"]);
+        assert_eq!(codes(&with(Some("M1"), None)), vec!["MANDATE_DATE_MISSING"]);
         assert!(codes(&with(Some("M1"), Some(today()))).is_empty());
         assert_eq!(
             codes(&with(Some("M1"), today().succ_opt())),

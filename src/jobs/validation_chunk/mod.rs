@@ -118,8 +118,18 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
     let upload = id.to_string();
     let (mut checks, mut issues) = (Vec::new(), Vec::new());
     let (mut valid, mut invalid) = (0i64, 0i64);
-    for (debtor_id, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country) in
-        rows
+    for (
+        debtor_id,
+        name,
+        email,
+        iban,
+        bic,
+        amount_minor,
+        currency,
+        mandate_id,
+        mandate_date,
+        country,
+    ) in rows
     {
         let d = DebtorData {
             name,
@@ -221,11 +231,9 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
         .ok_or_else(|| JobError::permanent(format!("upload {id} vanished")))?;
     let finished = Some(done) == total;
     if finished {
-        tx.execute(
-            sqlx::query("UPDATE uploads SET validated_at = now() WHERE id = $1").bind(id),
-        )
-        .await
-        .map_err(retry)?;
+        tx.execute(sqlx::query("UPDATE uploads SET validated_at = now() WHERE id = $1").bind(id))
+            .await
+            .map_err(retry)?;
     }
     tx.commit().await.map_err(retry)?;
     tracing::debug!(upload_id = %id, chunk_no, valid, invalid, "chunk validated");

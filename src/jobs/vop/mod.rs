@@ -171,7 +171,15 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
     let keys: Vec<String> = targets.iter().map(|t| vop::name_key(&t.name)).collect();
     let ttl = chrono::Duration::from_std(app.settings.vop.cache_ttl)
         .unwrap_or_else(|_| chrono::Duration::days(30));
-    type Cached = (String, String, String, Option<String>, Option<String>, String, Option<String>);
+    type Cached = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+    );
     let cached: Vec<Cached> = tx
         .fetch_all(
             sqlx::query_as(
@@ -225,6 +233,7 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
     let mut unavailable: Option<(String, Duration)> = None;
     let give_up = job.deferrals >= app.settings.vop.max_deferrals;
     let mut done_calls = 0usize;
+    let mut failed = 0usize;
     if !give_up {
         let mut stream = futures::stream::iter(to_call.clone())
             .map(|(t, k)| {
@@ -232,7 +241,8 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
                 let shutdown = ctx.shutdown.clone();
                 let verifier = verifier.clone();
                 async move {
-                    if stop.is_cancelled() || shutdown.is_cancelled() || Instant::now() >= deadline {
+                    if stop.is_cancelled() || shutdown.is_cancelled() || Instant::now() >= deadline
+                    {
                         return None;
                     }
                     let req = vop::Request {
@@ -275,6 +285,12 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
                     iban: t.iban.clone(),
                     name_key: k.clone(),
                 },
+                Err(CheckError::Failed(reason)) => {
+                    // Left for the continuation; the breaker decides when to stop.
+                    tracing::debug!(upload_id = %id, chunk_no, %reason, "check failed; retried later");
+                    failed += 1;
+                    continue;
+                }
                 Err(CheckError::Unavailable { reason, retry_in }) => {
                     if unavailable.is_none() {
                         tracing::warn!(upload_id = %id, chunk_no, %reason, "provider unavailable: putting the chunk off");
@@ -322,6 +338,7 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
         // Not finished: hand over to a continuation.
         let (delay, deferrals) = match &unavailable {
             Some((_, retry_in)) => (*retry_in, job.deferrals + 1),
+            None if failed > 0 => (app.settings.vop.breaker_open_for, job.deferrals + 1),
             None => (Duration::ZERO, job.deferrals),
         };
         let next = Vop {
@@ -336,7 +353,10 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
             ..NewJob::new(Vop::NAME, serde_json::to_string(&next)?)
         };
         app.queue
-            .push(std::slice::from_ref(&nj), app.settings.worker.idempotency_ttl)
+            .push(
+                std::slice::from_ref(&nj),
+                app.settings.worker.idempotency_ttl,
+            )
             .await?;
         tracing::info!(upload_id = %id, chunk_no, left = remaining_before - done_calls, delay_ms = delay.as_millis() as u64, deferrals, "vop chunk continues later");
         return Ok(());
@@ -396,13 +416,21 @@ fn parse_bav(s: &str) -> BavResult {
 }
 
 /// Stores results (first one wins per debtor) and caches fresh provider answers.
-async fn save(app: &AppContext, upload_id: Uuid, provider: &str, a: &[Answer]) -> anyhow::Result<()> {
+async fn save(
+    app: &AppContext,
+    upload_id: Uuid,
+    provider: &str,
+    a: &[Answer],
+) -> anyhow::Result<()> {
     if a.is_empty() {
         return Ok(());
     }
     let ids: Vec<i64> = a.iter().map(|x| x.debtor_id).collect();
     let vop_r: Vec<&str> = a.iter().map(|x| x.payee.result.as_str()).collect();
-    let sugg: Vec<Option<&str>> = a.iter().map(|x| x.payee.suggested_name.as_deref()).collect();
+    let sugg: Vec<Option<&str>> = a
+        .iter()
+        .map(|x| x.payee.suggested_name.as_deref())
+        .collect();
     let vref: Vec<Option<&str>> = a.iter().map(|x| x.payee.reference.as_deref()).collect();
     let bav_r: Vec<&str> = a.iter().map(|x| x.account.result.as_str()).collect();
     let bref: Vec<Option<&str>> = a.iter().map(|x| x.account.reference.as_deref()).collect();
@@ -443,10 +471,16 @@ async fn save(app: &AppContext, upload_id: Uuid, provider: &str, a: &[Answer]) -
         let ib: Vec<&str> = fresh.iter().map(|x| x.iban.as_str()).collect();
         let nk: Vec<&str> = fresh.iter().map(|x| x.name_key.as_str()).collect();
         let v: Vec<&str> = fresh.iter().map(|x| x.payee.result.as_str()).collect();
-        let s: Vec<Option<&str>> = fresh.iter().map(|x| x.payee.suggested_name.as_deref()).collect();
+        let s: Vec<Option<&str>> = fresh
+            .iter()
+            .map(|x| x.payee.suggested_name.as_deref())
+            .collect();
         let vr: Vec<Option<&str>> = fresh.iter().map(|x| x.payee.reference.as_deref()).collect();
         let b: Vec<&str> = fresh.iter().map(|x| x.account.result.as_str()).collect();
-        let br: Vec<Option<&str>> = fresh.iter().map(|x| x.account.reference.as_deref()).collect();
+        let br: Vec<Option<&str>> = fresh
+            .iter()
+            .map(|x| x.account.reference.as_deref())
+            .collect();
         tx.execute(
             sqlx::query(
                 "INSERT INTO vop_cache (provider, iban, name_key, vop_result, suggested_name, vop_reference, bav_result, bav_reference, checked_at) \
@@ -486,8 +520,7 @@ async fn finish_if_last(app: &AppContext, id: Uuid) -> anyhow::Result<()> {
 /// What follows a verified upload: its VOP report, when `reports.after_vop`. Idempotent.
 pub async fn after_vop(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
     if app.settings.reports.after_vop {
-        super::vop_report::enqueue_for_upload(app, upload_id, crate::reports::Format::Xlsx)
-            .await?;
+        super::vop_report::enqueue_for_upload(app, upload_id, crate::reports::Format::Xlsx).await?;
     }
     Ok(())
 }

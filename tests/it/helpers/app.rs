@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::db::{PASSWORD, TestDb};
 
 pub const TOKEN: &str = "test-token-0123456789";
+pub const LINK_SECRET: &str = "test-link-secret-0123456789";
 
 /// Settings for one test: its database, its Redis prefix, fast timings.
 pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
@@ -38,6 +39,11 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     s.worker.missed_heartbeats = 3;
     s.worker.drain_timeout = Duration::from_secs(10);
     s.worker.audit_running_after = Duration::from_millis(200);
+    // Verification needs a provider: tests that want it start a sandbox and turn it on.
+    s.vop.enabled = false;
+    s.vop.request_timeout = Duration::from_secs(2);
+    s.vop.retry_backoff = Duration::from_millis(50);
+    s.reports.link_secret = Some(SecretString::from(LINK_SECRET));
     s.queues.insert(
         "test_job".into(),
         QueueOverrides {

@@ -71,6 +71,16 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
             d(s.queue("test_job").backoff_base),
         ),
         ("FINWORKER__LOG__FORMAT", "json".to_string()),
+        ("FINWORKER__VOP__ENABLED", s.vop.enabled.to_string()),
+        ("FINWORKER__VOP__BASE_URL", s.vop.base_url.clone()),
+        ("FINWORKER__VOP__RATE_LIMIT", s.vop.rate_limit.to_string()),
+        ("FINWORKER__VOP__IN_FLIGHT", s.vop.in_flight.to_string()),
+        ("FINWORKER__VOP__REQUEST_TIMEOUT", d(s.vop.request_timeout)),
+        ("FINWORKER__VOP__RETRY_BACKOFF", d(s.vop.retry_backoff)),
+        (
+            "FINWORKER__REPORTS__LINK_SECRET",
+            super::app::LINK_SECRET.to_string(),
+        ),
     ];
     env.push(("RUST_LOG", "info".to_string()));
     env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
