@@ -25,7 +25,10 @@ export FINWORKER__HTTP__API_TOKEN="bench"
 DAEMON=""
 cleanup() {
   [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null || true
-  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null && break
+    sleep 1 # an autovacuum worker on the big tables cannot be terminated by us: wait for it
+  done
   redis-cli --scan --pattern "$FINWORKER__REDIS__PREFIX:*" | xargs -r redis-cli del >/dev/null || true
   rm -rf "$WORK"
 }

@@ -623,17 +623,6 @@ async fn queues_command(ctx: &AppContext) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn verify_cli() {
-        Cli::command().debug_assert();
-    }
-}
-
 async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
     let ctx = startup::build_context(load().await?).await?;
     match cmd {
@@ -709,4 +698,15 @@ pub fn report_link(
     let ttl = chrono::Duration::from_std(ttl.unwrap_or(s.link_ttl))?;
     let expires = (Utc::now() + ttl).timestamp();
     Ok(crate::reports::link(&s.public_url, secret, id, expires))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
 }

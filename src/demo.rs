@@ -22,9 +22,12 @@ pub struct DemoArgs {
     /// No-op jobs pushed in bulk.
     #[arg(long, default_value_t = 20_000)]
     pub jobs: usize,
-    /// Rows of the generated debtor file uploaded at the end.
-    #[arg(long, default_value_t = 50_000)]
+    /// Rows of the generated debtor file uploaded, validated and verified at the end.
+    #[arg(long, default_value_t = 5_000)]
     pub debtors: u64,
+    /// Requests/s to the sandbox VOP/BAV provider (it answers after 20 ms).
+    #[arg(long, default_value_t = 1_000)]
+    pub vop_rate: u32,
 }
 
 /// Runs the demo.
@@ -52,6 +55,27 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    // The sandbox provider, in-process on a free port: VOP/BAV answers after 20 ms.
+    let sandbox_stop = CancellationToken::new();
+    let (sandbox_addr, sandbox, _sandbox_task) = crate::sandbox::serve(
+        "127.0.0.1:0",
+        crate::sandbox::Knobs {
+            latency_ms: 20,
+            ..Default::default()
+        },
+        sandbox_stop.clone(),
+    )
+    .await?;
+    settings.vop.enabled = true;
+    settings.vop.base_url = format!("http://{sandbox_addr}");
+    settings.vop.rate_limit = args.vop_rate;
+    settings.reports.after_vop = true;
+    let ephemeral_secret = settings.reports.link_secret.is_none();
+    if ephemeral_secret {
+        settings.reports.link_secret = Some(SecretString::from(
+            uuid::Uuid::new_v4().simple().to_string(),
+        ));
+    }
     let app = App::build(settings, Roles::default()).await?;
     let ctx = app.ctx.clone();
     let addr = app.http_addr().context("http address")?;
@@ -211,8 +235,92 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     }
     println!("   details: finworker uploads show {upload_id}");
 
+    println!(
+        "10. validation, then VOP/BAV checks against the sandbox provider (http://{sandbox_addr}, {} req/s)",
+        args.vop_rate
+    );
+    let t0 = Instant::now();
+    let rec = loop {
+        let r = crate::uploads::get(&ctx.db, upload_id)
+            .await?
+            .context("upload vanished")?;
+        if r.verified_at.is_some() || r.status == "failed" {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "   validated: {} valid, {} invalid; verified in {:.1}s ({} provider calls)",
+        rec.rows_valid,
+        rec.rows_invalid,
+        t0.elapsed().as_secs_f64(),
+        sandbox.calls().calls.len()
+    );
+    let mut c = ctx.db.begin().await?;
+    let codes: Vec<(String, String, i64)> = c
+        .fetch_all(sqlx::query_as(
+            "SELECT code, severity, count(*) FROM debtor_issues WHERE upload_id = $1 GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5",
+        ).bind(upload_id))
+        .await?;
+    c.commit().await?;
+    for (code, severity, n) in codes {
+        println!("   {n:>6} {severity} {code}");
+    }
+    for line in crate::uploads::verification(&ctx.db, upload_id)
+        .await?
+        .describe()
+        .lines()
+    {
+        println!("   {line}");
+    }
+
+    let report_id =
+        crate::jobs::vop_report::upload_report_id(upload_id, crate::reports::Format::Xlsx);
+    let report = loop {
+        match crate::reports::get(&ctx.db, report_id).await? {
+            Some(r) if r.status != "pending" => break r,
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    anyhow::ensure!(
+        report.status == "ready",
+        "report failed: {}",
+        report.error.unwrap_or_default()
+    );
+    let link = {
+        let s = &ctx.settings.reports;
+        let secret = s.link_secret.as_ref().context("link secret")?;
+        let expires = (chrono::Utc::now() + chrono::Duration::from_std(s.link_ttl)?).timestamp();
+        let path_and_query = crate::reports::link("", secret, report_id, expires);
+        (
+            crate::reports::link(&s.public_url, secret, report_id, expires),
+            path_and_query,
+        )
+    };
+    // Download it through the signed link, as finance staff would.
+    let bytes = client.get(&link.1).await?;
+    let saved = std::path::Path::new("var").join(format!("demo-vop-report-{upload_id}.xlsx"));
+    std::fs::create_dir_all("var")?;
+    std::fs::write(&saved, &bytes)?;
+    println!(
+        "11. VOP compliance report: {} rows, downloaded through its signed link ({} bytes) to {}",
+        report.rows.unwrap_or(0),
+        bytes.len(),
+        saved.display()
+    );
+    println!("   link: {}", link.0);
+    if ephemeral_secret {
+        println!(
+            "   (signed with a one-off secret: set FINWORKER__REPORTS__LINK_SECRET for links that outlive the demo; \
+             then `finworker reports link {report_id}` prints a fresh one)"
+        );
+    } else {
+        println!("   served by `finworker run`; a fresh link: finworker reports link {report_id}");
+    }
+
     shutdown.cancel();
     daemon.await??;
+    sandbox_stop.cancel();
     ctx.queue.delete_namespace().await?;
     println!("done: daemon drained and stopped.");
     Ok(())
@@ -224,6 +332,26 @@ struct HttpClient {
 }
 
 impl HttpClient {
+    /// A GET of `path_and_query` returning the body (the report download).
+    async fn get(&self, path_and_query: &str) -> anyhow::Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let mut s = tokio::net::TcpStream::connect(self.addr).await?;
+        s.write_all(req.as_bytes()).await?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await?;
+        let split = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("http response")?;
+        let head = String::from_utf8_lossy(&resp[..split]);
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "download refused: {head}");
+        Ok(resp[split + 4..].to_vec())
+    }
+
     /// A minimal HTTP/1.1 POST over a plain TCP stream (the demo needs no HTTP client crate).
     async fn post(
         &self,

@@ -394,6 +394,24 @@ async fn vop_and_bav_outcomes_of_every_kind_reach_the_results_and_the_report() {
             && text.contains("'-Minus Corp")
     );
     assert!(!text.contains(&iban(1, 10, 0)), "IBANs are masked");
+
+    // By date range instead of upload: today's checks are these ten.
+    let today = chrono::Utc::now().date_naive();
+    let id = jobs::vop_report::enqueue(
+        &app.ctx,
+        jobs::VopReport {
+            report_id: None,
+            upload_id: None,
+            from: Some(today),
+            to: Some(today),
+            format: Format::Xlsx,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(wait_report(&app, id).await.rows, Some(10));
+    let sheet = xlsx_rows(&download(&app, id).await, "Results");
+    assert_report_matches(&sheet[1..], &r);
 }
 
 fn assert_report_matches(rows: &[Vec<String>], r: &BTreeMap<String, ResultRow>) {
@@ -505,6 +523,35 @@ async fn download_links_that_expired_or_were_altered_are_refused() {
         get(reports::link(&base, &secret, other, now + 60)).await,
         404
     );
+
+    // `finworker reports link` (the real binary) prints a link that works, and one with a
+    // one-second lifetime that stops working.
+    let settings = app.settings.clone();
+    let b = base.clone();
+    let printed = move |ttl: &str| {
+        let mut c = crate::helpers::process::command(
+            &settings,
+            &["reports", "link", &report.id.to_string(), "--ttl", ttl],
+        );
+        c.env("FINWORKER__REPORTS__PUBLIC_URL", &b);
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let url = tokio::task::spawn_blocking(move || (printed("1h"), printed("1s")))
+        .await
+        .unwrap();
+    assert!(
+        url.0
+            .starts_with(&format!("{base}/reports/{}/download?expires=", report.id))
+    );
+    assert_eq!(get(url.0).await, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(get(url.1).await, 403);
 }
 
 #[tokio::test]
