@@ -37,6 +37,9 @@ struct Shared {
     state: AtomicU8,
     opened_at: std::sync::Mutex<Option<Instant>>,
     open_for: Duration,
+    open_max: Duration,
+    /// Opens since the breaker last closed: the open period doubles with each.
+    opens: std::sync::atomic::AtomicU32,
     probing: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -70,6 +73,7 @@ impl failsafe::Instrument for Instrument {
 
     fn on_open(&self) {
         *self.0.opened_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.0.opens.fetch_add(1, Ordering::SeqCst);
         self.transit(OPEN, "open");
         tracing::warn!(
             provider = self.0.provider,
@@ -86,6 +90,7 @@ impl failsafe::Instrument for Instrument {
     }
 
     fn on_closed(&self) {
+        self.0.opens.store(0, Ordering::SeqCst);
         self.transit(CLOSED, "closed");
         tracing::info!(
             provider = self.0.provider,
@@ -154,6 +159,8 @@ impl Breaker {
             state: AtomicU8::new(CLOSED),
             opened_at: std::sync::Mutex::new(None),
             open_for: s.breaker_open_for,
+            open_max: s.breaker_open_max,
+            opens: std::sync::atomic::AtomicU32::new(0),
             probing: AtomicBool::new(false),
             metrics,
         });
@@ -202,7 +209,14 @@ impl Breaker {
         }
     }
 
-    /// A sensible delay before trying again while open.
+    /// How long the current open period lasts: `open_for` doubled per consecutive open,
+    /// capped at `open_max` (the policy's exponential backoff).
+    pub fn open_period(&self) -> Duration {
+        let n = self.shared.opens.load(Ordering::SeqCst).clamp(1, 20);
+        (self.shared.open_for * 2u32.pow(n - 1)).min(self.shared.open_max)
+    }
+
+    /// Time left until the breaker lets a probe through (at least 200 ms).
     pub fn retry_in(&self) -> Duration {
         let opened = *self
             .shared
@@ -211,8 +225,7 @@ impl Breaker {
             .unwrap_or_else(|p| p.into_inner());
         match opened {
             Some(t) => self
-                .shared
-                .open_for
+                .open_period()
                 .saturating_sub(t.elapsed())
                 .max(Duration::from_millis(200)),
             None => self.shared.open_for,
@@ -259,11 +272,18 @@ mod tests {
         let probe = b.permit().expect("half-open lets a probe through");
         assert_eq!(b.state(), "half_open");
         assert!(b.permit().is_none(), "one probe at a time");
+        // A failed probe re-opens it for twice as long.
+        probe.failure();
+        assert_eq!(b.state(), "open");
+        assert_eq!(b.open_period(), Duration::from_secs(2));
+        assert!(b.retry_in() > Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(2100));
+        let probe = b.permit().expect("half-open again");
         probe.success();
         assert_eq!(b.state(), "closed");
         let text = metrics.render();
         assert!(
-            text.contains("finworker_breaker_transitions_total{provider=\"test\",to=\"open\"} 1"),
+            text.contains("finworker_breaker_transitions_total{provider=\"test\",to=\"open\"} 2"),
             "{text}"
         );
         assert!(text.contains("finworker_breaker_state{provider=\"test\"} 0"));

@@ -762,3 +762,40 @@ async fn the_rate_limit_holds_across_two_worker_processes() {
     // Close to the limit, not far below it.
     assert!(rate >= f64::from(LIMIT) * 0.8, "{rate:.1} calls/s");
 }
+
+#[tokio::test]
+async fn a_long_outage_ends_the_pipeline_with_errors_after_max_deferrals() {
+    let until = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap() + 3_600_000;
+    let sb = sandbox(Knobs {
+        outage_until_ms: Some(until),
+        ..Knobs::default()
+    })
+    .await;
+    let app = spawn_app_with(|s| {
+        verifying(s, &sb);
+        s.vop.max_deferrals = 1;
+    })
+    .await;
+    let rec = ingest(
+        &app,
+        "outage.csv",
+        &csv(&[row("O1", "Anna Schmidt", iban(1, 10, 0))]),
+    )
+    .await;
+    let rec = wait_verified(&app, rec.id).await;
+    let r = results(&app, rec.id).await;
+    assert_eq!((r["O1"].1.as_str(), r["O1"].3.as_str()), ("error", "error"));
+    assert!(
+        r["O1"].6.as_deref().unwrap().contains("put off 2 times"),
+        "{:?}",
+        r["O1"].6
+    );
+    // Tried twice (first job and one deferral, 2 attempts each), then gave up without calling.
+    let log = sb.sandbox.calls();
+    assert_eq!(log.calls.len(), 4, "{:?}", log.calls);
+    assert!(log.calls.iter().all(|c| c.status == 503));
+    let jobs: i64 = app
+        .scalar("SELECT count(DISTINCT job_id) FROM job_runs WHERE job_type = 'vop' AND status = 'succeeded'")
+        .await;
+    assert_eq!(jobs, 3);
+}

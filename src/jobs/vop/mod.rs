@@ -231,7 +231,7 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
     let deadline = Instant::now() + app.settings.vop.slice;
     let stop = tokio_util::sync::CancellationToken::new();
     let mut unavailable: Option<(String, Duration)> = None;
-    let give_up = job.deferrals >= app.settings.vop.max_deferrals;
+    let give_up = job.deferrals > app.settings.vop.max_deferrals;
     let mut done_calls = 0usize;
     let mut failed = 0usize;
     if !give_up {
