@@ -7,38 +7,12 @@
 #   3. a generated XLSX (default 200,000 rows) through `finworker upload`, beside a bare
 #      calamine read of the same file (`finworker bench xlsx-read`).
 # Usage: scripts/bench-upload.sh [csv rows...]   (XLSX_ROWS=200000 by default)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-export FINWORKER__DATABASE__PASSWORD="${FINWORKER__DATABASE__PASSWORD:-finworker}"
-export PGPASSWORD="$FINWORKER__DATABASE__PASSWORD"
-export FINWORKER__LOG__LEVEL="${FINWORKER__LOG__LEVEL:-warn}"
-cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-target}/release/finworker"
-WORK=$(mktemp -d /var/tmp/fw-bench-XXXXXX)
-DB="fw_bench_$$"
-export FINWORKER__DATABASE__URL="postgres://finworker@127.0.0.1:6432/$DB"
-export FINWORKER__DATABASE__DIRECT_URL="postgres://finworker@127.0.0.1:5432/$DB"
-export FINWORKER__REDIS__PREFIX="fwbench$$"
-export FINWORKER__STORAGE__LOCAL_ROOT="$WORK/storage"
-export FINWORKER__HTTP__API_TOKEN="bench"
-DAEMON=""
-cleanup() {
-  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null || true
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null && break
-    sleep 1 # an autovacuum worker on the big tables cannot be terminated by us: wait for it
-  done
-  redis-cli --scan --pattern "$FINWORKER__REDIS__PREFIX:*" | xargs -r redis-cli del >/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "CREATE DATABASE $DB"
-"$BIN" migrate >/dev/null
+source "$(dirname "$0")/bench-lib.sh"
 
 start_daemon() {
   "$BIN" run --no-http --queues upload,upload_chunk >"$WORK/daemon.log" 2>&1 &
   DAEMON=$!
+  PIDS+=("$DAEMON")
   sleep 0.5
 }
 stop_daemon() { # prints the daemon's peak RSS in MB

@@ -7,39 +7,11 @@
 #      by two worker processes: achieved req/s (from the sandbox's own call log) against the
 #      limit, the busiest second, and the workers' CPU during verification.
 # Usage: scripts/bench-verify.sh
-set -euo pipefail
-cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-export FINWORKER__DATABASE__PASSWORD="${FINWORKER__DATABASE__PASSWORD:-finworker}"
-export PGPASSWORD="$FINWORKER__DATABASE__PASSWORD"
-export FINWORKER__LOG__LEVEL="${FINWORKER__LOG__LEVEL:-warn}"
+source "$(dirname "$0")/bench-lib.sh"
 VALIDATE_ROWS=${VALIDATE_ROWS:-1000000}
 VOP_ROWS=${VOP_ROWS:-10000}
 VOP_RATE=${VOP_RATE:-500}
-cargo build --release --quiet
-BIN="${CARGO_TARGET_DIR:-target}/release/finworker"
-WORK=$(mktemp -d /var/tmp/fw-bench-XXXXXX)
-DB="fw_bench_$$"
 SANDBOX_PORT=${SANDBOX_PORT:-9311}
-export FINWORKER__DATABASE__URL="postgres://finworker@127.0.0.1:6432/$DB"
-export FINWORKER__DATABASE__DIRECT_URL="postgres://finworker@127.0.0.1:5432/$DB"
-export FINWORKER__REDIS__PREFIX="fwbench$$"
-export FINWORKER__STORAGE__LOCAL_ROOT="$WORK/storage"
-export FINWORKER__HTTP__API_TOKEN="bench"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" 2>/dev/null && break
-    sleep 1 # an autovacuum worker on the big tables cannot be terminated by us: wait for it
-  done
-  redis-cli --scan --pattern "$FINWORKER__REDIS__PREFIX:*" | xargs -r redis-cli del >/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "CREATE DATABASE $DB"
-"$BIN" migrate >/dev/null
 q() { psql -X -q -t -A -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "$1"; }
 ticks() { # CPU ticks (user+system) of the given pids
   local s=0

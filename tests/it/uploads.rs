@@ -676,16 +676,9 @@ async fn upload_progress_is_served_over_http_with_a_token() {
     .await;
     let url = app.url(&format!("/api/uploads/{}?rejects=10", rec.id));
     assert_eq!(app.http.get(&url).send().await.unwrap().status(), 401);
-    let v: serde_json::Value = app
-        .http
-        .get(&url)
-        .bearer_auth(crate::helpers::app::TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app
+        .get_json(&format!("/api/uploads/{}?rejects=10", rec.id))
+        .await;
     assert_eq!(v["status"], "completed");
     assert_eq!(v["rows_seen"], 2);
     assert_eq!(v["rows_imported"], 1);

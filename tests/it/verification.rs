@@ -324,16 +324,7 @@ async fn vop_and_bav_outcomes_of_every_kind_reach_the_results_and_the_report() {
     assert!(calls.calls.iter().all(|c| c.status == 200));
 
     // Per-result counts over HTTP.
-    let v: serde_json::Value = app
-        .http
-        .get(app.url(&format!("/api/uploads/{}", rec.id)))
-        .bearer_auth(crate::helpers::app::TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = app.get_json(&format!("/api/uploads/{}", rec.id)).await;
     assert_eq!(v["verification"]["checked"], 10);
     assert_eq!(v["verification"]["vop"]["match"], 7);
     assert_eq!(v["verification"]["vop"]["close_match"], 1);

@@ -72,8 +72,8 @@ pub const MAX_NAME: usize = 70;
 /// Longest mandate reference (UMR).
 pub const MAX_MANDATE: usize = 35;
 
-/// What validation reads of a debtor.
-#[derive(Debug, Clone, Default)]
+/// What validation reads of a debtor (columns of `debtors`).
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct DebtorData {
     /// Debtor name as imported.
     pub name: String,

@@ -8,7 +8,6 @@
 //! - The chunk that validates the upload's last chunk stamps the upload and fans out the
 //!   `vop` jobs (one per chunk with valid debtors) under idempotency keys.
 
-use chrono::NaiveDate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -55,18 +54,13 @@ enum Done {
     Upload,
 }
 
-type Row = (
-    i64,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    i64,
-    String,
-    Option<String>,
-    Option<NaiveDate>,
-    Option<String>,
-);
+/// A debtor as read for validation.
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    #[sqlx(flatten)]
+    data: DebtorData,
+}
 
 fn retry(e: impl Into<anyhow::Error>) -> JobError {
     JobError::Retryable(e.into())
@@ -118,30 +112,11 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
     let upload = id.to_string();
     let (mut checks, mut issues) = (Vec::new(), Vec::new());
     let (mut valid, mut invalid) = (0i64, 0i64);
-    for (
-        debtor_id,
-        name,
-        email,
-        iban,
-        bic,
-        amount_minor,
-        currency,
-        mandate_id,
-        mandate_date,
-        country,
-    ) in rows
+    for Row {
+        id: debtor_id,
+        data: d,
+    } in rows
     {
-        let d = DebtorData {
-            name,
-            email,
-            iban,
-            bic,
-            amount_minor,
-            currency,
-            mandate_id,
-            mandate_date,
-            country,
-        };
         let v = rules::check(&d, rules_cfg, today);
         let debtor = debtor_id.to_string();
         if v.valid {

@@ -112,6 +112,28 @@ struct Target {
     bic: Option<String>,
 }
 
+impl Answer {
+    /// No answer to give: the provider refused, or stayed unavailable.
+    fn error(t: &Target, name_key: &str, msg: String) -> Self {
+        Self {
+            debtor_id: t.debtor_id,
+            payee: PayeeAnswer {
+                result: VopResult::Error,
+                suggested_name: None,
+                reference: None,
+            },
+            account: AccountAnswer {
+                result: BavResult::Error,
+                reference: None,
+            },
+            error: Some(msg),
+            from_cache: false,
+            iban: t.iban.clone(),
+            name_key: name_key.to_string(),
+        }
+    }
+}
+
 struct Answer {
     debtor_id: i64,
     payee: PayeeAnswer,
@@ -269,22 +291,7 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
                     iban: t.iban.clone(),
                     name_key: k.clone(),
                 },
-                Err(CheckError::Refused(msg)) => Answer {
-                    debtor_id: t.debtor_id,
-                    payee: PayeeAnswer {
-                        result: VopResult::Error,
-                        suggested_name: None,
-                        reference: None,
-                    },
-                    account: AccountAnswer {
-                        result: BavResult::Error,
-                        reference: None,
-                    },
-                    error: Some(msg),
-                    from_cache: false,
-                    iban: t.iban.clone(),
-                    name_key: k.clone(),
-                },
+                Err(CheckError::Refused(msg)) => Answer::error(&t, &k, msg),
                 Err(CheckError::Failed(reason)) => {
                     // Left for the continuation; the breaker decides when to stop.
                     tracing::debug!(upload_id = %id, chunk_no, %reason, "check failed; retried later");
@@ -313,22 +320,7 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
             job.deferrals
         );
         for (t, k) in &to_call {
-            answers.push(Answer {
-                debtor_id: t.debtor_id,
-                payee: PayeeAnswer {
-                    result: VopResult::Error,
-                    suggested_name: None,
-                    reference: None,
-                },
-                account: AccountAnswer {
-                    result: BavResult::Error,
-                    reference: None,
-                },
-                error: Some(msg.clone()),
-                from_cache: false,
-                iban: t.iban.clone(),
-                name_key: k.clone(),
-            });
+            answers.push(Answer::error(t, k, msg.clone()));
         }
         done_calls = to_call.len();
     }

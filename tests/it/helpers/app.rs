@@ -150,6 +150,19 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
+    /// GET with the bearer token; the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Enqueues through the HTTP API and returns the job id.
     pub async fn enqueue(&self, job_type: &str, body: serde_json::Value) -> String {
         let r = self.post_job(job_type, &body, None).await;
