@@ -3,7 +3,9 @@
 #   1. a generated CSV of ROWS rows (default 1,000,000 and 100,000) through `finworker upload`
 #      against a worker daemon (its own process), until completed: rows/s and the daemon's
 #      peak RSS (VmHWM);
-#   2. `psql \copy` of the same file into a plain logged table: the ceiling;
+#   2. `psql \copy` of the same file into a plain logged table: the ceiling; then the imported
+#      debtors themselves copied in bare, without and with debtors' indexes (what the import
+#      has to produce, at COPY speed);
 #   3. a generated XLSX (default 200,000 rows) through `finworker upload`, beside a bare
 #      calamine read of the same file (`finworker bench xlsx-read`).
 # Usage: scripts/bench-upload.sh [csv rows...]   (XLSX_ROWS=200000 by default)
@@ -55,6 +57,22 @@ for rows in ${@:-100000 1000000}; do
   ms=$(( (t1 - t0) / 1000000 ))
   printf '  %-34s %9d rows in %6.2f s = %8d rows/s\n' "psql \\copy (plain table)" "$rows" \
     "$(awk "BEGIN{print $ms/1000}")" $(( rows * 1000 / ms ))
+  # What the import must produce, copied in bare: the imported debtors (typed, as stored)
+  # into a debtors-shaped table without indexes, then into one with debtors' own indexes
+  # (identity key, dedup key, row key). The floor of Postgres work for this result.
+  cols="upload_id, row_no, reference, first_name, last_name, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage"
+  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "\\copy (SELECT $cols FROM debtors ORDER BY upload_id, row_no) TO '$WORK/debtors.tsv'"
+  n=$(wc -l <"$WORK/debtors.tsv")
+  for shape in "no indexes:INCLUDING DEFAULTS INCLUDING IDENTITY" "debtors' indexes:INCLUDING ALL"; do
+    psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "DROP TABLE IF EXISTS schema_ceiling; CREATE TABLE schema_ceiling (LIKE debtors ${shape#*:})"
+    t0=$(date +%s%N)
+    psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "\\copy schema_ceiling ($cols) FROM '$WORK/debtors.tsv'"
+    t1=$(date +%s%N)
+    ms=$(( (t1 - t0) / 1000000 ))
+    printf '  %-34s %9d rows in %6.2f s = %8d rows/s\n' "\\copy debtors rows, ${shape%%:*}" "$n" \
+      "$(awk "BEGIN{print $ms/1000}")" $(( n * 1000 / ms ))
+  done
+  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "DROP TABLE schema_ceiling"
 done
 
 XLSX_ROWS=${XLSX_ROWS:-200000}

@@ -259,7 +259,8 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let mut c = ctx.db.begin().await?;
     let codes: Vec<(String, String, i64)> = c
         .fetch_all(sqlx::query_as(
-            "SELECT code, severity, count(*) FROM debtor_issues WHERE upload_id = $1 GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5",
+            "SELECT i.code, i.severity, count(*) FROM debtors d JOIN debtor_issues i ON i.debtor_id = d.id \
+             WHERE d.upload_id = $1 GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5",
         ).bind(upload_id))
         .await?;
     c.commit().await?;

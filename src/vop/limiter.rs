@@ -4,7 +4,8 @@
 //! (governor alone) would let N processes send N times the limit. Each request therefore
 //! takes a send time from Redis (`limiter.lua`: a GCRA without burst on Redis's clock):
 //! consecutive slots are exactly `1/rate` apart whichever process takes them, so the
-//! combined rate cannot exceed the limit. governor sits in front, per process, so one
+//! combined rate cannot exceed the limit (slots are paced at 98% of it, so arrival jitter
+//! stays under it too). governor sits in front, per process, so one
 //! process never queues more than the whole limit's worth of slot requests at Redis.
 
 use std::{num::NonZeroU32, sync::Arc, time::Duration};
@@ -40,7 +41,9 @@ impl SharedLimiter {
         Self {
             conn: queue.connection(),
             key: format!("{}:ratelimit:{provider}", queue.prefix()),
-            spacing_us: 1_000_000 / u64::from(rate.get()),
+            // Paced at 98% of the limit: network jitter bunches some requests on arrival, and
+            // the provider counts arrivals.
+            spacing_us: 1_000_000 * 50 / (u64::from(rate.get()) * 49),
             local: Arc::new(RateLimiter::direct(Quota::per_second(rate))),
             script: Arc::new(Script::new(include_str!("limiter.lua"))),
         }

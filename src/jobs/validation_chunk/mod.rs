@@ -97,7 +97,7 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
         .fetch_all(
             sqlx::query_as(
                 "SELECT id, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country \
-                 FROM debtors WHERE upload_id = $1 AND row_no BETWEEN $2 AND $3 ORDER BY id",
+                 FROM debtors WHERE upload_id = $1 AND row_no BETWEEN $2 AND $3 ORDER BY row_no",
             )
             .bind(id)
             .bind(first)
