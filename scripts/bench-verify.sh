@@ -44,6 +44,8 @@ PIDS+=($!)
 export FINWORKER__VOP__BASE_URL="http://127.0.0.1:$SANDBOX_PORT"
 export FINWORKER__VOP__RATE_LIMIT="$VOP_RATE"
 export FINWORKER__REPORTS__AFTER_VOP=false
+# 20 chunks of 500: both processes take vop jobs (each runs at most 4 at once).
+export FINWORKER__UPLOAD__CHUNK_ROWS=500
 "$BIN" run --no-http >"$WORK/w1.log" 2>&1 &
 W1=$!; PIDS+=($W1)
 "$BIN" run --no-http >"$WORK/w2.log" 2>&1 &
