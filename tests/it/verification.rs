@@ -790,3 +790,32 @@ async fn a_long_outage_ends_the_pipeline_with_errors_after_max_deferrals() {
         .await;
     assert_eq!(jobs, 3);
 }
+
+#[tokio::test]
+async fn a_vop_job_hands_over_to_a_continuation_after_its_time_slice() {
+    let sb = sandbox(Knobs {
+        latency_ms: 40,
+        ..Knobs::default()
+    })
+    .await;
+    let app = spawn_app_with(|s| {
+        verifying(s, &sb);
+        s.upload.chunk_rows = 20;
+        s.vop.in_flight = 1;
+        s.vop.slice = Duration::from_millis(300);
+    })
+    .await;
+    let rows: Vec<Row<'_>> = (0..20)
+        .map(|i| row(&format!("S{i}"), "Anna Schmidt", iban(i, 10, 0)))
+        .collect();
+    let rec = ingest(&app, "slice.csv", &csv(&rows)).await;
+    let rec = wait_verified(&app, rec.id).await;
+    // One chunk, 20 debtors at ~80 ms each: several jobs, each resuming where the last
+    // stopped; every debtor checked exactly once.
+    assert_eq!(results(&app, rec.id).await.len(), 20);
+    assert_eq!(sb.sandbox.calls().calls.len(), 40);
+    let jobs: i64 = app
+        .scalar("SELECT count(DISTINCT job_id) FROM job_runs WHERE job_type = 'vop' AND status = 'succeeded'")
+        .await;
+    assert!(jobs >= 3, "{jobs} vop jobs");
+}
