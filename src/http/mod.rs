@@ -32,6 +32,7 @@ pub fn router(ctx: AppContext) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/api/jobs/{job_type}", post(enqueue::enqueue))
         .route("/api/uploads/{id}", get(uploads::show))
+        .route("/api/reports/{id}", get(reports::show))
         .route("/reports/{id}/download", get(reports::download))
         .fallback(error::not_found)
         .layer(RequestBodyLimitLayer::new(http.max_body_bytes))

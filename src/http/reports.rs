@@ -1,6 +1,10 @@
-//! `GET /reports/{id}/download?expires=…&signature=…`: finance staff download a report
-//! with a signed, expiring link (`finworker reports link <id>` prints one). No bearer
-//! token: the signature is the authorisation. Expired or altered links get 403.
+//! Reports over HTTP.
+//!
+//! - `GET /api/reports/{id}` (bearer token): for API nodes, the report's status and, once
+//!   ready, a fresh signed `download_url` to hand to finance staff.
+//! - `GET /reports/{id}/download?expires=…&signature=…`: finance staff download a report
+//!   with a signed, expiring link (`finworker reports link <id>` prints one too). No bearer
+//!   token: the signature is the authorisation. Expired or altered links get 403.
 
 use axum::{
     body::Body,
@@ -13,7 +17,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::error::ApiError;
+use super::{enqueue::authorize, error::ApiError};
 use crate::{context::AppContext, reports};
 
 /// Query string of a signed link.
@@ -79,4 +83,37 @@ pub async fn download(
         body,
     )
         .into_response())
+}
+
+/// 200 with the `reports` row plus `download_url` (signed, valid for `reports.link_ttl`)
+/// when ready; 404 when unknown.
+pub async fn show(
+    State(ctx): State<AppContext>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    authorize(&ctx, &headers)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest {
+        field: Some("id".into()),
+        message: format!("`{id}` is not a report id (a UUID)"),
+    })?;
+    let rec = reports::get(&ctx.db, id)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .ok_or_else(|| ApiError::NotFound(format!("no report {id}")))?;
+    let ready = rec.status == "ready";
+    let mut v = serde_json::to_value(&rec).map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("object_key"); // storage layout is ours, not the API's
+    }
+    if ready && let Some(secret) = ctx.settings.reports.link_secret.as_ref() {
+        let s = &ctx.settings.reports;
+        let ttl = chrono::Duration::from_std(s.link_ttl).unwrap_or(chrono::Duration::hours(24));
+        let expires = (Utc::now() + ttl).timestamp();
+        v["download_url"] = reports::link(&s.public_url, secret, id, expires).into();
+        v["download_expires_at"] = chrono::DateTime::from_timestamp(expires, 0)
+            .map(|t| t.to_rfc3339())
+            .into();
+    }
+    Ok(axum::Json(v))
 }

@@ -43,6 +43,13 @@ pub async fn show(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     v["verification"] = serde_json::to_value(checks).map_err(|e| ApiError::Internal(e.into()))?;
+    let report_id = crate::jobs::vop_report::upload_report_id(id, crate::reports::Format::Xlsx);
+    if let Some(r) = crate::reports::get(&ctx.db, report_id)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+    {
+        v["vop_report"] = serde_json::json!({ "id": r.id, "status": r.status });
+    }
     if q.rejects > 0 {
         let list = uploads::rejects(&ctx.db, id, q.rejects.min(1000))
             .await

@@ -330,12 +330,36 @@ async fn vop_and_bav_outcomes_of_every_kind_reach_the_results_and_the_report() {
     assert_eq!(v["verification"]["vop"]["close_match"], 1);
     assert_eq!(v["verification"]["bav"]["closed"], 1);
     assert_eq!(v["rows_valid"], 10);
+    let report_id = upload_report_id(rec.id, Format::Xlsx);
+    let v = eventually(Duration::from_secs(30), "report listed", || async {
+        let v = app.get_json(&format!("/api/uploads/{}", rec.id)).await;
+        (v["vop_report"]["status"] == "ready").then_some(v)
+    })
+    .await;
+    assert_eq!(v["vop_report"]["id"], report_id.to_string());
 
     // The XLSX report made after verification, downloaded with a signed link, equals the
-    // stored results; formula-like names are neutralised.
+    // stored results; formula-like names are neutralised. API nodes learn the link over HTTP.
     let report = wait_report(&app, upload_report_id(rec.id, Format::Xlsx)).await;
     assert_eq!(report.rows, Some(10));
+    let api = format!("/api/reports/{}", report.id);
+    assert_eq!(
+        app.http.get(app.url(&api)).send().await.unwrap().status(),
+        401
+    );
+    let shown = app.get_json(&api).await;
+    assert_eq!(shown["status"], "ready");
+    assert!(shown.get("object_key").is_none());
+    let url = shown["download_url"].as_str().unwrap();
+    assert!(url.starts_with(&format!(
+        "http://127.0.0.1:8080/reports/{}/download?",
+        report.id
+    )));
+    let path = url.trim_start_matches("http://127.0.0.1:8080");
+    let via_api = app.http.get(app.url(path)).send().await.unwrap();
+    assert_eq!(via_api.status(), 200);
     let bytes = download(&app, report.id).await;
+    assert_eq!(via_api.bytes().await.unwrap().to_vec(), bytes);
     let sheet = xlsx_rows(&bytes, "Results");
     assert_eq!(sheet[0], reports::VOP_COLUMNS.map(str::to_string).to_vec());
     assert_report_matches(&sheet[1..], &r);
