@@ -593,21 +593,27 @@ async fn the_cache_answers_a_repeated_iban_and_name_without_a_second_call() {
             row("C1-again", "ANNA  schmidt", iban(1, 10, 0)),
             row("C2-again", "Berta Braun", iban(2, 10, 75)),
             row("C3", "Carl Clay", iban(3, 10, 90)),
+            // Same account and name as C3 in the same chunk: answered by C3's call.
+            row("C3-twin", "Carl  CLAY", iban(3, 10, 90)),
         ]),
     )
     .await;
-    assert_eq!(second.rows_imported, 3);
+    assert_eq!(second.rows_imported, 4);
     wait_verified(&app, second.id).await;
     assert_eq!(sb.sandbox.calls().calls.len(), 6, "only C3 was asked");
     let r = results(&app, second.id).await;
-    assert!(r["C1-again"].7 && r["C2-again"].7 && !r["C3"].7);
+    assert!(r["C1-again"].7 && r["C2-again"].7 && !r["C3"].7 && r["C3-twin"].7);
+    assert_eq!(
+        (r["C3-twin"].1.as_str(), &r["C3-twin"].4),
+        (r["C3"].1.as_str(), &r["C3"].4)
+    );
     assert_eq!(r["C2-again"].1, "close_match");
     assert_eq!(r["C2-again"].2.as_deref(), Some("B. Braun"));
     assert!(
         app.ctx
             .metrics
             .render()
-            .contains("finworker_vop_cache_hits_total 2")
+            .contains("finworker_vop_cache_hits_total 3")
     );
     // A zero TTL would have asked again: the cache honours it.
     let fresh: i64 = app

@@ -134,6 +134,7 @@ impl Answer {
     }
 }
 
+#[derive(Clone)]
 struct Answer {
     debtor_id: i64,
     payee: PayeeAnswer,
@@ -224,6 +225,8 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
 
     let mut answers: Vec<Answer> = Vec::new();
     let mut to_call: Vec<(Target, String)> = Vec::new();
+    let mut twins: std::collections::HashMap<(String, String), Vec<Target>> =
+        std::collections::HashMap::new();
     for (t, k) in targets.into_iter().zip(keys) {
         if let Some(c) = cache.get(&(t.iban.clone(), k.clone())) {
             app.metrics.vop_cache_hits.inc();
@@ -243,7 +246,11 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
                 iban: t.iban,
                 name_key: k,
             });
+        } else if let Some(list) = twins.get_mut(&(t.iban.clone(), k.clone())) {
+            // Same account and name as a debtor already queued: one call answers both.
+            list.push(t);
         } else {
+            twins.insert((t.iban.clone(), k.clone()), Vec::new());
             to_call.push((t, k));
         }
     }
@@ -308,6 +315,18 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
                 }
             };
             done_calls += 1;
+            for twin in twins
+                .get(&(t.iban.clone(), k.clone()))
+                .into_iter()
+                .flatten()
+            {
+                app.metrics.vop_cache_hits.inc();
+                batch.push(Answer {
+                    debtor_id: twin.debtor_id,
+                    from_cache: answer.error.is_none(),
+                    ..answer.clone()
+                });
+            }
             batch.push(answer);
             if batch.len() >= 200 {
                 save(app, id, provider, &std::mem::take(&mut batch)).await?;
@@ -321,6 +340,13 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
         );
         for (t, k) in &to_call {
             answers.push(Answer::error(t, k, msg.clone()));
+            for twin in twins
+                .get(&(t.iban.clone(), k.clone()))
+                .into_iter()
+                .flatten()
+            {
+                answers.push(Answer::error(twin, k, msg.clone()));
+            }
         }
         done_calls = to_call.len();
     }
