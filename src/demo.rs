@@ -213,12 +213,13 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         crlf: false,
         duplicates: 10.0,
         malformed: 2.0,
+        invalid: 1.0,
         no_short_rows: false,
     };
     let summary = crate::testdata::debtors(&gen_args)?;
     println!(
-        "9. uploading a generated debtor file ({} rows: {} unique, {} duplicates, {} malformed)",
-        summary.rows, summary.unique, summary.duplicates, summary.malformed
+        "9. uploading a generated debtor file ({} rows: {} unique of which {} should fail validation, {} duplicates, {} malformed)",
+        summary.rows, summary.unique, summary.invalid, summary.duplicates, summary.malformed
     );
     let upload_id = crate::uploads::submit(&ctx, &file, None, None).await?;
     let rec = crate::uploads::watch(&ctx, upload_id, Duration::from_millis(200)).await?;

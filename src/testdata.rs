@@ -66,6 +66,10 @@ pub struct DebtorArgs {
     /// Percent of malformed rows.
     #[arg(long, default_value_t = 2.0)]
     pub malformed: f64,
+    /// Percent of rows that import but fail validation (IBAN check digits, a mandate signed
+    /// in the future, a BIC of another country).
+    #[arg(long, default_value_t = 0.0)]
+    pub invalid: f64,
     /// Never write rows with missing cells (keeps the file loadable by `psql \copy`).
     #[arg(long)]
     pub no_short_rows: bool,
@@ -82,6 +86,8 @@ pub struct GenSummary {
     pub duplicates: u64,
     /// Rows that should be rejected.
     pub malformed: u64,
+    /// Of the rows that import, those that should fail validation.
+    pub invalid: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +95,7 @@ enum Kind {
     Normal,
     Duplicate(u64),
     Malformed(u8),
+    Invalid(u8),
 }
 
 const HEADERS: [&str; 11] = [
@@ -206,6 +213,7 @@ struct Gen {
     seed: u64,
     dup_per_mille: u64,
     mal_per_mille: u64,
+    inv_per_mille: u64,
     short_rows: bool,
 }
 
@@ -255,6 +263,9 @@ impl Gen {
             let kinds = if self.short_rows { 6 } else { 5 };
             return Kind::Malformed((mix(self.seed, i, 2) % kinds) as u8);
         }
+        if r < self.dup_per_mille + self.mal_per_mille + self.inv_per_mille {
+            return Kind::Invalid((mix(self.seed, i, 8) % 3) as u8);
+        }
         Kind::Normal
     }
 
@@ -303,6 +314,25 @@ impl Gen {
                 r.usage = format!("Invoice {}", 10_000 + i);
                 r
             }
+            Kind::Invalid(m) => {
+                let mut r = self.normal(i);
+                match m {
+                    0 => {
+                        // Other check digits: mod 97 fails.
+                        let cd: u32 = r.iban[2..4].parse().unwrap_or(0);
+                        r.iban = format!("{}{:02}{}", &r.iban[..2], (cd + 1) % 100, &r.iban[4..]);
+                    }
+                    1 => r.date = NaiveDate::from_ymd_opt(2099, 6, 30),
+                    _ => {
+                        r.bic = if r.iban.starts_with("FR") {
+                            "COBADEFFXXX"
+                        } else {
+                            "BNPAFRPPXXX"
+                        }
+                    }
+                }
+                r
+            }
             Kind::Malformed(m) => {
                 let mut r = self.normal(i);
                 match m {
@@ -348,6 +378,7 @@ pub fn debtors(args: &DebtorArgs) -> anyhow::Result<GenSummary> {
         seed: args.seed,
         dup_per_mille: (args.duplicates * 10.0).round() as u64,
         mal_per_mille: (args.malformed * 10.0).round() as u64,
+        inv_per_mille: (args.invalid * 10.0).round() as u64,
         short_rows: !args.no_short_rows && args.format == GenFormat::Csv,
     };
     let mut summary = GenSummary {
@@ -358,6 +389,10 @@ pub fn debtors(args: &DebtorArgs) -> anyhow::Result<GenSummary> {
         Kind::Normal => summary.unique += 1,
         Kind::Duplicate(_) => summary.duplicates += 1,
         Kind::Malformed(_) => summary.malformed += 1,
+        Kind::Invalid(_) => {
+            summary.unique += 1;
+            summary.invalid += 1;
+        }
     };
     match args.format {
         GenFormat::Csv => {
@@ -496,6 +531,7 @@ mod tests {
             seed: 7,
             dup_per_mille: 0,
             mal_per_mille: 0,
+            inv_per_mille: 0,
             short_rows: false,
         };
         let mut countries = std::collections::BTreeSet::new();
@@ -517,6 +553,7 @@ mod tests {
             seed: 3,
             dup_per_mille: 100,
             mal_per_mille: 20,
+            inv_per_mille: 0,
             short_rows: true,
         };
         let (mut d, mut m, mut n) = (0, 0, 0);
@@ -528,7 +565,7 @@ mod tests {
                     assert_eq!(g.kind(j), Kind::Normal);
                     d += 1;
                 }
-                Kind::Malformed(_) => m += 1,
+                Kind::Malformed(_) | Kind::Invalid(_) => m += 1,
             }
         }
         assert_eq!(n + d + m, 10_000);

@@ -80,6 +80,7 @@ async fn an_upload_from_the_s3_backend_imports_and_cleans_its_staging() {
         crlf: false,
         duplicates: 10.0,
         malformed: 2.0,
+        invalid: 0.0,
         no_short_rows: false,
     };
     let summary = finworker::testdata::debtors(&args).unwrap();

@@ -132,6 +132,7 @@ fn gen_args(dir: &tempfile::TempDir, rows: u64, format: GenFormat, seed: u64) ->
         crlf: false,
         duplicates: 10.0,
         malformed: 2.0,
+        invalid: 0.0,
         no_short_rows: false,
     }
 }

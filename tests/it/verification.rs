@@ -849,3 +849,52 @@ async fn a_vop_job_hands_over_to_a_continuation_after_its_time_slice() {
         .await;
     assert!(jobs >= 3, "{jobs} vop jobs");
 }
+
+#[tokio::test]
+async fn a_generated_file_validates_to_exactly_the_invalid_rows_it_was_made_with() {
+    let app = spawn_app_with(|s| s.upload.chunk_rows = 500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let args = finworker::testdata::DebtorArgs {
+        rows: 3_000,
+        format: finworker::testdata::GenFormat::Csv,
+        seed: 5,
+        out: dir.path().join("gen.csv"),
+        delimiter: ';',
+        encoding: finworker::testdata::GenEncoding::Utf8,
+        bom: false,
+        crlf: false,
+        duplicates: 10.0,
+        malformed: 2.0,
+        invalid: 5.0,
+        no_short_rows: false,
+    };
+    let summary = finworker::testdata::debtors(&args).unwrap();
+    assert!(summary.invalid > 100, "{summary:?}");
+    let rec = ingest(&app, "gen.csv", &std::fs::read(&args.out).unwrap()).await;
+    assert_eq!(rec.rows_imported, i64::try_from(summary.unique).unwrap());
+    let rec = wait_validated(&app, rec.id).await;
+    assert_eq!(
+        (rec.rows_valid, rec.rows_invalid),
+        (
+            i64::try_from(summary.unique - summary.invalid).unwrap(),
+            i64::try_from(summary.invalid).unwrap()
+        )
+    );
+    // The three kinds the generator makes, each found.
+    let codes: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT i.code FROM debtor_issues i JOIN debtors d ON d.id = i.debtor_id \
+         WHERE d.upload_id = $1 AND i.severity = 'error' ORDER BY 1",
+    )
+    .bind(rec.id)
+    .fetch_all(&mut app.db.connect().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        codes,
+        vec![
+            "BIC_COUNTRY_MISMATCH",
+            "IBAN_CHECKSUM",
+            "MANDATE_DATE_FUTURE"
+        ]
+    );
+}
