@@ -13,7 +13,8 @@ use crate::config::VopSettings;
 pub struct EpcClient {
     http: reqwest::Client,
     base: String,
-    key: Option<String>,
+    /// Never printed: SecretString's Debug is redacted.
+    key: Option<secrecy::SecretString>,
 }
 
 #[derive(Deserialize)]
@@ -46,7 +47,7 @@ impl EpcClient {
         Ok(Self {
             http,
             base: s.base_url.trim_end_matches('/').to_string(),
-            key: s.api_key.as_ref().map(|k| k.expose_secret().to_string()),
+            key: s.api_key.clone(),
         })
     }
 
@@ -61,7 +62,7 @@ impl EpcClient {
             .header("X-Request-ID", uuid::Uuid::now_v7().to_string())
             .json(&body);
         if let Some(k) = &self.key {
-            req = req.bearer_auth(k);
+            req = req.bearer_auth(k.expose_secret());
         }
         let resp = req.send().await.map_err(|e| {
             if e.is_timeout() {
@@ -150,5 +151,20 @@ impl Provider for EpcClient {
             })
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let mut s: crate::config::Settings =
+            crate::config::Settings::load_from(std::path::Path::new("config"), &[]).unwrap();
+        s.vop.api_key = Some(secrecy::SecretString::from("sk-live-123456"));
+        let c = EpcClient::new(&s.vop).unwrap();
+        let text = format!("{c:?}");
+        assert!(!text.contains("sk-live-123456"), "{text}");
     }
 }
