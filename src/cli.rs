@@ -416,8 +416,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sandbox(a) => {
-            let settings = load().await?;
-            let _ = settings;
+            load().await?; // for logging only: the sandbox reads no finworker settings
             let token = CancellationToken::new();
             shutdown::on_signals(token.clone());
             let knobs = crate::sandbox::Knobs {
@@ -632,10 +631,8 @@ async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
             to,
             format,
         } => {
-            let format = match format.as_str() {
-                "csv" => crate::reports::Format::Csv,
-                "xlsx" => crate::reports::Format::Xlsx,
-                other => anyhow::bail!("--format {other}: use csv or xlsx"),
+            let Some(format) = crate::reports::Format::parse(&format) else {
+                anyhow::bail!("--format {format}: use csv or xlsx");
             };
             if upload.is_none() && from.is_none() && to.is_none() {
                 anyhow::bail!("give --upload or --from/--to");
@@ -691,13 +688,11 @@ pub fn report_link(
     id: uuid::Uuid,
     ttl: Option<Duration>,
 ) -> anyhow::Result<String> {
-    let s = &ctx.settings.reports;
-    let secret = s.link_secret.as_ref().ok_or_else(|| {
-        anyhow::anyhow!("reports.link_secret is not set (FINWORKER__REPORTS__LINK_SECRET)")
-    })?;
-    let ttl = chrono::Duration::from_std(ttl.unwrap_or(s.link_ttl))?;
-    let expires = (Utc::now() + ttl).timestamp();
-    Ok(crate::reports::link(&s.public_url, secret, id, expires))
+    crate::reports::signed_link(&ctx.settings.reports, id, ttl)
+        .map(|(url, _)| url)
+        .ok_or_else(|| {
+            anyhow::anyhow!("reports.link_secret is not set (FINWORKER__REPORTS__LINK_SECRET)")
+        })
 }
 
 #[cfg(test)]

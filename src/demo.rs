@@ -83,7 +83,11 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let daemon = tokio::spawn(app.run(shutdown.clone()));
     println!("2. daemon started: workers + http on http://{addr}");
 
-    let client = HttpClient { addr, token };
+    let client = HttpClient {
+        addr,
+        token,
+        http: reqwest::Client::new(),
+    };
     let mut ids = Vec::new();
     println!("3. enqueueing over HTTP (POST /api/jobs/{{job_type}}):");
     for (job_type, body, what) in [
@@ -289,18 +293,15 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         "report failed: {}",
         report.error.unwrap_or_default()
     );
-    let link = {
-        let s = &ctx.settings.reports;
-        let secret = s.link_secret.as_ref().context("link secret")?;
-        let expires = (chrono::Utc::now() + chrono::Duration::from_std(s.link_ttl)?).timestamp();
-        let path_and_query = crate::reports::link("", secret, report_id, expires);
-        (
-            crate::reports::link(&s.public_url, secret, report_id, expires),
-            path_and_query,
-        )
-    };
+    let (link, _) = crate::reports::signed_link(&ctx.settings.reports, report_id, None)
+        .context("link secret")?;
+    let local = link.replacen(
+        ctx.settings.reports.public_url.trim_end_matches('/'),
+        &format!("http://{addr}"),
+        1,
+    );
     // Download it through the signed link, as finance staff would.
-    let bytes = client.get(&link.1).await?;
+    let bytes = client.get(&local).await?;
     let saved = std::path::Path::new("var").join(format!("demo-vop-report-{upload_id}.xlsx"));
     std::fs::create_dir_all("var")?;
     std::fs::write(&saved, &bytes)?;
@@ -310,7 +311,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         bytes.len(),
         saved.display()
     );
-    println!("   link: {}", link.0);
+    println!("   link: {link}");
     if ephemeral_secret {
         println!(
             "   (signed with a one-off secret: set FINWORKER__REPORTS__LINK_SECRET for links that outlive the demo; \
@@ -331,55 +332,38 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
 struct HttpClient {
     addr: std::net::SocketAddr,
     token: String,
+    http: reqwest::Client,
 }
 
 impl HttpClient {
-    /// A GET of `path_and_query` returning the body (the report download).
-    async fn get(&self, path_and_query: &str) -> anyhow::Result<Vec<u8>> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let req = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        let mut s = tokio::net::TcpStream::connect(self.addr).await?;
-        s.write_all(req.as_bytes()).await?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await?;
-        let split = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .context("http response")?;
-        let head = String::from_utf8_lossy(&resp[..split]);
-        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "download refused: {head}");
-        Ok(resp[split + 4..].to_vec())
-    }
-
-    /// A minimal HTTP/1.1 POST over a plain TCP stream (the demo needs no HTTP client crate).
+    /// `POST /api/jobs/{job_type}` with the bearer token: (status, JSON body).
     async fn post(
         &self,
         job_type: &str,
         body: &serde_json::Value,
         idempotency_key: Option<&str>,
     ) -> anyhow::Result<(u16, serde_json::Value)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let body = body.to_string();
-        let key = idempotency_key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
-        let req = format!(
-            "POST /api/jobs/{job_type} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            self.token,
-            body.len()
+        let mut req = self
+            .http
+            .post(format!("http://{}/api/jobs/{job_type}", self.addr))
+            .bearer_auth(&self.token)
+            .json(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or_default()))
+    }
+
+    /// GET of a full URL (the signed report link): the body, or an error naming the status.
+    async fn get(&self, url: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self.http.get(url).send().await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "download refused: {}",
+            resp.status()
         );
-        let mut s = tokio::net::TcpStream::connect(self.addr).await?;
-        s.write_all(req.as_bytes()).await?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).await?;
-        let status: u16 = resp
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("http status")?;
-        let json = resp.split("\r\n\r\n").nth(1).unwrap_or("{}");
-        Ok((status, serde_json::from_str(json).unwrap_or_default()))
+        Ok(resp.bytes().await?.to_vec())
     }
 }

@@ -64,11 +64,7 @@ pub async fn download(
         .get_stream(&key)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let format = if rec.format == "csv" {
-        reports::Format::Csv
-    } else {
-        reports::Format::Xlsx
-    };
+    let format = reports::Format::parse(&rec.format).unwrap_or_default();
     let body = Body::from_stream(obj.stream.map_err(std::io::Error::other));
     Ok((
         [
@@ -106,14 +102,9 @@ pub async fn show(
     if let Some(obj) = v.as_object_mut() {
         obj.remove("object_key"); // storage layout is ours, not the API's
     }
-    if ready && let Some(secret) = ctx.settings.reports.link_secret.as_ref() {
-        let s = &ctx.settings.reports;
-        let ttl = chrono::Duration::from_std(s.link_ttl).unwrap_or(chrono::Duration::hours(24));
-        let expires = (Utc::now() + ttl).timestamp();
-        v["download_url"] = reports::link(&s.public_url, secret, id, expires).into();
-        v["download_expires_at"] = chrono::DateTime::from_timestamp(expires, 0)
-            .map(|t| t.to_rfc3339())
-            .into();
+    if ready && let Some((url, expires)) = reports::signed_link(&ctx.settings.reports, id, None) {
+        v["download_url"] = url.into();
+        v["download_expires_at"] = expires.to_rfc3339().into();
     }
     Ok(axum::Json(v))
 }

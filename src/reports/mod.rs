@@ -36,6 +36,15 @@ impl Format {
         }
     }
 
+    /// From its stored / command-line name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "csv" => Some(Format::Csv),
+            "xlsx" => Some(Format::Xlsx),
+            _ => None,
+        }
+    }
+
     /// HTTP content type.
     pub fn content_type(self) -> &'static str {
         match self {
@@ -347,6 +356,23 @@ pub fn verify(
         return Err(LinkError::Expired);
     }
     Ok(())
+}
+
+/// A signed download URL of a report valid for `ttl` (default `reports.link_ttl`), and its
+/// expiry; `None` without `reports.link_secret`.
+pub fn signed_link(
+    s: &crate::config::ReportSettings,
+    id: Uuid,
+    ttl: Option<std::time::Duration>,
+) -> Option<(String, DateTime<Utc>)> {
+    let secret = s.link_secret.as_ref()?;
+    let ttl = chrono::Duration::from_std(ttl.unwrap_or(s.link_ttl))
+        .unwrap_or(chrono::Duration::hours(24));
+    let expires = Utc::now() + ttl;
+    Some((
+        link(&s.public_url, secret, id, expires.timestamp()),
+        expires,
+    ))
 }
 
 /// The signed download URL of a report, valid until `expires` (Unix seconds).

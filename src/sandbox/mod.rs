@@ -110,7 +110,7 @@ impl CallLog {
 }
 
 tokio::task_local! {
-    /// The User-Agent of the request being handled (set by the API modules).
+    /// The User-Agent of the request being handled (set for every route by `tag_client`).
     pub static CLIENT: Option<String>;
 }
 
@@ -199,8 +199,8 @@ impl Sandbox {
         limiter.check().is_err()
     }
 
-    /// Applies auth, the rate limit, latency, outages and error injection to one call; the
-    /// call is recorded with the status it gets. `status_ok` is recorded for served calls.
+    /// Applies auth, the rate limit, latency, outages and error injection to one call; a
+    /// call failed here is recorded with its status (served calls record via [`Self::served`]).
     pub async fn gate(&self, path: &str, auth: Option<&str>, iban: Option<&str>) -> Gate {
         let k = self.knobs();
         let fail = |status: StatusCode, msg: &str| {
@@ -277,8 +277,19 @@ impl Sandbox {
             .route("/_sandbox/config", get(get_knobs).put(put_knobs))
             .route("/_sandbox/calls", get(get_calls).delete(delete_calls))
             .merge(vop::routes())
+            .layer(axum::middleware::from_fn(tag_client))
             .with_state(self.clone())
     }
+}
+
+/// Makes the caller's User-Agent available to the call log of whatever route handles it.
+async fn tag_client(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let ua = req
+        .headers()
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    CLIENT.scope(ua, next.run(req)).await
 }
 
 async fn get_knobs(State(s): State<Sandbox>) -> Json<Knobs> {

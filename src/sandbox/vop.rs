@@ -88,23 +88,7 @@ fn timestamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn client(h: &HeaderMap) -> Option<String> {
-    h.get("user-agent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 async fn payee(State(s): State<Sandbox>, h: HeaderMap, Json(b): Json<Body>) -> Response {
-    super::CLIENT.scope(client(&h), payee_inner(s, h, b)).await
-}
-
-async fn account(State(s): State<Sandbox>, h: HeaderMap, Json(b): Json<Body>) -> Response {
-    super::CLIENT
-        .scope(client(&h), account_inner(s, h, b))
-        .await
-}
-
-async fn payee_inner(s: Sandbox, h: HeaderMap, b: Body) -> Response {
     const PATH: &str = "/vop/v1/payee-verifications";
     if let Gate::Fail(r) = s.gate(PATH, auth(&h), Some(&b.iban)).await {
         return r;
@@ -124,7 +108,7 @@ async fn payee_inner(s: Sandbox, h: HeaderMap, b: Body) -> Response {
     .into_response()
 }
 
-async fn account_inner(s: Sandbox, h: HeaderMap, b: Body) -> Response {
+async fn account(State(s): State<Sandbox>, h: HeaderMap, Json(b): Json<Body>) -> Response {
     const PATH: &str = "/bav/v1/account-verifications";
     if let Gate::Fail(r) = s.gate(PATH, auth(&h), Some(&b.iban)).await {
         return r;

@@ -37,6 +37,19 @@ pub enum VopResult {
 }
 
 impl VopResult {
+    /// From its stored name (anything unknown reads as `Error`).
+    pub fn from_stored(s: &str) -> Self {
+        [
+            Self::Match,
+            Self::CloseMatch,
+            Self::NoMatch,
+            Self::NotPossible,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .unwrap_or(Self::Error)
+    }
+
     /// As stored.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -66,6 +79,19 @@ pub enum BavResult {
 }
 
 impl BavResult {
+    /// From its stored name (anything unknown reads as `Error`).
+    pub fn from_stored(s: &str) -> Self {
+        [
+            Self::Valid,
+            Self::Closed,
+            Self::NoDirectDebit,
+            Self::NotPossible,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .unwrap_or(Self::Error)
+    }
+
     /// As stored.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -216,8 +242,8 @@ impl Verifier {
         Ok(Self::new(provider, settings, queue, metrics))
     }
 
-    /// Wraps any provider (tests use this with their own).
-    pub fn new(
+    /// Wraps a provider in the rate limit, breaker and retry policy.
+    fn new(
         provider: Arc<dyn Provider>,
         settings: &VopSettings,
         queue: &Engine,

@@ -233,12 +233,12 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
             answers.push(Answer {
                 debtor_id: t.debtor_id,
                 payee: PayeeAnswer {
-                    result: parse_vop(&c.2),
+                    result: VopResult::from_stored(&c.2),
                     suggested_name: c.3.clone(),
                     reference: c.4.clone(),
                 },
                 account: AccountAnswer {
-                    result: parse_bav(&c.5),
+                    result: BavResult::from_stored(&c.5),
                     reference: c.6.clone(),
                 },
                 error: None,
@@ -411,26 +411,6 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
     }
     tx.commit().await?;
     finish_if_last(app, id).await
-}
-
-fn parse_vop(s: &str) -> VopResult {
-    match s {
-        "match" => VopResult::Match,
-        "close_match" => VopResult::CloseMatch,
-        "no_match" => VopResult::NoMatch,
-        "not_possible" => VopResult::NotPossible,
-        _ => VopResult::Error,
-    }
-}
-
-fn parse_bav(s: &str) -> BavResult {
-    match s {
-        "valid" => BavResult::Valid,
-        "closed" => BavResult::Closed,
-        "no_direct_debit" => BavResult::NoDirectDebit,
-        "not_possible" => BavResult::NotPossible,
-        _ => BavResult::Error,
-    }
 }
 
 /// Stores results (first one wins per debtor) and caches fresh provider answers.
