@@ -550,6 +550,7 @@ async fn jobs_command(ctx: &AppContext, cmd: JobsCommand) -> anyhow::Result<()> 
                     idempotency_key: None,
                     max_attempts: None,
                     prior_attempts: d.attempts.max(0) as u32,
+                    redrive: false,
                 };
                 ctx.queue
                     .push(&[job], ctx.settings.worker.idempotency_ttl)

@@ -571,6 +571,22 @@ impl Settings {
         if self.vop.request_attempts == 0 {
             return bad("vop.request_attempts", "must be at least 1");
         }
+        // A vop attempt must be able to wait out one worst-case check (every request attempt
+        // timing out) after its last launch, or a slow provider times out every attempt.
+        let worst = crate::vop::worst_case(&self.vop);
+        let vop_timeout = self.queue("vop").timeout;
+        if vop_timeout < worst + Duration::from_secs(2) {
+            return Err(ConfigError::Invalid {
+                key: "queues.vop.timeout".into(),
+                message: format!(
+                    "is {}, but one check can take {} when every request times out \
+                     (2 requests x vop.request_attempts x vop.request_timeout + backoff): raise it, \
+                     or lower vop.request_timeout / vop.request_attempts",
+                    humantime::format_duration(vop_timeout),
+                    humantime::format_duration(worst)
+                ),
+            });
+        }
         if !(0.0..=1.0).contains(&self.vop.breaker_min_success_rate) {
             return bad("vop.breaker_min_success_rate", "must be between 0 and 1");
         }

@@ -55,6 +55,15 @@ pub enum EnqueueError {
     /// A test job type while `worker.allow_test_jobs` is off.
     #[error("job type `{0}` is test-only and worker.allow_test_jobs is off")]
     TestJobsDisabled(String),
+    /// An internal job type (a chunk, a continuation): finworker enqueues it itself.
+    #[error("job type `{0}` is internal: producers enqueue only the types listed in jobs/README.md")]
+    Internal(String),
+    /// The idempotency key was first used for a different payload.
+    #[error("idempotency key already used for job {first} with a different payload")]
+    KeyReused {
+        /// The job enqueued under the key first.
+        first: uuid::Uuid,
+    },
     /// The payload does not match the job type.
     #[error("invalid payload at `{}`: {}", .0.field, .0.message)]
     Payload(PayloadError),
@@ -77,7 +86,10 @@ pub enum EnqueueError {
 }
 
 impl AppContext {
-    /// Validates a JSON payload for `job_type` and enqueues it.
+    /// A producer's enqueue (HTTP API, `finworker enqueue`): only producer-facing job types,
+    /// the payload validated against the type, and the idempotency key in the producers'
+    /// own namespace (a producer can never pre-claim an internal key). A key reused for
+    /// another payload is refused, naming the first job.
     pub async fn enqueue_json(
         &self,
         job_type: &str,
@@ -91,12 +103,48 @@ impl AppContext {
         if entry.test_only && !self.settings.worker.allow_test_jobs {
             return Err(EnqueueError::TestJobsDisabled(job_type.to_string()));
         }
+        if !entry.producer && !entry.test_only {
+            return Err(EnqueueError::Internal(job_type.to_string()));
+        }
         let payload = entry.validate(body).map_err(EnqueueError::Payload)?;
         if let Some(k) = &opts.idempotency_key
             && (k.is_empty() || k.len() > 200 || k.chars().any(char::is_control))
         {
             return Err(EnqueueError::BadIdempotencyKey);
         }
+        let opts = EnqueueOptions {
+            idempotency_key: opts.idempotency_key.map(|k| format!("{PRODUCER_KEY_PREFIX}{k}")),
+            ..opts
+        };
+        let pushed = self.push_checked(job_type, payload, opts).await?;
+        if pushed.conflict {
+            return Err(EnqueueError::KeyReused { first: pushed.id });
+        }
+        Ok(pushed)
+    }
+
+    /// Enqueues a typed job from inside finworker (a stage starting the next one, the
+    /// sweeper): any job type, keys in the internal namespace.
+    pub async fn enqueue<J: Job>(
+        &self,
+        job: &J,
+        opts: EnqueueOptions,
+    ) -> Result<Pushed, EnqueueError> {
+        let payload = serde_json::to_string(job).map_err(|e| {
+            EnqueueError::Payload(PayloadError {
+                field: ".".into(),
+                message: e.to_string(),
+            })
+        })?;
+        self.push_checked(J::NAME, payload, opts).await
+    }
+
+    async fn push_checked(
+        &self,
+        job_type: &str,
+        payload: String,
+        opts: EnqueueOptions,
+    ) -> Result<Pushed, EnqueueError> {
         let stats = self.queue.stats(job_type).await?;
         let limit = self.settings.worker.max_queue_depth;
         if stats.waiting + stats.scheduled >= limit {
@@ -123,19 +171,8 @@ impl AppContext {
             EnqueueError::Queue(QueueError::Protocol("push returned nothing".into()))
         })
     }
-
-    /// Enqueues a typed job (jobs chaining to the next stage use this).
-    pub async fn enqueue<J: Job>(
-        &self,
-        job: &J,
-        opts: EnqueueOptions,
-    ) -> Result<Pushed, EnqueueError> {
-        let body = serde_json::to_vec(job).map_err(|e| {
-            EnqueueError::Payload(PayloadError {
-                field: ".".into(),
-                message: e.to_string(),
-            })
-        })?;
-        self.enqueue_json(J::NAME, &body, opts).await
-    }
 }
+
+/// Producers' idempotency keys are stored under this prefix; finworker's own keys never
+/// start with it, so the two namespaces cannot collide.
+pub const PRODUCER_KEY_PREFIX: &str = "p:";

@@ -37,6 +37,33 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl DbError {
+    /// Postgres (or PgBouncer in front of it) is unreachable or refusing work for now; the
+    /// same statement would succeed after the outage.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Sqlx(e) => is_outage(e),
+            _ => false,
+        }
+    }
+}
+
+/// See [`DbError::is_outage`]: connection failures, pool timeouts, and the SQLSTATEs of a
+/// server going away (class 08, 57P01–57P03, 53300) — PgBouncer reports a lost server as 08P01.
+pub fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
 /// The runtime database handle (through PgBouncer). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {

@@ -80,6 +80,14 @@ pub struct Metrics {
     pub dead: Family<JobLabels, Counter>,
     /// Jobs taken back from dead workers.
     pub orphans_recovered: Family<JobLabels, Counter>,
+    /// Attempts rescheduled without spending an attempt (deferrals, outages).
+    pub snoozed: Family<JobLabels, Counter>,
+    /// Attempts that finished after their lease was taken over (nothing kept).
+    pub stale: Family<JobLabels, Counter>,
+    /// Times this process found its lease lost and stopped its jobs.
+    pub leases_lost: Counter,
+    /// Pipelines the sweeper re-drove, by stage.
+    pub sweeper_redrives: Family<QueueLabels, Counter>,
     /// Attempt duration.
     pub duration: Family<JobLabels, Histogram, fn() -> Histogram>,
     /// Attempts running now in this process.
@@ -120,6 +128,10 @@ impl Metrics {
             retried: Family::default(),
             dead: Family::default(),
             orphans_recovered: Family::default(),
+            snoozed: Family::default(),
+            stale: Family::default(),
+            leases_lost: Counter::default(),
+            sweeper_redrives: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             in_flight: Family::default(),
             queue_depth: Family::default(),
@@ -138,6 +150,26 @@ impl Metrics {
             m.succeeded.clone(),
         );
         r.register("jobs_failed", "Job attempts that failed", m.failed.clone());
+        r.register(
+            "jobs_snoozed",
+            "Job attempts rescheduled without spending an attempt",
+            m.snoozed.clone(),
+        );
+        r.register(
+            "jobs_stale",
+            "Job attempts that finished after their lease was taken over",
+            m.stale.clone(),
+        );
+        r.register(
+            "leases_lost",
+            "Times this process found its lease lost and stopped its jobs",
+            m.leases_lost.clone(),
+        );
+        r.register(
+            "sweeper_redrives",
+            "Pipeline stages the sweeper re-drove from Postgres",
+            m.sweeper_redrives.clone(),
+        );
         r.register(
             "jobs_retried",
             "Failed attempts scheduled for a retry",

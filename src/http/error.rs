@@ -31,6 +31,9 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
+    /// 422: well-formed but contradicts what the server already holds.
+    #[error("{0}")]
+    Unprocessable(String),
     /// 503: try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -43,7 +46,10 @@ impl From<EnqueueError> for ApiError {
     fn from(e: EnqueueError) -> Self {
         match e {
             EnqueueError::UnknownJobType(_) => Self::NotFound(e.to_string()),
-            EnqueueError::TestJobsDisabled(_) => Self::Forbidden(e.to_string()),
+            EnqueueError::TestJobsDisabled(_) | EnqueueError::Internal(_) => {
+                Self::Forbidden(e.to_string())
+            }
+            EnqueueError::KeyReused { .. } => Self::Unprocessable(e.to_string()),
             EnqueueError::Payload(p) => Self::BadRequest {
                 field: Some(p.field),
                 message: p.message,
@@ -69,6 +75,7 @@ impl IntoResponse for ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "conflict"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(e) => {
                 tracing::error!(error.chain = ?e, "internal error answering a request");

@@ -17,6 +17,7 @@ pub struct Noop {
 
 impl Job for Noop {
     const NAME: &'static str = "noop";
+    const PRODUCER: bool = true;
 
     fn example() -> Self {
         Self {

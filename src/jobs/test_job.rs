@@ -1,6 +1,7 @@
 //! `test_job`: exercises the runtime on demand — sleeps, fails its first N attempts, fails
 //! permanently or panics. Enqueueable only with `worker.allow_test_jobs` (tests, the demo).
-//! Idempotent: it has no effects besides its outcome.
+//! Idempotent: its only effect (with `effect`) is one fenced row per attempt in
+//! `test_job_effects`, so tests can count how many attempts committed.
 
 use std::time::Duration;
 
@@ -27,6 +28,13 @@ pub struct TestJob {
     /// Panic on every attempt.
     #[serde(default)]
     pub panic: bool,
+    /// After sleeping, commit one row to `test_job_effects` under this attempt's fence.
+    #[serde(default)]
+    pub effect: bool,
+    /// Snooze (reschedule without spending an attempt) while the attempt number is at most
+    /// this, for this many milliseconds each time.
+    #[serde(default)]
+    pub snooze_times: u32,
 }
 
 impl Job for TestJob {
@@ -40,6 +48,8 @@ impl Job for TestJob {
             fail_times: 2,
             permanent: false,
             panic: false,
+            effect: false,
+            snooze_times: 0,
         }
     }
 
@@ -56,6 +66,12 @@ impl Job for TestJob {
                 self.label
             )));
         }
+        if ctx.attempt <= self.snooze_times {
+            return Err(JobError::snooze(
+                Duration::from_millis(100),
+                format!("test_job {} snoozes attempt {} on request", self.label, ctx.attempt),
+            ));
+        }
         if ctx.attempt <= self.fail_times {
             return Err(JobError::Retryable(anyhow::anyhow!(
                 "test_job {} fails attempt {} of its first {} on request",
@@ -64,6 +80,39 @@ impl Job for TestJob {
                 self.fail_times
             )));
         }
+        if self.effect {
+            let mut tx = ctx.app.db.begin().await?;
+            tx.execute(
+                sqlx::query(
+                    "INSERT INTO test_job_effects (job_id, attempt, worker, label) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&ctx.job_id)
+                .bind(ctx.attempt as i32)
+                .bind(format!("pid {}", std::process::id()))
+                .bind(&self.label),
+            )
+            .await?;
+            ctx.fence.check(&mut tx).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Records that the runtime called it: a row with attempt 0 and the error as label.
+    async fn on_failure(self, ctx: JobContext, error: String) -> anyhow::Result<()> {
+        let mut tx = ctx.app.db.begin().await?;
+        ctx.fence.check(&mut tx).await?;
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO test_job_effects (job_id, attempt, worker, label) VALUES ($1, 0, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&ctx.job_id)
+            .bind(format!("pid {}", std::process::id()))
+            .bind(format!("failure hook: {error}")),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -18,6 +18,11 @@ pub enum RunStatus {
     Dead,
     /// The process died or gave up during the attempt.
     Interrupted,
+    /// Finished after its lease had been taken over: its writes were refused by fencing
+    /// (or it had none); the job runs (or ran) again under a later attempt.
+    Stale,
+    /// Rescheduled without spending an attempt (a deferral or an infrastructure outage).
+    Snoozed,
 }
 
 impl RunStatus {
@@ -29,6 +34,8 @@ impl RunStatus {
             Self::Failed => "failed",
             Self::Dead => "dead",
             Self::Interrupted => "interrupted",
+            Self::Stale => "stale",
+            Self::Snoozed => "snoozed",
         }
     }
 }
@@ -59,8 +66,10 @@ pub struct RunRecord {
 pub enum Conflict {
     /// A `running` row: never overwrites anything.
     KeepExisting,
-    /// A finished attempt: overwrites the `running` row.
-    Overwrite,
+    /// A finished attempt: completes its `running` row. If recovery already marked it
+    /// `interrupted` (its lease was taken over), the row becomes `stale` and keeps what the
+    /// attempt reported; a finished row is never overwritten.
+    Finish,
     /// A recovered orphan: only overwrites a `running` row (a finished row wins).
     OverwriteRunning,
 }
@@ -76,9 +85,15 @@ pub async fn write_runs(
     }
     let on_conflict = match conflict {
         Conflict::KeepExisting => "DO NOTHING",
-        Conflict::Overwrite => {
-            "DO UPDATE SET status = EXCLUDED.status, error = EXCLUDED.error, worker = EXCLUDED.worker, \
-             finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms"
+        Conflict::Finish => {
+            "DO UPDATE SET \
+               status = CASE WHEN job_runs.status = 'interrupted' THEN 'stale' ELSE EXCLUDED.status END, \
+               error = CASE WHEN job_runs.status = 'interrupted' AND EXCLUDED.status <> 'stale' \
+                 THEN 'finished as ' || EXCLUDED.status || ' after its lease was taken over; the job runs again' \
+                      || coalesce(': ' || EXCLUDED.error, '') \
+                 ELSE EXCLUDED.error END, \
+               worker = EXCLUDED.worker, finished_at = EXCLUDED.finished_at, duration_ms = EXCLUDED.duration_ms \
+             WHERE job_runs.status IN ('running', 'interrupted')"
         }
         Conflict::OverwriteRunning => {
             "DO UPDATE SET status = EXCLUDED.status, error = EXCLUDED.error, \

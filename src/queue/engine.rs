@@ -51,6 +51,10 @@ pub struct NewJob {
     /// Attempts already made (a re-queued dead job keeps numbering its attempts, so its
     /// earlier `job_runs` rows stay).
     pub prior_attempts: u32,
+    /// Re-drive: when the idempotency key's job no longer exists in Redis (it finished, or
+    /// Redis lost it), push this one under the key instead of calling it a duplicate. Used
+    /// by the sweeper, which re-drives from Postgres state that says the work is not done.
+    pub redrive: bool,
 }
 
 impl NewJob {
@@ -64,6 +68,7 @@ impl NewJob {
             idempotency_key: None,
             max_attempts: None,
             prior_attempts: 0,
+            redrive: false,
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct Pushed {
     pub id: Uuid,
     /// True when the idempotency key (or the id) was already known: nothing new was queued.
     pub duplicate: bool,
+    /// The key was first used with a different payload (nothing new was queued).
+    pub conflict: bool,
 }
 
 /// A job taken by a worker.
@@ -96,6 +103,11 @@ pub struct FetchedJob {
     pub max_attempts: Option<u32>,
     /// When it was enqueued (unix ms, Redis clock).
     pub enqueued_at_ms: i64,
+    /// Times it was snoozed (rescheduled without spending an attempt).
+    pub snoozes: u32,
+    /// Why the stored job cannot run (a field a foreign writer got wrong): it is
+    /// dead-lettered alone with this reason.
+    pub defect: Option<String>,
 }
 
 /// Result of a fetch.
@@ -120,6 +132,13 @@ pub enum Settle {
         delay: Duration,
         /// The error, kept on the job for `jobs show`.
         error: String,
+    },
+    /// Run again after the delay without counting a failure.
+    Snooze {
+        /// Delay.
+        delay: Duration,
+        /// Why, kept on the job for `jobs show`.
+        reason: String,
     },
     /// Taken but never started: back to the front of its queue.
     Release,
@@ -157,12 +176,22 @@ pub struct QueueStats {
     pub oldest_waiting_ms: Option<u64>,
 }
 
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Renewed.
+    Alive,
+    /// The name is no longer registered: a peer took its jobs over (or Redis lost them).
+    Lost,
+}
+
 struct Scripts {
     push: Script,
     fetch: Script,
     settle: Script,
     heartbeat: Script,
     reap: Script,
+    recover: Script,
     stats: Script,
 }
 
@@ -215,6 +244,7 @@ impl Engine {
                 settle: Script::new(include_str!("lua/settle.lua")),
                 heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
                 reap: Script::new(include_str!("lua/reap.lua")),
+                recover: Script::new(include_str!("lua/recover.lua")),
                 stats: Script::new(include_str!("lua/stats.lua")),
             }),
         })
@@ -252,7 +282,9 @@ impl Engine {
                     .arg(j.delay.as_millis() as u64)
                     .arg(j.idempotency_key.as_deref().unwrap_or(""))
                     .arg(j.max_attempts.map(|m| m.to_string()).unwrap_or_default())
-                    .arg(j.prior_attempts);
+                    .arg(j.prior_attempts)
+                    .arg(payload_hash(&j.payload))
+                    .arg(if j.redrive { "1" } else { "0" });
             }
             let mut c = self.conn.clone();
             pending.push_back(async move { inv.invoke_async::<Vec<Value>>(&mut c).await });
@@ -290,22 +322,9 @@ impl Engine {
             other => return Err(QueueError::Protocol(format!("fetch status {other:?}"))),
         }
         let rest: Vec<Value> = it.collect();
-        let mut jobs = Vec::with_capacity(rest.len() / 8);
-        for f in rest.chunks(8) {
-            let [id, ty, payload, attempt, failures, orphans, maxa, enq] = f else {
-                return Err(QueueError::Protocol("fetch tuple".into()));
-            };
-            let maxa = as_string(maxa.clone())?;
-            jobs.push(FetchedJob {
-                id: as_string(id.clone())?,
-                job_type: as_string(ty.clone())?,
-                payload: as_string(payload.clone())?,
-                attempt: as_int(attempt)? as u32,
-                failures: as_int(failures)? as u32,
-                orphans: as_int(orphans)? as u32,
-                max_attempts: maxa.parse().ok(),
-                enqueued_at_ms: as_int(enq)?,
-            });
+        let mut jobs = Vec::with_capacity(rest.len() / 9);
+        for f in rest.chunks(9) {
+            jobs.push(parse_fetched(f)?);
         }
         Ok(Fetch::Jobs(jobs))
     }
@@ -326,6 +345,9 @@ impl Engine {
                     Settle::Retry { delay, error } => {
                         ("retry", delay.as_millis() as u64, error.as_str())
                     }
+                    Settle::Snooze { delay, reason } => {
+                        ("snooze", delay.as_millis() as u64, reason.as_str())
+                    }
                     Settle::Release => ("release", 0, ""),
                 };
                 inv.arg(op).arg(id).arg(queue).arg(delay).arg(err);
@@ -336,22 +358,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Renews `worker`'s lease.
-    pub async fn heartbeat(&self, worker: &str, lease: Duration) -> Result<(), QueueError> {
+    /// Renews `worker`'s lease (`register`: the first beat of a new name). Answers
+    /// [`Lease::Lost`] when the name is gone: its jobs were taken over.
+    pub async fn heartbeat(
+        &self,
+        worker: &str,
+        lease: Duration,
+        register: bool,
+    ) -> Result<Lease, QueueError> {
         let mut c = self.conn.clone();
-        let _: i64 = self
+        let v: Vec<Value> = self
             .scripts
             .heartbeat
             .prepare_invoke()
             .arg(&self.prefix)
             .arg(worker)
             .arg(lease.as_millis() as u64)
+            .arg(if register { "1" } else { "0" })
             .invoke_async(&mut c)
             .await?;
-        Ok(())
+        match v.into_iter().next().map(as_string).transpose()?.as_deref() {
+            Some("ok") => Ok(Lease::Alive),
+            Some("lost") => Ok(Lease::Lost),
+            other => Err(QueueError::Protocol(format!("heartbeat status {other:?}"))),
+        }
     }
 
-    /// Requeues the jobs of expired workers (`None`), or of one worker now.
+    /// Takes back the jobs of expired workers (`None`), or of one worker now, and parks them
+    /// until their cut attempts are revoked in Postgres; then [`Engine::recover`] them.
     pub async fn reap(&self, only: Option<&str>) -> Result<Vec<Orphan>, QueueError> {
         let mut c = self.conn.clone();
         let v: Vec<Value> = self
@@ -377,6 +411,81 @@ impl Engine {
                 })
             })
             .collect()
+    }
+
+    /// Queues parked jobs again (their cut attempts are revoked). Returns how many.
+    pub async fn recover(&self, ids: &[String]) -> Result<u64, QueueError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut c = self.conn.clone();
+        let mut inv = self.scripts.recover.prepare_invoke();
+        inv.arg(&self.prefix);
+        for id in ids {
+            inv.arg(id);
+        }
+        Ok(inv.invoke_async(&mut c).await?)
+    }
+
+    /// Jobs parked by a recovery longer ago than `older_than` (its recoverer died before
+    /// finishing): they are re-driven by whoever finds them.
+    pub async fn parked(&self, older_than: Duration) -> Result<Vec<Orphan>, QueueError> {
+        let mut c = self.conn.clone();
+        let now = now_ms();
+        let all: BTreeMap<String, String> =
+            c.hgetall(format!("{}:recovering", self.prefix)).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(id, v)| {
+                let f: Vec<&str> = v.split('\t').collect();
+                let [queue, attempt, worker, started, job_type, since] = f[..] else {
+                    return None;
+                };
+                let since: i64 = since.parse().ok()?;
+                (now - since >= older_than.as_millis() as i64).then(|| Orphan {
+                    worker: worker.to_string(),
+                    id,
+                    queue: queue.to_string(),
+                    attempt: attempt.parse().unwrap_or(0),
+                    job_type: job_type.to_string(),
+                    started_at_ms: started.parse().unwrap_or(since),
+                })
+            })
+            .collect())
+    }
+
+    /// What makes this Redis unfit to be the transport of money jobs: no append-only file
+    /// (a restart forgets every queued job) or an eviction policy other than `noeviction`
+    /// (jobs are deleted under memory pressure). Read with INFO, which managed Redis allows.
+    pub async fn durability_warnings(&self) -> Result<Vec<String>, QueueError> {
+        let mut c = self.conn.clone();
+        let persistence: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut c)
+            .await?;
+        let memory: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}:")))
+                .map(|v| v.trim().to_string())
+        };
+        let mut out = Vec::new();
+        if field(&persistence, "aof_enabled").as_deref() != Some("1") {
+            out.push(
+                "redis has no append-only file (appendonly no): a restart loses every queued job; \
+                 the sweeper re-drives the pipelines from postgres, but set `appendonly yes`"
+                    .to_string(),
+            );
+        }
+        match field(&memory, "maxmemory_policy").as_deref() {
+            Some("noeviction") => {}
+            other => out.push(format!(
+                "redis maxmemory-policy is {}, not noeviction: under memory pressure redis deletes \
+                 queued jobs; set `maxmemory-policy noeviction`",
+                other.unwrap_or("unknown")
+            )),
+        }
+        Ok(out)
     }
 
     /// Depth of one queue.
@@ -463,17 +572,106 @@ impl Engine {
     }
 }
 
+/// One fetched job, judged alone: a field a foreign writer got wrong makes this job
+/// defective (dead-lettered with the reason), never the batch.
+fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
+    let [id, ty, payload, attempt, failures, orphans, maxa, enq, snoozes] = f else {
+        return Err(QueueError::Protocol("fetch tuple".into()));
+    };
+    let mut defects: Vec<String> = Vec::new();
+    let mut text = |v: &Value, what: &str| match v {
+        Value::BulkString(b) => match String::from_utf8(b.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                defects.push(format!("{what} is not UTF-8 text"));
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            }
+        },
+        Value::Int(i) => i.to_string(),
+        Value::SimpleString(s) => s.clone(),
+        Value::Nil => String::new(),
+        other => {
+            defects.push(format!("{what} has an unexpected type ({other:?})"));
+            String::new()
+        }
+    };
+    let id = text(id, "the job id");
+    let job_type = text(ty, "type");
+    let payload = text(payload, "payload");
+    let raw = [
+        ("attempt", text(attempt, "attempt")),
+        ("failures", text(failures, "failures")),
+        ("orphans", text(orphans, "orphans")),
+        ("enqueued_at", text(enq, "enqueued_at")),
+        ("snoozes", text(snoozes, "snoozes")),
+    ];
+    let maxa = text(maxa, "max_attempts");
+    let mut int = |name: &str| -> i64 {
+        let v = raw.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()).unwrap_or("");
+        match v.parse::<i64>() {
+            Ok(i) if i >= 0 => i,
+            _ => {
+                let hint = if name == "enqueued_at" {
+                    " (integer unix milliseconds, e.g. PHP intdiv(hrtime(true), 1000000) or (int) round(microtime(true) * 1000))"
+                } else {
+                    " (a non-negative integer)"
+                };
+                defects.push(format!("field `{name}` must be an integer{hint}, got `{}`", v.chars().take(40).collect::<String>()));
+                0
+            }
+        }
+    };
+    let attempt = int("attempt");
+    let failures = int("failures");
+    let orphans = int("orphans");
+    let enqueued_at_ms = int("enqueued_at");
+    let snoozes = int("snoozes");
+    let max_attempts = if maxa.is_empty() {
+        None
+    } else {
+        match maxa.parse::<u32>() {
+            Ok(m) if m >= 1 => Some(m),
+            _ => {
+                defects.push(format!("field `max_attempts` must be an integer of at least 1, got `{maxa}`"));
+                None
+            }
+        }
+    };
+    let clamp = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok(FetchedJob {
+        id,
+        job_type,
+        payload,
+        attempt: clamp(attempt),
+        failures: clamp(failures),
+        orphans: clamp(orphans),
+        max_attempts,
+        enqueued_at_ms,
+        snoozes: clamp(snoozes),
+        defect: (!defects.is_empty()).then(|| defects.join("; ")),
+    })
+}
+
+/// A short digest of a payload, kept with its idempotency key (a repeated key with another
+/// payload is a producer bug, answered 422 rather than silently dropped).
+fn payload_hash(payload: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(payload.as_bytes())[..12])
+}
+
 fn parse_pushed(v: Vec<Value>, out: &mut Vec<Pushed>) -> Result<(), QueueError> {
     for pair in v.chunks(2) {
         let [id, dup] = pair else {
             return Err(QueueError::Protocol("push tuple".into()));
         };
         let id = as_string(id.clone())?;
+        let flag = as_int(dup)?;
         out.push(Pushed {
             id: id
                 .parse()
                 .map_err(|_| QueueError::Protocol(format!("job id {id} is not a uuid")))?,
-            duplicate: as_int(dup)? == 1,
+            duplicate: flag >= 1,
+            conflict: flag == 2,
         });
     }
     Ok(())

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cron;
 pub mod dead_letter;
 pub mod engine;
+pub mod fence;
 pub mod job;
 pub mod registry;
 pub mod retry;

@@ -18,6 +18,7 @@ pub struct PayloadError {
 }
 
 type RunFn = fn(JobContext, String) -> BoxFuture<'static, Result<(), JobError>>;
+type FailFn = fn(JobContext, String, String) -> BoxFuture<'static, anyhow::Result<()>>;
 
 /// One registered job type.
 #[derive(Clone)]
@@ -26,10 +27,13 @@ pub struct Entry {
     pub name: &'static str,
     /// Only enqueueable with `worker.allow_test_jobs`.
     pub test_only: bool,
+    /// Producers may enqueue it (HTTP, `finworker enqueue`); otherwise internal.
+    pub producer: bool,
     schema: fn() -> schemars::Schema,
     example: fn() -> serde_json::Value,
     validate: fn(&[u8]) -> Result<String, PayloadError>,
     run: RunFn,
+    fail: FailFn,
 }
 
 impl std::fmt::Debug for Entry {
@@ -60,6 +64,16 @@ impl Entry {
     ) -> BoxFuture<'static, Result<(), JobError>> {
         (self.run)(ctx, payload)
     }
+    /// Runs the job type's failure hook (records left in a final state). A payload that
+    /// does not decode has nothing to put right.
+    pub fn on_failure(
+        &self,
+        ctx: JobContext,
+        payload: String,
+        error: String,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
+        (self.fail)(ctx, payload, error)
+    }
 }
 
 fn validate<J: Job>(body: &[u8]) -> Result<String, PayloadError> {
@@ -87,6 +101,20 @@ fn run<J: Job>(ctx: JobContext, payload: String) -> BoxFuture<'static, Result<()
     .boxed()
 }
 
+fn fail<J: Job>(
+    ctx: JobContext,
+    payload: String,
+    error: String,
+) -> BoxFuture<'static, anyhow::Result<()>> {
+    async move {
+        match serde_json::from_str::<J>(&payload) {
+            Ok(job) => job.on_failure(ctx, error).await,
+            Err(_) => Ok(()),
+        }
+    }
+    .boxed()
+}
+
 /// All job types of this binary.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
@@ -104,10 +132,12 @@ impl Registry {
         let entry = Entry {
             name: J::NAME,
             test_only: J::TEST_ONLY,
+            producer: J::PRODUCER,
             schema: || schemars::schema_for!(J),
             example: || serde_json::to_value(J::example()).unwrap_or_default(),
             validate: validate::<J>,
             run: run::<J>,
+            fail: fail::<J>,
         };
         assert!(
             self.entries.insert(J::NAME, entry).is_none(),

@@ -37,6 +37,16 @@ pub fn backoff(q: &QueueSettings, failures: u32) -> Duration {
     raw + raw.mul_f64(jitter)
 }
 
+/// Delay before the next try of a job snoozed by an infrastructure outage: 1 s doubling per
+/// snooze up to 30 s, plus jitter, so an outage of any length costs no attempt and the work
+/// resumes within about 30 s of the recovery.
+pub fn outage_delay(snoozes: u32) -> Duration {
+    let raw = Duration::from_secs(1)
+        .saturating_mul(1u32 << snoozes.min(5))
+        .min(Duration::from_secs(30));
+    raw + raw.mul_f64(rand::rng().random_range(0.0..=0.25))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

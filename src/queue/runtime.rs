@@ -1,18 +1,26 @@
 //! The worker runtime of one process: per queue a fetcher (Redis → channel) feeding an
-//! apalis `Worker`, plus shared loops for settling outcomes, heartbeats, orphan recovery,
-//! `running` audit rows and cron.
+//! apalis `Worker`, plus shared loops for settling outcomes, orphan recovery, `running`
+//! audit rows and cron, and the lease keeper on a thread of its own.
 //!
 //! Life of a job in this process:
 //! fetch (Lua, batch) → held map → apalis worker → [`execute`] (timeout, panic catch,
 //! retry decision) → completion channel → settler: Postgres first (job_runs, dead_jobs),
 //! then Redis (one Lua call per batch). Because Postgres is written before Redis forgets
 //! the job, a crash in between reruns the job rather than losing its record.
+//!
+//! Leases and fencing: the lease keeper renews this process's lease from its own OS thread,
+//! runtime and Redis connection, so neither busy jobs nor a stalled Postgres can starve it.
+//! When it finds the lease gone (a peer took the jobs over), it aborts every held job at once
+//! and registers a new name. A job that still reaches a commit is refused by its fencing
+//! token (`fence.rs`), and its late settle changes nothing in Redis.
 
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use tokio::sync::Notify;
 
 use anyhow::Context as _;
 use apalis_core::{task::Task, worker::builder::WorkerBuilder};
@@ -30,7 +38,8 @@ use super::{
     backend::ChannelBackend,
     cron,
     dead_letter::{self, DeadJob},
-    engine::{Fetch, FetchedJob, Orphan, Settle},
+    engine::{Engine, Fetch, FetchedJob, Lease, Orphan, Settle},
+    fence::{self, Fence},
     job::{JobContext, JobError},
     retry::{self, Decision},
 };
@@ -49,22 +58,31 @@ struct HeldJob {
     queue: String,
     job_type: String,
     attempt: u32,
+    /// The name (lease) it was fetched under.
+    worker: Arc<str>,
     started: Option<DateTime<Utc>>,
     running_written: bool,
     abort: Option<AbortHandle>,
+    /// Its lease was lost: aborted, and nothing of it is recorded or settled.
+    lost: bool,
 }
 
 #[derive(Debug)]
 enum Outcome {
     Succeeded,
     Retry { delay: Duration, error: String },
+    Snooze { delay: Duration, reason: String },
     Dead { error: String },
+    /// Refused by fencing, or aborted because the lease was lost: the job belongs to
+    /// someone else now.
+    Stale { error: String },
 }
 
 #[derive(Debug)]
 struct Completion {
     job: FetchedJob,
     queue: String,
+    worker: Arc<str>,
     started_at: DateTime<Utc>,
     finished_at: DateTime<Utc>,
     outcome: Outcome,
@@ -72,16 +90,23 @@ struct Completion {
 
 struct Shared {
     ctx: AppContext,
-    worker: String,
+    /// The current lease name; replaced when the lease is lost.
+    worker: Mutex<Arc<str>>,
     held: Mutex<HashMap<String, HeldJob>>,
     completions: mpsc::Sender<Completion>,
     /// Cancelled when draining starts; handed to jobs.
     draining: CancellationToken,
+    /// Wakes the lease keeper early (a fetch was refused for want of a lease).
+    check_lease: Notify,
 }
 
 impl Shared {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, HeldJob>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn worker(&self) -> Arc<str> {
+        self.worker.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -98,19 +123,26 @@ pub async fn run(
     let lease = settings.worker.lease();
     // Register before the first fetch: fetch refuses workers without a live lease.
     ctx.queue
-        .heartbeat(&worker, lease)
+        .heartbeat(&worker, lease, true)
         .await
         .context("registering the worker in redis")?;
     info!(worker = %worker, queues = ?queues, "worker process started");
+    // The lease keeper's own connection: pipelined pushes on the shared one cannot delay it.
+    let keeper_queue = Engine::connect(&settings.redis)
+        .await
+        .context("connecting the lease keeper to redis")?;
 
     let (completions, completion_rx) = mpsc::channel(8192);
     let shared = Arc::new(Shared {
         ctx: ctx.clone(),
-        worker: worker.clone(),
+        worker: Mutex::new(Arc::from(worker.as_str())),
         held: Mutex::new(HashMap::new()),
         completions,
         draining: shutdown.child_token(),
+        check_lease: Notify::new(),
     });
+    let keeper_stop = CancellationToken::new();
+    let keeper = spawn_lease_keeper(shared.clone(), keeper_queue, keeper_stop.clone())?;
 
     let loops_stop = CancellationToken::new();
     let settler_stop = CancellationToken::new();
@@ -188,25 +220,113 @@ pub async fn run(
     if tokio::time::timeout(grace, settler).await.is_err() {
         give_up.cancel();
     }
+    // Stop renewing before handing back: the hand-back deregisters the name.
+    keeper_stop.cancel();
+    let _ = tokio::task::spawn_blocking(move || keeper.join()).await;
     release_and_hand_back(&shared).await;
     loops_stop.cancel();
     let _ = housekeeping.await;
     let _ = cron.await;
-    info!(worker = %worker, "worker process stopped");
+    info!(worker = %shared.worker(), "worker process stopped");
     Ok(())
+}
+
+/// The lease keeper: renews the lease every `heartbeat_interval` from a thread with its own
+/// runtime and Redis connection, and nothing else — no Postgres, no job work — so a busy
+/// executor or a stalled database cannot make the lease lapse. When the lease is found
+/// lost, every held job is aborted before it can commit more, and a new name registers.
+fn spawn_lease_keeper(
+    s: Arc<Shared>,
+    queue: Engine,
+    stop: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the lease keeper's runtime")?;
+    let handle = std::thread::Builder::new()
+        .name("lease-keeper".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let w = &s.ctx.settings.worker;
+                let lease = w.lease();
+                let mut beat = tokio::time::interval(w.heartbeat_interval);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = beat.tick() => {}
+                        _ = s.check_lease.notified() => {}
+                    }
+                    let name = s.worker();
+                    // Bounded: a hung call must not hold up the next beat.
+                    let res = tokio::time::timeout(
+                        w.heartbeat_interval,
+                        queue.heartbeat(&name, lease, false),
+                    )
+                    .await;
+                    match res {
+                        Ok(Ok(Lease::Alive)) => {}
+                        Ok(Ok(Lease::Lost)) => lease_lost(&s, &queue, &name, lease).await,
+                        Ok(Err(e)) => {
+                            s.ctx.metrics.runtime_errors.inc();
+                            warn!(error = %e, "heartbeat failed");
+                        }
+                        Err(_) => {
+                            s.ctx.metrics.runtime_errors.inc();
+                            warn!("heartbeat timed out");
+                        }
+                    }
+                }
+            });
+        })
+        .context("starting the lease keeper")?;
+    Ok(handle)
+}
+
+/// The lease is gone: a peer recovered (and revoked) our jobs, or Redis lost its data.
+/// Abort every held job now, so none runs on without an owner, then register a new name.
+async fn lease_lost(s: &Arc<Shared>, queue: &Engine, old: &str, lease: Duration) {
+    let mut aborted = 0;
+    {
+        let mut held = s.held();
+        for h in held.values_mut() {
+            if &*h.worker == old && !h.lost {
+                h.lost = true;
+                if let Some(a) = &h.abort {
+                    a.abort();
+                }
+                aborted += 1;
+            }
+        }
+        // Jobs taken but not started under the old name will never start: forget them.
+        held.retain(|_, h| !(h.lost && h.started.is_none()));
+    }
+    s.ctx.metrics.leases_lost.inc();
+    let new = worker_name();
+    error!(
+        old_worker = %old, new_worker = %new, aborted,
+        "lease lost (this process froze or could not reach redis long enough, or redis lost its data): \
+         its jobs were taken over; stopped them and registering again"
+    );
+    match queue.heartbeat(&new, lease, true).await {
+        Ok(_) => *s.worker.lock().unwrap_or_else(|p| p.into_inner()) = Arc::from(new.as_str()),
+        Err(e) => warn!(error = %e, "registering again failed; retrying at the next beat"),
+    }
 }
 
 /// At exit: jobs taken but never started go back to the front of their queue as if never
 /// taken; jobs cut at the drain deadline are handed back as interrupted.
 async fn release_and_hand_back(shared: &Arc<Shared>) {
+    let worker = shared.worker();
     let unstarted: Vec<(String, String, Settle)> = shared
         .held()
         .iter()
-        .filter(|(_, h)| h.started.is_none())
+        .filter(|(_, h)| h.started.is_none() && h.worker == worker)
         .map(|(id, h)| (id.clone(), h.queue.clone(), Settle::Release))
         .collect();
     if !unstarted.is_empty() {
-        match shared.ctx.queue.settle(&shared.worker, &unstarted).await {
+        match shared.ctx.queue.settle(&worker, &unstarted).await {
             Ok(()) => info!(
                 released = unstarted.len(),
                 "released jobs that had not started"
@@ -216,7 +336,7 @@ async fn release_and_hand_back(shared: &Arc<Shared>) {
             }
         }
     }
-    match shared.ctx.queue.reap(Some(&shared.worker)).await {
+    match shared.ctx.queue.reap(Some(&worker)).await {
         Ok(orphans) => {
             if !orphans.is_empty() {
                 warn!(
@@ -224,7 +344,7 @@ async fn release_and_hand_back(shared: &Arc<Shared>) {
                     "handed back jobs that were still running"
                 );
             }
-            record_orphans(
+            take_over(
                 &shared.ctx,
                 &orphans,
                 "the worker process stopped at its drain deadline during this attempt",
@@ -265,7 +385,8 @@ async fn fetcher(
                 Err(_) => break,
             }
         }
-        let idle = match s.ctx.queue.fetch(&queue, &s.worker, n).await {
+        let worker = s.worker();
+        let idle = match s.ctx.queue.fetch(&queue, &worker, n).await {
             Ok(Fetch::Jobs(jobs)) => {
                 backoff = Duration::from_millis(100);
                 let got = jobs.len();
@@ -279,9 +400,11 @@ async fn fetcher(
                                 queue: queue.clone(),
                                 job_type: j.job_type.clone(),
                                 attempt: j.attempt,
+                                worker: worker.clone(),
                                 started: None,
                                 running_written: false,
                                 abort: None,
+                                lost: false,
                             },
                         );
                     }
@@ -295,11 +418,10 @@ async fn fetcher(
                 got == 0
             }
             Ok(Fetch::Unregistered) => {
+                // The lease keeper decides whether the lease is merely late or lost.
                 sem.add_permits(n);
-                warn!(queue = %queue, "lease lapsed (missed heartbeats?); renewing before fetching again");
-                if let Err(e) = s.ctx.queue.heartbeat(&s.worker, settings.lease()).await {
-                    warn!(error = %e, "heartbeat failed");
-                }
+                debug!(queue = %queue, "fetch refused: lease lapsed; asking the lease keeper");
+                s.check_lease.notify_one();
                 true
             }
             Err(e) => {
@@ -375,17 +497,32 @@ async fn execute(s: Arc<Shared>, queue: String, qs: QueueSettings, job: FetchedJ
         let m = &s.ctx.metrics;
         m.started.get_or_create(&labels).inc();
         m.in_flight.get_or_create(&labels).inc();
+        let worker = s
+            .held()
+            .get(&job.id)
+            .map(|h| h.worker.clone())
+            .unwrap_or_else(|| s.worker());
 
-        debug!("job started");
-        let result = attempt(&s, &qs, &job).await;
-
-        let elapsed = t0.elapsed();
-        m.in_flight.get_or_create(&labels).dec();
-        m.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        debug!(started_at = %started_at, "job started");
         let max_attempts = job.max_attempts.unwrap_or(qs.max_attempts);
+        let last_attempt = job.failures + 1 >= max_attempts;
+        let result = attempt(&s, &qs, &job, last_attempt).await;
+        let lost = s.held().get(&job.id).is_some_and(|h| h.lost);
+
         let outcome = match result {
+            _ if lost => Outcome::Stale {
+                error: "stopped: this worker's lease was lost and the job taken over by a peer".into(),
+            },
             Ok(()) => Outcome::Succeeded,
+            Err(JobError::Stale(e)) => Outcome::Stale {
+                error: format!("refused by fencing: {e}"),
+            },
+            Err(JobError::Snooze { delay, reason }) => Outcome::Snooze { delay, reason },
             Err(JobError::Permanent(msg)) => Outcome::Dead { error: msg },
+            Err(JobError::Retryable(e)) if is_outage(&e) => Outcome::Snooze {
+                delay: retry::outage_delay(job.snoozes),
+                reason: format!("infrastructure unavailable, retried without spending an attempt: {e:#}"),
+            },
             Err(JobError::Retryable(e)) => {
                 let msg = format!("{e:#}");
                 match retry::decide(&qs, max_attempts, job.failures + 1) {
@@ -396,6 +533,24 @@ async fn execute(s: Arc<Shared>, queue: String, qs: QueueSettings, job: FetchedJ
                 }
             }
         };
+        // A job that fails for good first puts its records into a final state (the job
+        // type's failure hook, under this attempt's fence); if that cannot be done now, the
+        // job is snoozed and the whole decision is taken again later.
+        let outcome = match outcome {
+            Outcome::Dead { error } => match run_failure_hook(&s, &job, &error).await {
+                Ok(()) => Outcome::Dead { error },
+                Err(HookError::Stale(e)) => Outcome::Stale { error: format!("refused by fencing: {e}") },
+                Err(HookError::Failed(e)) => Outcome::Snooze {
+                    delay: retry::outage_delay(job.snoozes),
+                    reason: format!("failed for good ({error}) but its failure hook could not run yet: {e:#}"),
+                },
+            },
+            other => other,
+        };
+
+        let elapsed = t0.elapsed();
+        m.in_flight.get_or_create(&labels).dec();
+        m.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
         let duration_ms = elapsed.as_millis() as u64;
         match &outcome {
             Outcome::Succeeded => {
@@ -407,15 +562,24 @@ async fn execute(s: Arc<Shared>, queue: String, qs: QueueSettings, job: FetchedJ
                 m.retried.get_or_create(&labels).inc();
                 warn!(started_at = %started_at, duration_ms, outcome = "retry", retry_in_ms = delay.as_millis() as u64, error = %error, "job failed; will retry");
             }
+            Outcome::Snooze { delay, reason } => {
+                m.snoozed.get_or_create(&labels).inc();
+                info!(started_at = %started_at, duration_ms, outcome = "snoozed", retry_in_ms = delay.as_millis() as u64, reason = %reason, "job snoozed; no attempt spent");
+            }
             Outcome::Dead { error } => {
                 m.failed.get_or_create(&labels).inc();
                 m.dead.get_or_create(&labels).inc();
                 error!(started_at = %started_at, duration_ms, outcome = "dead", error = %error, "job failed; moved to the dead-letter store");
             }
+            Outcome::Stale { error } => {
+                m.stale.get_or_create(&labels).inc();
+                warn!(started_at = %started_at, duration_ms, outcome = "stale", error = %error, "job attempt lost its lease; nothing of it is kept");
+            }
         }
         let c = Completion {
             job,
             queue,
+            worker,
             started_at,
             finished_at: Utc::now(),
             outcome,
@@ -428,7 +592,80 @@ async fn execute(s: Arc<Shared>, queue: String, qs: QueueSettings, job: FetchedJ
     .await
 }
 
-async fn attempt(s: &Arc<Shared>, qs: &QueueSettings, job: &FetchedJob) -> Result<(), JobError> {
+/// True when the error chain shows Postgres or Redis unreachable (or refusing connections),
+/// not a problem of the job: such failures are snoozed rather than spent as attempts, so an
+/// outage longer than the retry budget dead-letters nothing.
+pub fn is_outage(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(db) = cause.downcast_ref::<crate::db::DbError>() {
+            return db.is_outage();
+        }
+        if let Some(sq) = cause.downcast_ref::<sqlx::Error>() {
+            return crate::db::is_outage(sq);
+        }
+        if let Some(q) = cause.downcast_ref::<super::engine::QueueError>() {
+            return matches!(q, super::engine::QueueError::Redis(r) if redis_outage(r));
+        }
+        if let Some(r) = cause.downcast_ref::<redis::RedisError>() {
+            return redis_outage(r);
+        }
+        false
+    })
+}
+
+fn redis_outage(r: &redis::RedisError) -> bool {
+    r.is_io_error() || r.is_connection_dropped() || r.is_connection_refusal() || r.is_timeout()
+}
+
+enum HookError {
+    Stale(super::fence::FenceError),
+    Failed(anyhow::Error),
+}
+
+async fn run_failure_hook(s: &Arc<Shared>, job: &FetchedJob, error: &str) -> Result<(), HookError> {
+    let Some(entry) = s.ctx.registry.get(&job.job_type) else {
+        return Ok(());
+    };
+    if job.defect.is_some() {
+        return Ok(());
+    }
+    let ctx = job_context(s, job, true);
+    let timeout = s.ctx.settings.queue(&job.job_type).timeout;
+    let hook = entry.on_failure(ctx, job.payload.clone(), error.to_string());
+    match tokio::time::timeout(timeout, tokio::spawn(hook)).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => match e.downcast::<super::fence::FenceError>() {
+            Ok(f @ super::fence::FenceError::Stale { .. }) => Err(HookError::Stale(f)),
+            Ok(other) => Err(HookError::Failed(other.into())),
+            Err(e) => Err(HookError::Failed(e)),
+        },
+        Ok(Err(join)) => Err(HookError::Failed(anyhow::anyhow!("the failure hook panicked: {join}"))),
+        Err(_) => Err(HookError::Failed(anyhow::anyhow!("the failure hook timed out"))),
+    }
+}
+
+fn job_context(s: &Arc<Shared>, job: &FetchedJob, last_attempt: bool) -> JobContext {
+    JobContext {
+        app: s.ctx.clone(),
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        last_attempt,
+        fence: Fence::new(job.id.clone(), job.attempt),
+        shutdown: s.draining.clone(),
+    }
+}
+
+async fn attempt(
+    s: &Arc<Shared>,
+    qs: &QueueSettings,
+    job: &FetchedJob,
+    last_attempt: bool,
+) -> Result<(), JobError> {
+    if let Some(defect) = &job.defect {
+        return Err(JobError::permanent(format!(
+            "the job as stored in redis cannot run: {defect} (see jobs/README.md for what each field must hold)"
+        )));
+    }
     if job.job_type.is_empty() {
         return Err(JobError::permanent(
             "job data missing in redis (id pushed without its job hash)",
@@ -452,19 +689,20 @@ async fn attempt(s: &Arc<Shared>, qs: &QueueSettings, job: &FetchedJob) -> Resul
             job.job_type
         )));
     }
-    let jctx = JobContext {
-        app: s.ctx.clone(),
-        job_id: job.id.clone(),
-        attempt: job.attempt,
-        shutdown: s.draining.clone(),
-    };
+    let jctx = job_context(s, job, last_attempt);
     let fut = entry.run(jctx, job.payload.clone());
     // Spawned: a panic is caught as a JoinError, the timeout drops (stops) the work, and the
-    // drain deadline can abort it.
+    // drain deadline or a lost lease can abort it.
     let handle = tokio::spawn(tokio::time::timeout(qs.timeout, fut));
-    if let Some(h) = s.held().get_mut(&job.id) {
-        h.started = Some(Utc::now());
-        h.abort = Some(handle.abort_handle());
+    {
+        let mut held = s.held();
+        if let Some(h) = held.get_mut(&job.id) {
+            h.started = Some(Utc::now());
+            h.abort = Some(handle.abort_handle());
+            if h.lost {
+                handle.abort();
+            }
+        }
     }
     match handle.await {
         Ok(Ok(r)) => r,
@@ -519,31 +757,24 @@ async fn settler(
 }
 
 async fn settle_batch(s: &Arc<Shared>, batch: &[Completion], give_up: &CancellationToken) {
-    let audit_on = s.ctx.settings.worker.audit;
-    let runs: Vec<RunRecord> = if audit_on {
+    // Attempts aborted because the lease was lost have nothing to record here: recovery
+    // writes their `interrupted` row, and the job belongs to its new owner.
+    let batch: Vec<&Completion> = {
+        let mut held = s.held();
         batch
             .iter()
-            .map(|c| {
-                let (status, error) = match &c.outcome {
-                    Outcome::Succeeded => (RunStatus::Succeeded, None),
-                    Outcome::Retry { error, .. } => (RunStatus::Failed, Some(error.clone())),
-                    Outcome::Dead { error } => (RunStatus::Dead, Some(error.clone())),
-                };
-                RunRecord {
-                    job_id: c.job.id.clone(),
-                    attempt: c.job.attempt as i32,
-                    job_type: job_type_of(c),
-                    worker: s.worker.clone(),
-                    status,
-                    error,
-                    started_at: c.started_at,
-                    finished_at: Some(c.finished_at),
+            .filter(|c| {
+                let lost = held
+                    .get(&c.job.id)
+                    .is_some_and(|h| h.lost && h.attempt == c.job.attempt);
+                if lost {
+                    held.remove(&c.job.id);
                 }
+                !lost
             })
             .collect()
-    } else {
-        Vec::new()
     };
+    let audit_on = s.ctx.settings.worker.audit;
     let dead: Vec<DeadJob> = batch
         .iter()
         .filter_map(|c| match &c.outcome {
@@ -559,12 +790,54 @@ async fn settle_batch(s: &Arc<Shared>, batch: &[Completion], give_up: &Cancellat
             _ => None,
         })
         .collect();
-    if !runs.is_empty() || !dead.is_empty() {
+    let needs_db = audit_on || !dead.is_empty();
+    if needs_db {
         let db = &s.ctx.db;
         let ok = retry_until(s, give_up, "writing job outcomes to postgres", || async {
             let mut tx = db.begin().await?;
-            audit::write_runs(&mut tx, &runs, Conflict::Overwrite).await?;
-            dead_letter::insert(&mut tx, &dead).await?;
+            // A dead-letter entry is business state: only the attempt that still owns the
+            // job may write it (a stale one's job is running elsewhere).
+            let mut stale_dead: HashSet<&str> = HashSet::new();
+            let mut owned_dead: Vec<DeadJob> = Vec::with_capacity(dead.len());
+            for d in &dead {
+                match Fence::new(d.job_id.clone(), d.attempts.max(0) as u32).check(&mut tx).await {
+                    Ok(()) => owned_dead.push(d.clone()),
+                    Err(fence::FenceError::Stale { .. }) => {
+                        stale_dead.insert(d.job_id.as_str());
+                    }
+                    Err(fence::FenceError::Db(e)) => return Err(e),
+                }
+            }
+            if audit_on {
+                let runs: Vec<RunRecord> = batch
+                    .iter()
+                    .map(|c| {
+                        let (status, error) = match &c.outcome {
+                            Outcome::Succeeded => (RunStatus::Succeeded, None),
+                            Outcome::Retry { error, .. } => (RunStatus::Failed, Some(error.clone())),
+                            Outcome::Snooze { reason, .. } => (RunStatus::Snoozed, Some(reason.clone())),
+                            Outcome::Dead { error } if stale_dead.contains(c.job.id.as_str()) => (
+                                RunStatus::Stale,
+                                Some(format!("failed for good after its lease was taken over (not dead-lettered): {error}")),
+                            ),
+                            Outcome::Dead { error } => (RunStatus::Dead, Some(error.clone())),
+                            Outcome::Stale { error } => (RunStatus::Stale, Some(error.clone())),
+                        };
+                        RunRecord {
+                            job_id: c.job.id.clone(),
+                            attempt: c.job.attempt as i32,
+                            job_type: job_type_of(c),
+                            worker: c.worker.to_string(),
+                            status,
+                            error,
+                            started_at: c.started_at,
+                            finished_at: Some(c.finished_at),
+                        }
+                    })
+                    .collect();
+                audit::write_runs(&mut tx, &runs, Conflict::Finish).await?;
+            }
+            dead_letter::insert(&mut tx, &owned_dead).await?;
             tx.commit().await?;
             Ok::<_, crate::db::DbError>(())
         })
@@ -573,29 +846,39 @@ async fn settle_batch(s: &Arc<Shared>, batch: &[Completion], give_up: &Cancellat
             return; // left held: recovery reruns them, which is safe; losing the record is not.
         }
     }
-    let entries: Vec<(String, String, Settle)> = batch
-        .iter()
-        .map(|c| {
-            let settle = match &c.outcome {
-                Outcome::Succeeded => Settle::Done,
-                Outcome::Dead { .. } => Settle::Dead,
-                Outcome::Retry { delay, error } => Settle::Retry {
-                    delay: *delay,
-                    error: error.clone(),
-                },
-            };
-            (c.job.id.clone(), c.queue.clone(), settle)
-        })
-        .collect();
+    // Per lease name: a completion of an earlier name settles nothing (compare-and-set).
+    let mut by_worker: HashMap<Arc<str>, Vec<(String, String, Settle)>> = HashMap::new();
+    for c in &batch {
+        let settle = match &c.outcome {
+            Outcome::Succeeded => Settle::Done,
+            Outcome::Dead { .. } => Settle::Dead,
+            Outcome::Retry { delay, error } => Settle::Retry {
+                delay: *delay,
+                error: error.clone(),
+            },
+            Outcome::Snooze { delay, reason } => Settle::Snooze {
+                delay: *delay,
+                reason: reason.clone(),
+            },
+            // Not ours any more: leave the job to its owner.
+            Outcome::Stale { .. } => continue,
+        };
+        by_worker
+            .entry(c.worker.clone())
+            .or_default()
+            .push((c.job.id.clone(), c.queue.clone(), settle));
+    }
     let q = &s.ctx.queue;
-    if retry_until(s, give_up, "settling jobs in redis", || {
-        q.settle(&s.worker, &entries)
-    })
-    .await
-    {
+    let mut all_ok = true;
+    for (worker, entries) in &by_worker {
+        all_ok &= retry_until(s, give_up, "settling jobs in redis", || q.settle(worker, entries)).await;
+    }
+    if all_ok {
         let mut held = s.held();
-        for c in batch {
-            held.remove(&c.job.id);
+        for c in &batch {
+            if held.get(&c.job.id).is_some_and(|h| h.attempt == c.job.attempt) {
+                held.remove(&c.job.id);
+            }
         }
     }
 }
@@ -640,8 +923,8 @@ where
     }
 }
 
-/// Heartbeats, orphan recovery, `running` audit rows and reconciliation of what Redis
-/// says this process holds with what it really holds.
+/// Orphan recovery, `running` audit rows and reconciliation of what Redis says this process
+/// holds with what it really holds. (Heartbeats are the lease keeper's, on its own thread.)
 async fn housekeeping(s: Arc<Shared>, stop: CancellationToken) {
     let w = &s.ctx.settings.worker;
     let mut beat = tokio::time::interval(w.heartbeat_interval);
@@ -654,24 +937,27 @@ async fn housekeeping(s: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = beat.tick() => {
-                if let Err(e) = s.ctx.queue.heartbeat(&s.worker, w.lease()).await {
-                    s.ctx.metrics.runtime_errors.inc();
-                    warn!(error = %e, "heartbeat failed");
-                    continue;
-                }
                 match s.ctx.queue.reap(None).await {
                     Ok(orphans) if !orphans.is_empty() => {
                         for o in &orphans {
                             s.ctx.metrics.orphans_recovered.get_or_create(&Metrics::job(&o.job_type)).inc();
                         }
-                        warn!(count = orphans.len(), "recovered jobs of worker processes that stopped heartbeating");
-                        record_orphans(&s.ctx, &orphans, "the worker process stopped heartbeating (crashed or froze) during this attempt").await;
+                        warn!(count = orphans.len(), "recovering jobs of worker processes that stopped heartbeating");
+                        take_over(&s.ctx, &orphans, "the worker process stopped heartbeating (crashed or froze) during this attempt").await;
                     }
                     Ok(_) => {}
                     Err(e) => {
                         s.ctx.metrics.runtime_errors.inc();
                         warn!(error = %e, "orphan recovery failed");
                     }
+                }
+                // Parked by a recoverer that died (or met a Postgres outage) half-way.
+                match s.ctx.queue.parked(w.lease()).await {
+                    Ok(parked) if !parked.is_empty() => {
+                        take_over(&s.ctx, &parked, "the worker process stopped heartbeating (crashed or froze) during this attempt").await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "reading parked jobs failed"),
                 }
                 suspects = reconcile(&s, suspects).await;
             }
@@ -683,7 +969,8 @@ async fn housekeeping(s: Arc<Shared>, stop: CancellationToken) {
 /// A fetch whose answer was lost (response timeout after the script ran) leaves ids in
 /// Redis under our name that we never received. Seen twice in a row, they are released.
 async fn reconcile(s: &Arc<Shared>, previous: HashSet<String>) -> HashSet<String> {
-    let Ok(ids) = s.ctx.queue.held_by(&s.worker).await else {
+    let worker = s.worker();
+    let Ok(ids) = s.ctx.queue.held_by(&worker).await else {
         return previous;
     };
     let unknown: HashSet<String> = {
@@ -705,7 +992,7 @@ async fn reconcile(s: &Arc<Shared>, previous: HashSet<String>) -> HashSet<String
             count = entries.len(),
             "releasing jobs redis lists under this worker but it never received"
         );
-        if let Err(e) = s.ctx.queue.settle(&s.worker, &entries).await {
+        if let Err(e) = s.ctx.queue.settle(&worker, &entries).await {
             warn!(error = %e, "release failed");
         }
     }
@@ -727,7 +1014,7 @@ async fn write_running_rows(s: &Arc<Shared>) {
             job_id: id.clone(),
             attempt: h.attempt as i32,
             job_type: h.job_type.clone(),
-            worker: s.worker.clone(),
+            worker: h.worker.to_string(),
             status: RunStatus::Running,
             error: None,
             started_at: h.started.unwrap_or(now),
@@ -759,36 +1046,58 @@ async fn write_running_rows(s: &Arc<Shared>) {
     }
 }
 
-/// Writes `interrupted` rows for recovered jobs (a finished row, if any, wins).
-async fn record_orphans(ctx: &AppContext, orphans: &[Orphan], why: &str) {
-    if orphans.is_empty() || !ctx.settings.worker.audit {
+/// Finishes a recovery: revokes the cut attempts in Postgres (fencing) and writes their
+/// `interrupted` rows (a finished row, if any, wins) in one transaction, then makes the jobs
+/// runnable again. Until that commit they stay parked, so a rerun can never start while the
+/// cut attempt could still commit. On failure they stay parked and are re-driven later.
+async fn take_over(ctx: &AppContext, orphans: &[Orphan], why: &str) {
+    if orphans.is_empty() {
         return;
     }
     let now = Utc::now();
-    let rows: Vec<RunRecord> = orphans
+    let fences: Vec<Fence> = orphans
         .iter()
-        .map(|o| RunRecord {
-            job_id: o.id.clone(),
-            attempt: o.attempt as i32,
-            job_type: o.job_type.clone(),
-            worker: o.worker.clone(),
-            status: RunStatus::Interrupted,
-            error: Some(why.to_string()),
-            started_at: Utc
-                .timestamp_millis_opt(o.started_at_ms)
-                .single()
-                .unwrap_or(now),
-            finished_at: Some(now),
-        })
+        .map(|o| Fence::new(o.id.clone(), o.attempt))
         .collect();
+    let rows: Vec<RunRecord> = if ctx.settings.worker.audit {
+        orphans
+            .iter()
+            .filter(|o| o.attempt >= 1)
+            .map(|o| RunRecord {
+                job_id: o.id.clone(),
+                attempt: o.attempt as i32,
+                job_type: o.job_type.clone(),
+                worker: o.worker.clone(),
+                status: RunStatus::Interrupted,
+                error: Some(why.to_string()),
+                started_at: Utc
+                    .timestamp_millis_opt(o.started_at_ms)
+                    .single()
+                    .unwrap_or(now),
+                finished_at: Some(now),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let res = async {
         let mut tx = ctx.db.begin().await?;
+        fence::revoke(&mut tx, &fences).await?;
         audit::write_runs(&mut tx, &rows, Conflict::OverwriteRunning).await?;
         tx.commit().await
     }
     .await;
     if let Err(e) = res {
         ctx.metrics.runtime_errors.inc();
-        warn!(error = %e, "writing interrupted rows failed");
+        warn!(error = %e, count = orphans.len(), "revoking recovered attempts failed; they stay parked and are retried");
+        return;
+    }
+    let ids: Vec<String> = orphans.iter().map(|o| o.id.clone()).collect();
+    match ctx.queue.recover(&ids).await {
+        Ok(n) => debug!(requeued = n, "recovered jobs queued again"),
+        Err(e) => {
+            ctx.metrics.runtime_errors.inc();
+            warn!(error = %e, "queueing recovered jobs failed; they stay parked and are retried");
+        }
     }
 }

@@ -33,6 +33,12 @@ pub fn object_key_for(id: Uuid, file_name: &str, now: DateTime<Utc>) -> String {
 }
 
 /// Prefix of one upload's staged chunks (removed when the upload ends).
+/// What finance staff read in `uploads.error` when the failure was internal (database,
+/// storage, a bug): a sentence, never the error chain — ops find that in the job's log line
+/// and in `finworker jobs show`.
+pub const STAFF_INTERNAL_ERROR: &str = "the file could not be processed because of an internal error; \
+    operations have been alerted and can retry the upload";
+
 pub fn staging_prefix(id: Uuid) -> String {
     format!("staging/{id}")
 }
@@ -622,4 +628,30 @@ pub async fn verification(db: &Db, id: Uuid) -> Result<Verification, DbError> {
         }
     }
     Ok(v)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary
+/// (`str::truncate` at a byte in the middle of a character panics).
+pub fn cut_at_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::cut_at_char_boundary;
+
+    #[test]
+    fn a_multibyte_character_at_the_limit_is_left_out_whole() {
+        let s = format!("{}é and more", "a".repeat(199)); // 'é' spans bytes 199 and 200
+        assert_eq!(cut_at_char_boundary(&s, 200), "a".repeat(199));
+        assert_eq!(cut_at_char_boundary("short", 200), "short");
+        assert_eq!(cut_at_char_boundary("€€", 4), "€");
+    }
 }

@@ -73,22 +73,53 @@ impl EpcClient {
         })?;
         let status = resp.status().as_u16();
         if resp.status().is_success() {
-            return resp.json::<T>().await.map_err(|e| {
-                if e.is_timeout() {
-                    ProviderError::Timeout
-                } else {
-                    ProviderError::Transport(format!("bad answer: {e}"))
-                }
-            });
+            let body = read_capped(resp, MAX_ANSWER_BYTES).await?;
+            return serde_json::from_slice::<T>(&body)
+                .map_err(|e| ProviderError::Transport(format!("bad answer: {e}")));
         }
-        let mut body = resp.text().await.unwrap_or_default();
-        body.truncate(200);
+        // An error body is only shown to people: its first bytes, cut on a character boundary.
+        let raw = read_capped(resp, 4096).await.unwrap_or_default();
+        let body = crate::uploads::cut_at_char_boundary(&String::from_utf8_lossy(&raw), 200)
+            .to_string();
         Err(match status {
             429 => ProviderError::RateLimited,
             s if s >= 500 => ProviderError::Server { status: s, body },
             s => ProviderError::Refused { status: s, body },
         })
     }
+}
+
+/// Largest answer body read from the provider: its answers are a few hundred bytes, and a
+/// misbehaving endpoint must not make a worker buffer without bound.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Reads at most `limit` bytes of a body; a longer success answer is an error, a longer
+/// error body is cut.
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ProviderError> {
+    let success = resp.status().is_success();
+    let mut out = Vec::new();
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                ProviderError::Timeout
+            } else {
+                ProviderError::Transport(format!("reading the answer: {e}"))
+            }
+        })?;
+        let Some(chunk) = chunk else { break };
+        let room = limit - out.len();
+        if chunk.len() > room {
+            if success {
+                return Err(ProviderError::Transport(format!(
+                    "answer larger than {limit} bytes"
+                )));
+            }
+            out.extend_from_slice(&chunk[..room]);
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 fn unknown(what: &str, v: &str) -> ProviderError {

@@ -270,6 +270,12 @@ impl Verifier {
         &self.breaker
     }
 
+    /// The longest one [`Verifier::check`] can take when every attempt of both requests
+    /// times out: attempts × timeout plus the backoffs between them, for each request.
+    pub fn worst_case(&self) -> Duration {
+        worst_case(&self.settings)
+    }
+
     /// Both checks for one account.
     pub async fn check(&self, req: &Request) -> Result<(PayeeAnswer, AccountAnswer), CheckError> {
         let payee = self.call(|| self.provider.verify_payee(req)).await?;
@@ -340,6 +346,15 @@ impl Verifier {
             })
             .inc();
     }
+}
+
+/// See [`Verifier::worst_case`].
+pub fn worst_case(s: &crate::config::VopSettings) -> Duration {
+    let attempts = s.request_attempts.max(1);
+    let backoffs: Duration = (1..attempts)
+        .map(|a| s.retry_backoff * 2u32.saturating_pow(a - 1))
+        .sum();
+    (s.request_timeout * attempts + backoffs) * 2
 }
 
 /// The cache key of a name: transliterated, lower case, single spaces.

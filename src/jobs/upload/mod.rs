@@ -9,8 +9,9 @@
 //!   already staged; a rerun after the split re-enqueues the chunks not yet imported, under
 //!   idempotency keys, and a chunk imports once whatever happens (see `upload_chunk`).
 //! - Failures: a bad file (format, size, columns, rows) fails the upload at once with a
-//!   message for finance staff, and the job ends without retry. Storage or Postgres errors
-//!   are retried; when the last attempt fails too, the upload is marked failed.
+//!   message for finance staff, and the job ends without retry. Storage errors are retried,
+//!   Postgres and Redis outages snoozed (no attempt spent); when the job fails for good the
+//!   runtime calls its failure hook, which marks the upload failed.
 
 pub mod sheet;
 pub mod source;
@@ -60,8 +61,20 @@ pub struct Upload {
     pub sheet: Option<String>,
 }
 
+impl Upload {
+    fn id(&self, job_id: &str) -> Result<Uuid, JobError> {
+        match self.upload_id {
+            Some(id) => Ok(id),
+            None => Uuid::parse_str(job_id).map_err(|_| {
+                JobError::permanent("upload_id is missing and the job id is not a UUID")
+            }),
+        }
+    }
+}
+
 impl Job for Upload {
     const NAME: &'static str = "upload";
+    const PRODUCER: bool = true;
 
     fn example() -> Self {
         Upload {
@@ -74,32 +87,32 @@ impl Job for Upload {
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let id = match self.upload_id {
-            Some(id) => id,
-            None => Uuid::parse_str(&ctx.job_id).map_err(|_| {
-                JobError::permanent("upload_id is missing and the job id is not a UUID")
-            })?,
+        let id = self.id(&ctx.job_id)?;
+        process(&ctx.app, id, &self).await.map_err(JobError::Retryable)
+    }
+
+    async fn on_failure(self, ctx: JobContext, error: String) -> anyhow::Result<()> {
+        let Ok(id) = self.id(&ctx.job_id) else {
+            return Ok(());
         };
-        let last_attempt = ctx.attempt >= ctx.app.settings.queue(Self::NAME).max_attempts;
-        match process(&ctx.app, id, &self).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if last_attempt {
-                    let msg = format!("the file could not be processed: {e:#}");
-                    if let Err(fe) = fail(&ctx.app, id, &msg).await {
-                        tracing::error!(upload_id = %id, error.chain = ?fe, "marking the upload failed");
-                    }
-                }
-                Err(JobError::Retryable(e))
-            }
-        }
+        tracing::error!(upload_id = %id, error = %error, "upload job failed for good");
+        fail(&ctx.app, Some(&ctx.fence), id, crate::uploads::STAFF_INTERNAL_ERROR).await
     }
 }
 
 /// Marks an upload failed and removes what it imported (debtors that another upload's
-/// duplicates point at stay, and the note says how many).
-pub async fn fail(app: &AppContext, id: Uuid, message: &str) -> anyhow::Result<()> {
+/// duplicates point at stay, and the note says how many). `fence`: the calling attempt's
+/// token, when a job attempt calls it.
+pub async fn fail(
+    app: &AppContext,
+    fence: Option<&crate::queue::fence::Fence>,
+    id: Uuid,
+    message: &str,
+) -> anyhow::Result<()> {
     let mut tx = app.db.begin().await?;
+    if let Some(f) = fence {
+        f.check(&mut tx).await?;
+    }
     let n = tx
         .execute(
             sqlx::query(
@@ -207,7 +220,7 @@ async fn process(app: &AppContext, id: Uuid, p: &Upload) -> anyhow::Result<()> {
     let chunk_rows = u32::try_from(rec.chunk_rows).unwrap_or(settings.chunk_rows);
     match split(app, id, &rec.object_key, rec.sheet.as_deref(), chunk_rows).await? {
         Err(file_error) => {
-            fail(app, id, &file_error.to_string()).await?;
+            fail(app, None, id, &file_error.to_string()).await?;
             Ok(())
         }
         Ok((totals, notes)) => {

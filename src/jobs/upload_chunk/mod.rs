@@ -54,30 +54,30 @@ impl Job for UploadChunk {
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let last_attempt = ctx.attempt >= ctx.app.settings.queue(Self::NAME).max_attempts;
-        match import(&ctx.app, &self).await {
+        match import(&ctx, &self).await {
             Ok(Outcome::Completed) => {
                 next_stage(&ctx.app, self.upload_id).await?;
                 super::upload::cleanup_staging(&ctx.app, self.upload_id).await;
                 Ok(())
             }
             Ok(Outcome::Imported | Outcome::Skipped) => Ok(()),
-            Err(ChunkError::Damaged(msg)) => {
-                let msg = format!("chunk {} could not be imported: {msg}", self.chunk_no);
-                super::upload::fail(&ctx.app, self.upload_id, &msg).await?;
-                Err(JobError::Permanent(msg))
-            }
-            Err(ChunkError::Other(e)) => {
-                if last_attempt {
-                    let msg = format!(
-                        "chunk {} could not be imported after {} attempts: {e:#}",
-                        self.chunk_no, ctx.attempt
-                    );
-                    super::upload::fail(&ctx.app, self.upload_id, &msg).await?;
-                }
-                Err(JobError::Retryable(e))
-            }
+            Err(ChunkError::Damaged(msg)) => Err(JobError::Permanent(format!(
+                "chunk {} could not be imported: {msg}",
+                self.chunk_no
+            ))),
+            Err(ChunkError::Stale(e)) => Err(JobError::from(e)),
+            Err(ChunkError::Other(e)) => Err(JobError::Retryable(e)),
         }
+    }
+
+    async fn on_failure(self, ctx: JobContext, error: String) -> anyhow::Result<()> {
+        tracing::error!(upload_id = %self.upload_id, chunk_no = self.chunk_no, error = %error, "upload chunk failed for good");
+        let msg = if error.starts_with("chunk ") {
+            error // a damaged chunk: already a sentence for finance staff
+        } else {
+            crate::uploads::STAFF_INTERNAL_ERROR.to_string()
+        };
+        super::upload::fail(&ctx.app, Some(&ctx.fence), self.upload_id, &msg).await
     }
 }
 
@@ -92,6 +92,8 @@ enum Outcome {
 enum ChunkError {
     #[error("{0}")]
     Damaged(String),
+    #[error(transparent)]
+    Stale(crate::queue::fence::FenceError),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -210,7 +212,8 @@ fn prepare(
     (cols, rejects, n_bad)
 }
 
-async fn import(app: &AppContext, job: &UploadChunk) -> Result<Outcome, ChunkError> {
+async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkError> {
+    let app = &ctx.app;
     let id = job.upload_id;
     let chunk_no = i32::try_from(job.chunk_no).unwrap_or(i32::MAX);
 
@@ -407,6 +410,10 @@ async fn import(app: &AppContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     } else {
         Outcome::Imported
     };
+    ctx.fence.check(&mut tx).await.map_err(|e| match e {
+        crate::queue::fence::FenceError::Db(db) => ChunkError::from(db),
+        stale => ChunkError::Stale(stale),
+    })?;
     tx.commit().await?;
     tracing::debug!(upload_id = %id, chunk_no, imported, duplicates, rejected = n_bad, "chunk imported");
     Ok(outcome)

@@ -62,6 +62,13 @@ impl Job for Vop {
     }
 }
 
+/// How long a `vop` attempt may keep starting calls: its slice, but never so long that a
+/// call started at the end could outlive the attempt's timeout (a second kept in reserve for
+/// saving). Zero when the timeout cannot fit one worst-case call (refused at start-up).
+pub fn launch_window(slice: Duration, timeout: Duration, worst_call: Duration) -> Duration {
+    slice.min(timeout.saturating_sub(worst_call + Duration::from_secs(1)))
+}
+
 fn key(upload_id: Uuid, chunk_no: u32, round: u32) -> String {
     format!("vop:{upload_id}:{chunk_no}:{round}")
 }
@@ -255,9 +262,19 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
         }
     }
     let remaining_before = to_call.len();
+    // Cached answers are kept before any call is made.
+    save(app, id, provider, &std::mem::take(&mut answers)).await?;
 
     // Calls, in flight `vop.in_flight` at a time, until done, unavailable, sliced or draining.
-    let deadline = Instant::now() + app.settings.vop.slice;
+    // No call starts later than the slice, nor so late that its worst case (every retry
+    // timing out) would outlive the attempt's timeout: a slow provider costs time, never the
+    // answers already paid for.
+    let deadline = Instant::now()
+        + launch_window(
+            app.settings.vop.slice,
+            app.settings.queue(Vop::NAME).timeout,
+            verifier.worst_case(),
+        );
     let stop = tokio_util::sync::CancellationToken::new();
     let mut unavailable: Option<(String, Duration)> = None;
     let give_up = job.deferrals > app.settings.vop.max_deferrals;
@@ -282,9 +299,13 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
                     Some((t, k, verifier.check(&req).await))
                 }
             })
-            .buffer_unordered(app.settings.vop.in_flight);
-        let mut batch: Vec<Answer> = Vec::new();
-        while let Some(item) = stream.next().await {
+            .buffer_unordered(app.settings.vop.in_flight)
+            // Whatever has arrived is saved at once (in one statement when several answers
+            // arrived together): a job cut short loses no answer it was given.
+            .ready_chunks(200);
+        while let Some(items) = stream.next().await {
+          let mut batch: Vec<Answer> = Vec::new();
+          for item in items {
             let Some((t, k, outcome)) = item else {
                 continue;
             };
@@ -328,11 +349,11 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
                 });
             }
             batch.push(answer);
-            if batch.len() >= 200 {
-                save(app, id, provider, &std::mem::take(&mut batch)).await?;
-            }
+          }
+          if !batch.is_empty() {
+              save(app, id, provider, &batch).await?;
+          }
         }
-        answers.extend(batch);
     } else {
         let msg = format!(
             "provider {provider} unavailable: chunk put off {} times",

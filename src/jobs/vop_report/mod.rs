@@ -58,22 +58,32 @@ impl Job for VopReport {
                 "give upload_id or a from/to date range",
             ));
         }
-        let id = self.report_id.unwrap_or_else(|| {
+        let id = self.id(&ctx.job_id);
+        generate(&ctx.app, id, &self)
+            .await
+            .map_err(JobError::Retryable)
+    }
+
+    async fn on_failure(self, ctx: JobContext, error: String) -> anyhow::Result<()> {
+        let id = self.id(&ctx.job_id);
+        tracing::error!(report_id = %id, error = %error, "vop report failed for good");
+        let msg = if !error.starts_with("gave up") {
+            error
+        } else {
+            "the report could not be generated because of an internal error; operations have been alerted".to_string()
+        };
+        mark_failed(&ctx.app, &ctx.fence, id, &msg).await
+    }
+}
+
+impl VopReport {
+    fn id(&self, job_id: &str) -> Uuid {
+        self.report_id.unwrap_or_else(|| {
             Uuid::new_v5(
                 &Uuid::NAMESPACE_OID,
-                format!("vop_report:{}", ctx.job_id).as_bytes(),
+                format!("vop_report:{job_id}").as_bytes(),
             )
-        });
-        let last = ctx.attempt >= ctx.app.settings.queue(Self::NAME).max_attempts;
-        match generate(&ctx.app, id, &self).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if last {
-                    let _ = mark_failed(&ctx.app, id, &format!("{e:#}")).await;
-                }
-                Err(JobError::Retryable(e))
-            }
-        }
+        })
     }
 }
 
@@ -193,8 +203,14 @@ async fn generate(app: &AppContext, id: Uuid, job: &VopReport) -> anyhow::Result
     Ok(())
 }
 
-async fn mark_failed(app: &AppContext, id: Uuid, msg: &str) -> anyhow::Result<()> {
+async fn mark_failed(
+    app: &AppContext,
+    fence: &crate::queue::fence::Fence,
+    id: Uuid,
+    msg: &str,
+) -> anyhow::Result<()> {
     let mut tx = app.db.begin().await?;
+    fence.check(&mut tx).await?;
     tx.execute(
         sqlx::query(
             "UPDATE reports SET status = 'failed', error = $2, finished_at = now() WHERE id = $1 AND status = 'pending'",

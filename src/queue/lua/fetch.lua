@@ -1,9 +1,10 @@
 -- Take up to N jobs of one queue for one worker. ARGV: prefix, queue, worker, n
 -- First moves due scheduled jobs (delays, retries) to the ready list, at most 1000 per call:
 -- bounded, so a backlog of any size drains in slices instead of overflowing unpack().
--- Returns 'ok' then per job 8 values: id, job_type, payload, attempt, failures, orphans,
--- max_attempts ('' = queue default), enqueued_at_ms. A job whose data is missing comes back
--- with an empty job_type. Returns 'unregistered' when the worker's lease has lapsed (it
+-- Returns 'ok' then per job 9 values: id, job_type, payload, attempt, failures, orphans,
+-- max_attempts ('' = queue default), enqueued_at_ms, snoozes — as stored: a foreign writer's
+-- bad field is judged per job by the caller, never for the batch. A job whose data is missing
+-- comes back with an empty job_type. Returns 'unregistered' when the worker's lease has lapsed (it
 -- must heartbeat again before taking work nobody would watch).
 local p, q, w, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local t = redis.call('TIME')
@@ -28,10 +29,12 @@ if not ids then
 end
 for _, id in ipairs(ids) do
   local jk = p .. ':job:' .. id
-  local f = redis.call('HMGET', jk, 'type', 'payload', 'failures', 'orphans', 'max_attempts', 'enqueued_at')
+  local f = redis.call('HMGET', jk, 'type', 'payload', 'failures', 'orphans', 'max_attempts', 'enqueued_at', 'snoozes')
   local attempt = 0
   if f[1] then
-    attempt = redis.call('HINCRBY', jk, 'attempt', 1)
+    -- pcall: a foreign writer's non-integer `attempt` must fail that job, not this script.
+    attempt = redis.pcall('HINCRBY', jk, 'attempt', 1)
+    if type(attempt) == 'table' then attempt = 'bad attempt field' end
   end
   redis.call('HSET', wip, id, q)
   redis.call('ZADD', active, now, id)
@@ -43,5 +46,6 @@ for _, id in ipairs(ids) do
   out[#out + 1] = f[4] or 0
   out[#out + 1] = f[5] or ''
   out[#out + 1] = f[6] or 0
+  out[#out + 1] = f[7] or 0
 end
 return out

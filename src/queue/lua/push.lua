@@ -1,22 +1,35 @@
--- Enqueue jobs atomically. ARGV: prefix, idempotency_ttl_ms, then per job 7 values:
+-- Enqueue jobs atomically. ARGV: prefix, idempotency_ttl_ms, then per job 9 values:
 --   id, job_type (= queue), payload (JSON text), delay_ms, idempotency_key ('' = none),
---   max_attempts ('' = queue default), prior_attempts (0, or the attempts of a re-queued dead job)
--- Returns per job: the job id (the first job's id for a duplicate) and 1 if it was a duplicate, else 0.
+--   max_attempts ('' = queue default), prior_attempts (0, or the attempts of a re-queued dead job),
+--   payload_hash (compared when a key repeats), redrive ('1': if the key's job no longer
+--   exists in redis — finished, or lost with redis's data — push a new one under the key)
+-- Returns per job: the job id (the first job's id for a duplicate) and 0 (new), 1 (duplicate:
+-- same key, same payload, or the id already queued) or 2 (the key was used for another payload).
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local queues = {}
-for i = 3, #ARGV, 7 do
-  local id, q, payload, delay, idem, maxa, prior = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+for i = 3, #ARGV, 9 do
+  local id, q, payload, delay, idem, maxa, prior, hash, redrive =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local jk = p .. ':job:' .. id
-  local existing = nil
+  local existing, flag = nil, 1
   if idem ~= '' then
     local ik = p .. ':idem:' .. q .. ':' .. idem
-    existing = redis.call('GET', ik)
-    if not existing then
-      redis.call('SET', ik, id, 'PX', ttl)
+    local v = redis.call('GET', ik)
+    if v then
+      local first, first_hash = string.match(v, '^([^ ]*) ?(.*)$')
+      if redrive == '1' and redis.call('EXISTS', p .. ':job:' .. first) == 0 then
+        v = nil
+      else
+        existing = first
+        if first_hash ~= '' and hash ~= '' and first_hash ~= hash then flag = 2 end
+      end
+    end
+    if not v then
+      redis.call('SET', ik, id .. ' ' .. hash, 'PX', ttl)
     end
   end
   -- Re-pushing a known id (a retried dead job, a repeated cron tick) must not queue it twice.
@@ -25,7 +38,7 @@ for i = 3, #ARGV, 7 do
   end
   if existing then
     out[#out + 1] = existing
-    out[#out + 1] = 1
+    out[#out + 1] = flag
   else
     redis.call('HSET', jk, 'type', q, 'payload', payload, 'attempt', prior, 'failures', 0, 'orphans', 0, 'enqueued_at', now)
     if maxa ~= '' then redis.call('HSET', jk, 'max_attempts', maxa) end

@@ -1,7 +1,9 @@
--- Give back the jobs of worker processes whose lease lapsed (crashed, frozen, partitioned).
+-- Take back the jobs of worker processes whose lease lapsed (crashed, frozen, partitioned).
 -- ARGV: prefix, worker ('' = every expired worker; a name = that worker now, for a process
 -- that gives up at the end of its drain deadline).
--- Each job goes to the FRONT of its ready list (a prompt rerun) with orphans + 1.
+-- The jobs are PARKED in P:recovering, not made runnable: the caller first revokes the cut
+-- attempts in Postgres (fencing), then calls recover.lua. A caller that dies in between leaves
+-- them parked; any process re-drives parked entries older than a lease.
 -- Returns per job 6 values: worker, id, queue, attempt, job_type, started_at_ms.
 local p, only = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
@@ -23,12 +25,13 @@ for _, w in ipairs(workers) do
     redis.call('ZREM', p .. ':q:' .. q .. ':active', id)
     local f = redis.call('HMGET', jk, 'attempt', 'type')
     if f[2] then
-      redis.call('HINCRBY', jk, 'orphans', 1)
-      redis.call('LPUSH', p .. ':q:' .. q .. ':ready', id)
+      local attempt = f[1] or '0'
+      redis.call('HSET', p .. ':recovering', id,
+        q .. '\t' .. attempt .. '\t' .. w .. '\t' .. started .. '\t' .. f[2] .. '\t' .. now)
       out[#out + 1] = w
       out[#out + 1] = id
       out[#out + 1] = q
-      out[#out + 1] = f[1] or 0
+      out[#out + 1] = attempt
       out[#out + 1] = f[2]
       out[#out + 1] = started
     end
