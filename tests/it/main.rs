@@ -10,6 +10,7 @@ mod crash;
 mod deployment;
 mod drain;
 mod enqueue;
+mod hardening;
 mod pgbouncer;
 mod readiness;
 mod retries;

@@ -112,6 +112,7 @@ async fn a_backlog_of_100_000_jobs_pushed_before_any_worker_starts_drains_comple
             idempotency_key: None,
             max_attempts: None,
             prior_attempts: 0,
+            redrive: false,
         })
         .collect();
     producer
