@@ -88,6 +88,25 @@ pub struct Settings {
     pub vop: VopSettings,
     /// Reports and their download links.
     pub reports: ReportSettings,
+    /// The sweeper: re-drives pipelines whose jobs Redis lost.
+    pub sweeper: SweeperSettings,
+}
+
+/// The sweeper (Postgres is the record, Redis only the transport).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweeperSettings {
+    /// Run it (a built-in periodic job, once per tick across processes).
+    pub enabled: bool,
+    /// Time between ticks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A pipeline whose record has not moved for this long is looked at (longer than any
+    /// stage's quiet time: a breaker-deferred verification waits up to vop.breaker_open_max).
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// Uploads looked at per tick.
+    pub batch: i64,
 }
 
 /// Structural checks of debtors.

@@ -10,6 +10,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod money;
+pub mod pipeline;
 pub mod queue;
 pub mod reports;
 pub mod sandbox;

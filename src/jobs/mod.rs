@@ -2,6 +2,7 @@
 //! [`registry`].
 
 mod noop;
+pub mod sweeper;
 mod test_job;
 pub mod upload;
 pub mod upload_chunk;
@@ -11,6 +12,7 @@ pub mod vop;
 pub mod vop_report;
 
 pub use noop::Noop;
+pub use sweeper::Sweeper;
 pub use test_job::TestJob;
 pub use upload::Upload;
 pub use upload_chunk::UploadChunk;
@@ -25,6 +27,7 @@ use crate::queue::registry::Registry;
 pub fn registry() -> Registry {
     Registry::new()
         .add::<Noop>()
+        .add::<Sweeper>()
         .add::<TestJob>()
         .add::<Upload>()
         .add::<UploadChunk>()

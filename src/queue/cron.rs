@@ -3,7 +3,7 @@
 //! wins and the others are told it is a duplicate: one job per tick, however many
 //! processes run. A tick during which no process runs is not replayed.
 
-use std::str::FromStr;
+use std::{str::FromStr, time::Duration};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -14,12 +14,56 @@ use crate::{config::CronEntry, context::AppContext, queue::engine::NewJob};
 /// Runs every `[[cron]]` entry until `stop` is cancelled.
 pub async fn run(ctx: AppContext, stop: CancellationToken) {
     let entries = ctx.settings.cron.clone();
-    let tasks: Vec<_> = entries
+    let mut tasks: Vec<_> = entries
         .into_iter()
         .map(|e| tokio::spawn(run_entry(ctx.clone(), e, stop.clone())))
         .collect();
+    if ctx.settings.sweeper.enabled && ctx.registry.get("sweeper").is_some() {
+        tasks.push(tokio::spawn(run_every(
+            ctx.clone(),
+            "sweeper",
+            ctx.settings.sweeper.interval,
+            stop.clone(),
+        )));
+    }
     for t in tasks {
         let _ = t.await;
+    }
+}
+
+/// A built-in periodic job: a tick every `every` (aligned on the epoch, so every process
+/// computes the same ticks), pushed under `cron:<job_type>:<tick>` like a cron entry's.
+async fn run_every(ctx: AppContext, job_type: &'static str, every: Duration, stop: CancellationToken) {
+    let step = every.as_millis().max(1) as i64;
+    loop {
+        let now = Utc::now().timestamp_millis();
+        let next = (now / step + 1) * step;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis((next - now) as u64)) => {}
+        }
+        push_tick(&ctx, job_type, job_type, "{}".to_string(), next / 1000).await;
+    }
+}
+
+async fn push_tick(ctx: &AppContext, name: &str, job_type: &str, payload: String, tick: i64) {
+    let new = NewJob {
+        idempotency_key: Some(format!("cron:{name}:{tick}")),
+        ..NewJob::new(job_type, payload)
+    };
+    match ctx
+        .queue
+        .push(&[new], ctx.settings.worker.idempotency_ttl)
+        .await
+    {
+        Ok(p) if p.first().is_some_and(|p| !p.duplicate) => {
+            info!(cron = %name, tick, job_id = %p[0].id, "cron tick enqueued");
+        }
+        Ok(_) => debug!(cron = %name, tick, "cron tick already enqueued by another process"),
+        Err(e) => {
+            ctx.metrics.runtime_errors.inc();
+            warn!(cron = %name, tick, error = %e, "cron tick not enqueued");
+        }
     }
 }
 
@@ -47,25 +91,6 @@ async fn run_entry(ctx: AppContext, entry: CronEntry, stop: CancellationToken) {
             _ = tokio::time::sleep(wait) => {}
         }
         let tick = next.timestamp();
-        let new = NewJob {
-            idempotency_key: Some(format!("cron:{}:{tick}", entry.name)),
-            ..NewJob::new(&entry.job_type, payload.clone())
-        };
-        match ctx
-            .queue
-            .push(&[new], ctx.settings.worker.idempotency_ttl)
-            .await
-        {
-            Ok(p) if p.first().is_some_and(|p| !p.duplicate) => {
-                info!(cron = %entry.name, tick, job_id = %p[0].id, "cron tick enqueued");
-            }
-            Ok(_) => {
-                debug!(cron = %entry.name, tick, "cron tick already enqueued by another process")
-            }
-            Err(e) => {
-                ctx.metrics.runtime_errors.inc();
-                warn!(cron = %entry.name, tick, error = %e, "cron tick not enqueued");
-            }
-        }
+        push_tick(&ctx, &entry.name, &entry.job_type, payload.clone(), tick).await;
     }
 }

@@ -16,5 +16,6 @@ mod readiness;
 mod retries;
 mod runtime;
 mod storage;
+mod sweeper;
 mod uploads;
 mod verification;

@@ -107,13 +107,13 @@ async fn rejects(app: &TestApp, id: Uuid) -> Vec<uploads::Reject> {
     uploads::rejects(&app.ctx.db, id, 1000).await.unwrap()
 }
 
-fn generate(args: DebtorArgs) -> (Vec<u8>, testdata::GenSummary) {
+pub fn generate(args: DebtorArgs) -> (Vec<u8>, testdata::GenSummary) {
     let summary = testdata::debtors(&args).unwrap();
     let bytes = std::fs::read(&args.out).unwrap();
     (bytes, summary)
 }
 
-fn gen_args(dir: &tempfile::TempDir, rows: u64, format: GenFormat, seed: u64) -> DebtorArgs {
+pub fn gen_args(dir: &tempfile::TempDir, rows: u64, format: GenFormat, seed: u64) -> DebtorArgs {
     DebtorArgs {
         rows,
         format,

@@ -23,9 +23,9 @@ use crate::{
 };
 
 /// The sandbox on a random loopback port, stopped on drop.
-struct SandboxServer {
-    addr: SocketAddr,
-    sandbox: Sandbox,
+pub struct SandboxServer {
+    pub addr: SocketAddr,
+    pub sandbox: Sandbox,
     stop: CancellationToken,
 }
 
@@ -35,7 +35,7 @@ impl Drop for SandboxServer {
     }
 }
 
-async fn sandbox(knobs: Knobs) -> SandboxServer {
+pub async fn sandbox(knobs: Knobs) -> SandboxServer {
     let stop = CancellationToken::new();
     let (addr, sandbox, _h) = finworker::sandbox::serve("127.0.0.1:0", knobs, stop.clone())
         .await

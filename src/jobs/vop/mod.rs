@@ -520,6 +520,14 @@ async fn save(
         )
         .await?;
     }
+    // Progress marks the upload as alive for the sweeper (cheap: written at most every 10 s).
+    tx.execute(
+        sqlx::query(
+            "UPDATE uploads SET updated_at = now() WHERE id = $1 AND updated_at < now() - interval '10 seconds'",
+        )
+        .bind(upload_id),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }

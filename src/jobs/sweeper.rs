@@ -1,0 +1,37 @@
+//! `sweeper`: re-drives pipelines whose next job Redis no longer holds.
+//!
+//! Enqueued by the runtime's built-in tick every `sweeper.interval` (one job per tick across
+//! processes: the tick is its idempotency key). It finds uploads not in a final state whose
+//! record has not moved for `sweeper.stale_after` and hands each to
+//! [`crate::pipeline::redrive`], which pushes the current stage's jobs again only where
+//! Redis lost them. Idempotent: it only pushes jobs, under the stages' own keys. Failures
+//! are retried (Postgres and Redis outages snoozed); a missed tick is covered by the next.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::queue::job::{Job, JobContext, JobError};
+
+/// Payload of `sweeper` (none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sweeper {}
+
+impl Job for Sweeper {
+    const NAME: &'static str = "sweeper";
+
+    fn example() -> Self {
+        Self {}
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let app = &ctx.app;
+        let s = &app.settings.sweeper;
+        let stale = crate::pipeline::stale_uploads(app, s.stale_after, s.batch).await?;
+        for id in &stale {
+            let stage = crate::pipeline::redrive(app, *id).await?;
+            tracing::info!(upload_id = %id, stage = stage.as_str(), "sweeper looked at a stale upload");
+        }
+        Ok(())
+    }
+}
