@@ -60,6 +60,10 @@ pub enum Command {
     /// Reports: create, show, and print signed download links.
     #[command(subcommand)]
     Reports(ReportsCommand),
+    /// Internal: read a spreadsheet from stdin under memory and CPU limits and write its rows
+    /// as JSON lines (the upload job runs it; see src/jobs/upload/isolated.rs).
+    #[command(hide = true)]
+    SheetReader(crate::jobs::upload::isolated::ReaderArgs),
     /// Regenerate the producer contract in jobs/ from the payload types.
     Schemas {
         /// Folder to write into.
@@ -326,6 +330,25 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             for w in settings.warnings() {
                 eprintln!("warning: {w}");
             }
+            // The Redis the daemon would use: is it fit to hold money jobs?
+            let redis = tokio::time::timeout(
+                Duration::from_secs(3),
+                crate::queue::engine::Engine::connect(&settings.redis),
+            )
+            .await;
+            match redis {
+                Ok(Ok(engine)) => match engine.durability_warnings().await {
+                    Ok(ws) => {
+                        for w in ws {
+                            eprintln!("WARNING: {w}");
+                        }
+                    }
+                    Err(e) => eprintln!("warning: could not read redis persistence settings: {e}"),
+                },
+                _ => eprintln!(
+                    "warning: redis at redis.url is not reachable; its persistence was not checked"
+                ),
+            }
             Ok(())
         }
         Command::Jobs(cmd) => {
@@ -337,6 +360,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             queues_command(&ctx).await
         }
         Command::Bench(BenchCommand::XlsxRead { file }) => bench::xlsx_read(&file),
+        Command::SheetReader(args) => {
+            let settings = Settings::load()?;
+            let aliases = crate::uploads::ColumnAliases::new(&settings.upload.columns);
+            crate::jobs::upload::isolated::child_main(args, &aliases)
+        }
         Command::Bench(BenchCommand::Queue(args)) => {
             let settings = load().await?;
             bench::queue(settings, args).await

@@ -245,6 +245,14 @@ pub struct UploadSettings {
     pub default_currency: String,
     /// Spool folder for spreadsheets; empty = system temp.
     pub spool_dir: String,
+    /// Address-space limit of the child process that reads a spreadsheet, bytes.
+    pub reader_memory: u64,
+    /// Time (wall clock and CPU) a spreadsheet reader may take.
+    #[serde(with = "humantime_serde")]
+    pub reader_timeout: Duration,
+    /// Binary run as the spreadsheet reader; empty = this executable (tests point it at
+    /// the built `finworker`).
+    pub reader_binary: String,
     /// Header aliases per field.
     pub columns: BTreeMap<crate::uploads::Field, Vec<String>>,
 }

@@ -56,7 +56,9 @@ pub enum EnqueueError {
     #[error("job type `{0}` is test-only and worker.allow_test_jobs is off")]
     TestJobsDisabled(String),
     /// An internal job type (a chunk, a continuation): finworker enqueues it itself.
-    #[error("job type `{0}` is internal: producers enqueue only the types listed in jobs/README.md")]
+    #[error(
+        "job type `{0}` is internal: producers enqueue only the types listed in jobs/README.md"
+    )]
     Internal(String),
     /// The idempotency key was first used for a different payload.
     #[error("idempotency key already used for job {first} with a different payload")]
@@ -113,7 +115,9 @@ impl AppContext {
             return Err(EnqueueError::BadIdempotencyKey);
         }
         let opts = EnqueueOptions {
-            idempotency_key: opts.idempotency_key.map(|k| format!("{PRODUCER_KEY_PREFIX}{k}")),
+            idempotency_key: opts
+                .idempotency_key
+                .map(|k| format!("{PRODUCER_KEY_PREFIX}{k}")),
             ..opts
         };
         let pushed = self.push_checked(job_type, payload, opts).await?;

@@ -143,8 +143,10 @@ pub async fn redrive(app: &AppContext, id: Uuid) -> anyhow::Result<Stage> {
             let report = crate::jobs::vop_report::upload_report_id(id, Format::Xlsx);
             let done: Option<(String,)> = tx
                 .fetch_optional(
-                    sqlx::query_as("SELECT status FROM reports WHERE id = $1 AND status <> 'pending'")
-                        .bind(report),
+                    sqlx::query_as(
+                        "SELECT status FROM reports WHERE id = $1 AND status <> 'pending'",
+                    )
+                    .bind(report),
                 )
                 .await?;
             if done.is_some() {
@@ -157,7 +159,10 @@ pub async fn redrive(app: &AppContext, id: Uuid) -> anyhow::Result<Stage> {
                     to: None,
                     format: Format::Xlsx,
                 };
-                (Stage::Report, vec![new(&job, format!("vop_report:{report}"))?])
+                (
+                    Stage::Report,
+                    vec![new(&job, format!("vop_report:{report}"))?],
+                )
             }
         }
         _ => (Stage::Done, Vec::new()),

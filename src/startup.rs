@@ -117,6 +117,14 @@ impl App {
             warn!("configuration: {w}");
         }
         let ctx = build_context(settings).await?;
+        match ctx.queue.durability_warnings().await {
+            Ok(ws) => {
+                for w in ws {
+                    warn!("REDIS IS NOT SAFE FOR MONEY JOBS: {w}");
+                }
+            }
+            Err(e) => warn!(error = %e, "could not read redis persistence settings"),
+        }
         for q in &roles.queues {
             if ctx.registry.get(q).is_none() {
                 anyhow::bail!(

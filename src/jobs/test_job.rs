@@ -69,7 +69,10 @@ impl Job for TestJob {
         if ctx.attempt <= self.snooze_times {
             return Err(JobError::snooze(
                 Duration::from_millis(100),
-                format!("test_job {} snoozes attempt {} on request", self.label, ctx.attempt),
+                format!(
+                    "test_job {} snoozes attempt {} on request",
+                    self.label, ctx.attempt
+                ),
             ));
         }
         if ctx.attempt <= self.fail_times {

@@ -33,7 +33,12 @@ pub async fn run(ctx: AppContext, stop: CancellationToken) {
 
 /// A built-in periodic job: a tick every `every` (aligned on the epoch, so every process
 /// computes the same ticks), pushed under `cron:<job_type>:<tick>` like a cron entry's.
-async fn run_every(ctx: AppContext, job_type: &'static str, every: Duration, stop: CancellationToken) {
+async fn run_every(
+    ctx: AppContext,
+    job_type: &'static str,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let step = every.as_millis().max(1) as i64;
     loop {
         let now = Utc::now().timestamp_millis();

@@ -575,7 +575,18 @@ impl Engine {
 /// One fetched job, judged alone: a field a foreign writer got wrong makes this job
 /// defective (dead-lettered with the reason), never the batch.
 fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
-    let [id, ty, payload, attempt, failures, orphans, maxa, enq, snoozes] = f else {
+    let [
+        id,
+        ty,
+        payload,
+        attempt,
+        failures,
+        orphans,
+        maxa,
+        enq,
+        snoozes,
+    ] = f
+    else {
         return Err(QueueError::Protocol("fetch tuple".into()));
     };
     let mut defects: Vec<String> = Vec::new();
@@ -607,7 +618,11 @@ fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
     ];
     let maxa = text(maxa, "max_attempts");
     let mut int = |name: &str| -> i64 {
-        let v = raw.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()).unwrap_or("");
+        let v = raw
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
         match v.parse::<i64>() {
             Ok(i) if i >= 0 => i,
             _ => {
@@ -616,7 +631,10 @@ fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
                 } else {
                     " (a non-negative integer)"
                 };
-                defects.push(format!("field `{name}` must be an integer{hint}, got `{}`", v.chars().take(40).collect::<String>()));
+                defects.push(format!(
+                    "field `{name}` must be an integer{hint}, got `{}`",
+                    v.chars().take(40).collect::<String>()
+                ));
                 0
             }
         }
@@ -632,7 +650,9 @@ fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
         match maxa.parse::<u32>() {
             Ok(m) if m >= 1 => Some(m),
             _ => {
-                defects.push(format!("field `max_attempts` must be an integer of at least 1, got `{maxa}`"));
+                defects.push(format!(
+                    "field `max_attempts` must be an integer of at least 1, got `{maxa}`"
+                ));
                 None
             }
         }

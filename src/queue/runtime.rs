@@ -70,12 +70,22 @@ struct HeldJob {
 #[derive(Debug)]
 enum Outcome {
     Succeeded,
-    Retry { delay: Duration, error: String },
-    Snooze { delay: Duration, reason: String },
-    Dead { error: String },
+    Retry {
+        delay: Duration,
+        error: String,
+    },
+    Snooze {
+        delay: Duration,
+        reason: String,
+    },
+    Dead {
+        error: String,
+    },
     /// Refused by fencing, or aborted because the lease was lost: the job belongs to
     /// someone else now.
-    Stale { error: String },
+    Stale {
+        error: String,
+    },
 }
 
 #[derive(Debug)]
@@ -106,7 +116,10 @@ impl Shared {
     }
 
     fn worker(&self) -> Arc<str> {
-        self.worker.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -639,8 +652,12 @@ async fn run_failure_hook(s: &Arc<Shared>, job: &FetchedJob, error: &str) -> Res
             Ok(other) => Err(HookError::Failed(other.into())),
             Err(e) => Err(HookError::Failed(e)),
         },
-        Ok(Err(join)) => Err(HookError::Failed(anyhow::anyhow!("the failure hook panicked: {join}"))),
-        Err(_) => Err(HookError::Failed(anyhow::anyhow!("the failure hook timed out"))),
+        Ok(Err(join)) => Err(HookError::Failed(anyhow::anyhow!(
+            "the failure hook panicked: {join}"
+        ))),
+        Err(_) => Err(HookError::Failed(anyhow::anyhow!(
+            "the failure hook timed out"
+        ))),
     }
 }
 
@@ -863,20 +880,27 @@ async fn settle_batch(s: &Arc<Shared>, batch: &[Completion], give_up: &Cancellat
             // Not ours any more: leave the job to its owner.
             Outcome::Stale { .. } => continue,
         };
-        by_worker
-            .entry(c.worker.clone())
-            .or_default()
-            .push((c.job.id.clone(), c.queue.clone(), settle));
+        by_worker.entry(c.worker.clone()).or_default().push((
+            c.job.id.clone(),
+            c.queue.clone(),
+            settle,
+        ));
     }
     let q = &s.ctx.queue;
     let mut all_ok = true;
     for (worker, entries) in &by_worker {
-        all_ok &= retry_until(s, give_up, "settling jobs in redis", || q.settle(worker, entries)).await;
+        all_ok &= retry_until(s, give_up, "settling jobs in redis", || {
+            q.settle(worker, entries)
+        })
+        .await;
     }
     if all_ok {
         let mut held = s.held();
         for c in &batch {
-            if held.get(&c.job.id).is_some_and(|h| h.attempt == c.job.attempt) {
+            if held
+                .get(&c.job.id)
+                .is_some_and(|h| h.attempt == c.job.attempt)
+            {
                 held.remove(&c.job.id);
             }
         }

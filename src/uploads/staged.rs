@@ -13,7 +13,7 @@ use super::Field;
 const LEAD: usize = 5;
 
 /// A problem the split found in a row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RowProblem {
     /// The field at fault, if one.
     pub field: Option<Field>,

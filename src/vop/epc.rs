@@ -79,8 +79,8 @@ impl EpcClient {
         }
         // An error body is only shown to people: its first bytes, cut on a character boundary.
         let raw = read_capped(resp, 4096).await.unwrap_or_default();
-        let body = crate::uploads::cut_at_char_boundary(&String::from_utf8_lossy(&raw), 200)
-            .to_string();
+        let body =
+            crate::uploads::cut_at_char_boundary(&String::from_utf8_lossy(&raw), 200).to_string();
         Err(match status {
             429 => ProviderError::RateLimited,
             s if s >= 500 => ProviderError::Server { status: s, body },

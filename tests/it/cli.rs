@@ -97,3 +97,49 @@ async fn queues_reports_depth_per_queue() {
     assert_eq!(&noop[1..5], ["3", "1", "0", "0"], "{s}");
     assert_ne!(noop[5], "-", "an oldest-waiting age is shown: {s}");
 }
+
+#[tokio::test]
+async fn config_check_and_startup_warn_loudly_about_a_redis_that_can_lose_jobs() {
+    let app = spawn_api_only().await;
+    // A Redis of our own with what production must not have: no AOF, an eviction policy.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("redis://127.0.0.1:{port}");
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(10),
+        "redis to start",
+        || async { std::net::TcpStream::connect(("127.0.0.1", port)).ok() },
+    )
+    .await;
+
+    let out = process::command(&app.settings, &["config", "check"])
+        .env("FINWORKER__REDIS__URL", &url)
+        .output()
+        .unwrap();
+
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("no append-only file"), "{err}");
+    assert!(err.contains("maxmemory-policy is allkeys-lru"), "{err}");
+}

@@ -19,9 +19,11 @@ async fn a_worker_frozen_past_its_lease_commits_nothing_and_the_job_completes_on
     let args = ["run", "--no-http", "--queues", "test_job"];
     let mut first = Daemon::start(&app.settings, &args);
     // Wait until the first daemon is registered, so it is the one that takes the job.
-    eventually(Duration::from_secs(15), "the first daemon to register", || async {
-        (app.ctx.queue.workers().await.unwrap().len() == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the first daemon to register",
+        || async { (app.ctx.queue.workers().await.unwrap().len() == 1).then_some(()) },
+    )
     .await;
     let id = app
         .enqueue(
@@ -31,7 +33,9 @@ async fn a_worker_frozen_past_its_lease_commits_nothing_and_the_job_completes_on
         .await;
     eventually(Duration::from_secs(15), "attempt 1 to start", || async {
         let n = app
-            .scalar(&format!("SELECT count(*) FROM job_runs WHERE job_id = '{id}' AND status = 'running'"))
+            .scalar(&format!(
+                "SELECT count(*) FROM job_runs WHERE job_id = '{id}' AND status = 'running'"
+            ))
             .await;
         (n == 1).then_some(())
     })
@@ -41,12 +45,18 @@ async fn a_worker_frozen_past_its_lease_commits_nothing_and_the_job_completes_on
     // Freeze the owner well past its lease (3 x 500 ms) and past the end of its sleep: on
     // SIGCONT its job wakes up wanting to commit at once.
     kill(first.pid(), Signal::SIGSTOP).unwrap();
-    eventually(Duration::from_secs(20), "the peer to take the job over", || async {
-        let n = app
-            .scalar(&format!("SELECT count(*) FROM job_runs WHERE job_id = '{id}' AND attempt = 2"))
-            .await;
-        (n == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the peer to take the job over",
+        || async {
+            let n = app
+                .scalar(&format!(
+                    "SELECT count(*) FROM job_runs WHERE job_id = '{id}' AND attempt = 2"
+                ))
+                .await;
+            (n == 1).then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     kill(first.pid(), Signal::SIGCONT).unwrap();
@@ -60,7 +70,11 @@ async fn a_worker_frozen_past_its_lease_commits_nothing_and_the_job_completes_on
             .fetch_all(&mut app.db.connect().await)
             .await
             .unwrap();
-    assert_eq!(effects, vec![(2,)], "only the owner's attempt committed: {runs:?}");
+    assert_eq!(
+        effects,
+        vec![(2,)],
+        "only the owner's attempt committed: {runs:?}"
+    );
     let all = app.runs(&id).await;
     assert_eq!(all.len(), 2, "both attempts stay visible: {all:?}");
     // Attempt 1 was either stopped by its woken lease keeper (interrupted) or reached its
@@ -72,16 +86,25 @@ async fn a_worker_frozen_past_its_lease_commits_nothing_and_the_job_completes_on
     assert_eq!((all[1].attempt, all[1].status.as_str()), (2, "succeeded"));
     assert_ne!(all[0].worker, all[1].worker);
     // The frozen process noticed, stopped its job and registered again; it keeps working.
-    eventually(Duration::from_secs(10), "the woken daemon to log its lost lease", || async {
-        first.log_text().contains("lease lost").then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the woken daemon to log its lost lease",
+        || async { first.log_text().contains("lease lost").then_some(()) },
+    )
     .await;
     let later = app.enqueue("test_job", json!({"label": "after"})).await;
     assert_eq!(
-        app.finished_runs(&later, Duration::from_secs(15)).await.last().unwrap().status,
+        app.finished_runs(&later, Duration::from_secs(15))
+            .await
+            .last()
+            .unwrap()
+            .status,
         "succeeded"
     );
-    assert!(first.child.try_wait().unwrap().is_none(), "the woken daemon is still running");
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the woken daemon is still running"
+    );
     drop(second);
 }
 
@@ -97,18 +120,26 @@ async fn a_revoked_attempt_cannot_commit_and_a_revocation_waits_for_a_commit_und
     let db2 = db.clone();
     let revoker = tokio::spawn(async move {
         let mut tx = db2.begin().await.unwrap();
-        fence::revoke(&mut tx, &[Fence::new("job-a", 1)]).await.unwrap();
+        fence::revoke(&mut tx, &[Fence::new("job-a", 1)])
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!revoker.is_finished(), "the revocation waits for the holder's commit");
+    assert!(
+        !revoker.is_finished(),
+        "the revocation waits for the holder's commit"
+    );
     holder.commit().await.unwrap();
     revoker.await.unwrap();
 
     // Now attempt 1 is refused; attempt 2 may commit; attempt 1 stays refused after it.
     let mut tx = db.begin().await.unwrap();
     let refused = Fence::new("job-a", 1).check(&mut tx).await;
-    assert!(matches!(refused, Err(FenceError::Stale { attempt: 1, .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(FenceError::Stale { attempt: 1, .. })),
+        "{refused:?}"
+    );
     drop(tx);
     let mut tx = db.begin().await.unwrap();
     Fence::new("job-a", 2).check(&mut tx).await.unwrap();
@@ -210,7 +241,14 @@ async fn a_snoozed_job_spends_no_attempt() {
     let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
     assert_eq!(
         statuses,
-        vec!["snoozed", "snoozed", "snoozed", "snoozed", "snoozed", "succeeded"]
+        vec![
+            "snoozed",
+            "snoozed",
+            "snoozed",
+            "snoozed",
+            "snoozed",
+            "succeeded"
+        ]
     );
     assert!(app.dead_error(&id).await.is_none());
 }
@@ -238,19 +276,23 @@ async fn panics_timeouts_and_permanent_failures_run_the_failure_hook_once() {
     ] {
         let runs = app.finished_runs(id, Duration::from_secs(30)).await;
         assert_eq!(runs.len(), attempts, "{what}: {runs:?}");
-        let hook: Vec<(String,)> = sqlx::query_as(
-            "SELECT label FROM test_job_effects WHERE job_id = $1 AND attempt = 0",
-        )
-        .bind(id)
-        .fetch_all(&mut app.db.connect().await)
-        .await
-        .unwrap();
+        let hook: Vec<(String,)> =
+            sqlx::query_as("SELECT label FROM test_job_effects WHERE job_id = $1 AND attempt = 0")
+                .bind(id)
+                .fetch_all(&mut app.db.connect().await)
+                .await
+                .unwrap();
         assert_eq!(hook.len(), 1, "{what}: the hook ran once");
-        assert!(hook[0].0.starts_with("failure hook: ") && hook[0].0.contains(what), "{hook:?}");
+        assert!(
+            hook[0].0.starts_with("failure hook: ") && hook[0].0.contains(what),
+            "{hook:?}"
+        );
     }
     app.finished_runs(&fine, Duration::from_secs(10)).await;
     let n = app
-        .scalar(&format!("SELECT count(*) FROM test_job_effects WHERE job_id = '{fine}'"))
+        .scalar(&format!(
+            "SELECT count(*) FROM test_job_effects WHERE job_id = '{fine}'"
+        ))
         .await;
     assert_eq!(n, 0, "no hook for a job that succeeded");
 }
@@ -267,7 +309,11 @@ async fn producers_enqueue_only_producer_types_in_their_own_key_namespace() {
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("internal"));
     let r = app
-        .post_job("vop", &json!({"upload_id": upload, "chunk_no": 0, "deferrals": 99}), None)
+        .post_job(
+            "vop",
+            &json!({"upload_id": upload, "chunk_no": 0, "deferrals": 99}),
+            None,
+        )
         .await;
     assert_eq!(r.status(), 403);
     // Internal fields of a producer type are refused by name.
@@ -326,7 +372,11 @@ async fn the_cli_enqueue_obeys_the_producer_rules_too() {
     let app = spawn_api_only().await;
     let out = crate::helpers::process::command(
         &app.settings,
-        &["enqueue", "upload_chunk", &json!({"upload_id": uuid::Uuid::now_v7(), "chunk_no": 0}).to_string()],
+        &[
+            "enqueue",
+            "upload_chunk",
+            &json!({"upload_id": uuid::Uuid::now_v7(), "chunk_no": 0}).to_string(),
+        ],
     )
     .output()
     .unwrap();
@@ -340,7 +390,10 @@ async fn the_cli_enqueue_obeys_the_producer_rules_too() {
 async fn a_lost_redis_namespace_makes_workers_stop_their_jobs_and_register_again() {
     let app = spawn_app().await;
     let id = app
-        .enqueue("test_job", json!({"label": "flushed", "sleep_ms": 2000, "effect": true}))
+        .enqueue(
+            "test_job",
+            json!({"label": "flushed", "sleep_ms": 2000, "effect": true}),
+        )
         .await;
     eventually(Duration::from_secs(10), "the job to start", || async {
         (app.ctx.queue.stats("test_job").await.unwrap().in_flight == 1).then_some(())
@@ -348,15 +401,22 @@ async fn a_lost_redis_namespace_makes_workers_stop_their_jobs_and_register_again
     .await;
     // What FLUSHALL does to this namespace (other tests share the server).
     app.ctx.queue.delete_namespace().await.unwrap();
-    eventually(Duration::from_secs(10), "the runtime to register again", || async {
-        (app.ctx.queue.workers().await.unwrap().len() == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the runtime to register again",
+        || async { (app.ctx.queue.workers().await.unwrap().len() == 1).then_some(()) },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = app
-        .scalar(&format!("SELECT count(*) FROM test_job_effects WHERE job_id = '{id}'"))
+        .scalar(&format!(
+            "SELECT count(*) FROM test_job_effects WHERE job_id = '{id}'"
+        ))
         .await;
-    assert_eq!(n, 0, "the job whose lease vanished was stopped before its commit");
+    assert_eq!(
+        n, 0,
+        "the job whose lease vanished was stopped before its commit"
+    );
     let later = app.enqueue("noop", json!({})).await;
     app.finished_runs(&later, Duration::from_secs(10)).await;
 }

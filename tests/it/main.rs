@@ -11,6 +11,7 @@ mod deployment;
 mod drain;
 mod enqueue;
 mod hardening;
+mod hostile;
 mod pgbouncer;
 mod readiness;
 mod retries;

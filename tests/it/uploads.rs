@@ -570,12 +570,18 @@ async fn a_chunk_run_again_after_it_committed_changes_nothing() {
     let rec = ingest(&app, "again.csv", &bytes).await;
     // What a crash between commit and acknowledge looks like: the same chunk delivered again,
     // and the upload job too (their staged files are gone by now).
+    // (Internal jobs: finworker's own enqueue, as a redelivery would be.)
     for n in 0..4 {
-        app.enqueue(
-            "upload_chunk",
-            serde_json::json!({ "upload_id": rec.id, "chunk_no": n }),
-        )
-        .await;
+        app.ctx
+            .enqueue(
+                &finworker::jobs::UploadChunk {
+                    upload_id: rec.id,
+                    chunk_no: n,
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
     }
     let again = app
         .enqueue(

@@ -13,6 +13,7 @@
 //!   Postgres and Redis outages snoozed (no attempt spent); when the job fails for good the
 //!   runtime calls its failure hook, which marks the upload failed.
 
+pub mod isolated;
 pub mod sheet;
 pub mod source;
 pub mod split;
@@ -88,7 +89,9 @@ impl Job for Upload {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let id = self.id(&ctx.job_id)?;
-        process(&ctx.app, id, &self).await.map_err(JobError::Retryable)
+        process(&ctx.app, id, &self)
+            .await
+            .map_err(JobError::Retryable)
     }
 
     async fn on_failure(self, ctx: JobContext, error: String) -> anyhow::Result<()> {
@@ -96,7 +99,13 @@ impl Job for Upload {
             return Ok(());
         };
         tracing::error!(upload_id = %id, error = %error, "upload job failed for good");
-        fail(&ctx.app, Some(&ctx.fence), id, crate::uploads::STAFF_INTERNAL_ERROR).await
+        fail(
+            &ctx.app,
+            Some(&ctx.fence),
+            id,
+            crate::uploads::STAFF_INTERNAL_ERROR,
+        )
+        .await
     }
 }
 
@@ -386,16 +395,20 @@ async fn split(
             out.flush().await?;
             let file = out.into_std().await;
             let sheet = sheet.map(str::to_string);
+            let limits = isolated::Limits {
+                exe: if settings.reader_binary.is_empty() {
+                    std::env::current_exe()?
+                } else {
+                    settings.reader_binary.clone().into()
+                },
+                memory: settings.reader_memory,
+                time: settings.reader_timeout,
+                max_decompressed: settings.max_decompressed_bytes,
+            };
+            drop(aliases); // the child maps the header with the same configuration
             tokio::task::spawn_blocking(move || {
                 let mut sink = Splitter::new(tx_ev, chunk_rows, max_rows);
-                sheet::read(
-                    file,
-                    format,
-                    sheet.as_deref(),
-                    &aliases,
-                    settings.max_decompressed_bytes,
-                    &mut sink,
-                )?;
+                isolated::read(file, format, sheet.as_deref(), &limits, &mut sink)?;
                 Ok((sink.finish()?, Vec::new()))
             })
         }

@@ -59,7 +59,8 @@ pub enum FileError {
 }
 
 /// Spreadsheet and text formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Delimited text.
     Csv,
@@ -124,7 +125,7 @@ pub fn detect(head: &[u8]) -> Result<Format, FileError> {
 }
 
 /// One row as the splitter sees it.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[allow(clippy::large_enum_variant)] // built and consumed one at a time; boxing would only add an allocation per row
 pub enum SourceRow {
     /// A row with no value in any cell: counted, not a debtor.
@@ -141,7 +142,7 @@ pub enum SourceRow {
 }
 
 /// What a reader found out about the file, kept on the upload record.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SourceMeta {
     /// Format.
     pub format: Option<Format>,

@@ -304,55 +304,55 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
             // arrived together): a job cut short loses no answer it was given.
             .ready_chunks(200);
         while let Some(items) = stream.next().await {
-          let mut batch: Vec<Answer> = Vec::new();
-          for item in items {
-            let Some((t, k, outcome)) = item else {
-                continue;
-            };
-            let answer = match outcome {
-                Ok((payee, account)) => Answer {
-                    debtor_id: t.debtor_id,
-                    payee,
-                    account,
-                    error: None,
-                    from_cache: false,
-                    iban: t.iban.clone(),
-                    name_key: k.clone(),
-                },
-                Err(CheckError::Refused(msg)) => Answer::error(&t, &k, msg),
-                Err(CheckError::Failed(reason)) => {
-                    // Left for the continuation; the breaker decides when to stop.
-                    tracing::debug!(upload_id = %id, chunk_no, %reason, "check failed; retried later");
-                    failed += 1;
+            let mut batch: Vec<Answer> = Vec::new();
+            for item in items {
+                let Some((t, k, outcome)) = item else {
                     continue;
-                }
-                Err(CheckError::Unavailable { reason, retry_in }) => {
-                    if unavailable.is_none() {
-                        tracing::warn!(upload_id = %id, chunk_no, %reason, "provider unavailable: putting the chunk off");
+                };
+                let answer = match outcome {
+                    Ok((payee, account)) => Answer {
+                        debtor_id: t.debtor_id,
+                        payee,
+                        account,
+                        error: None,
+                        from_cache: false,
+                        iban: t.iban.clone(),
+                        name_key: k.clone(),
+                    },
+                    Err(CheckError::Refused(msg)) => Answer::error(&t, &k, msg),
+                    Err(CheckError::Failed(reason)) => {
+                        // Left for the continuation; the breaker decides when to stop.
+                        tracing::debug!(upload_id = %id, chunk_no, %reason, "check failed; retried later");
+                        failed += 1;
+                        continue;
                     }
-                    unavailable.get_or_insert((reason, retry_in));
-                    stop.cancel();
-                    continue;
+                    Err(CheckError::Unavailable { reason, retry_in }) => {
+                        if unavailable.is_none() {
+                            tracing::warn!(upload_id = %id, chunk_no, %reason, "provider unavailable: putting the chunk off");
+                        }
+                        unavailable.get_or_insert((reason, retry_in));
+                        stop.cancel();
+                        continue;
+                    }
+                };
+                done_calls += 1;
+                for twin in twins
+                    .get(&(t.iban.clone(), k.clone()))
+                    .into_iter()
+                    .flatten()
+                {
+                    app.metrics.vop_cache_hits.inc();
+                    batch.push(Answer {
+                        debtor_id: twin.debtor_id,
+                        from_cache: answer.error.is_none(),
+                        ..answer.clone()
+                    });
                 }
-            };
-            done_calls += 1;
-            for twin in twins
-                .get(&(t.iban.clone(), k.clone()))
-                .into_iter()
-                .flatten()
-            {
-                app.metrics.vop_cache_hits.inc();
-                batch.push(Answer {
-                    debtor_id: twin.debtor_id,
-                    from_cache: answer.error.is_none(),
-                    ..answer.clone()
-                });
+                batch.push(answer);
             }
-            batch.push(answer);
-          }
-          if !batch.is_empty() {
-              save(app, id, provider, &batch).await?;
-          }
+            if !batch.is_empty() {
+                save(app, id, provider, &batch).await?;
+            }
         }
     } else {
         let msg = format!(

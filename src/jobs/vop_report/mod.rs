@@ -41,6 +41,7 @@ pub struct VopReport {
 
 impl Job for VopReport {
     const NAME: &'static str = "vop_report";
+    const PRODUCER: bool = true;
 
     fn example() -> Self {
         VopReport {

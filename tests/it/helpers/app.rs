@@ -31,6 +31,8 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     s.database.max_connections = 8;
     s.redis.prefix = prefix.to_string();
     s.storage.local_root = db.storage_root();
+    // Spreadsheets are read by `finworker sheet-reader`; the test binary is not finworker.
+    s.upload.reader_binary = env!("CARGO_BIN_EXE_finworker").into();
     s.http.bind = "127.0.0.1:0".into();
     s.http.api_token = Some(SecretString::from(TOKEN));
     s.worker.allow_test_jobs = true;
