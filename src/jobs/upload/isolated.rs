@@ -29,6 +29,7 @@ use crate::uploads::ColumnAliases;
 
 /// One line of the child's answer.
 #[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // one at a time, written and read straight away
 enum Event {
     /// The header was mapped.
     Header(SourceMeta, Option<String>),
