@@ -14,7 +14,7 @@ export FINWORKER__DATABASE__URL="postgres://finworker@127.0.0.1:6432/$DB"
 export FINWORKER__DATABASE__DIRECT_URL="postgres://finworker@127.0.0.1:5432/$DB"
 export FINWORKER__REDIS__PREFIX="fwbench$$"
 export FINWORKER__STORAGE__LOCAL_ROOT="$WORK/storage"
-export FINWORKER__HTTP__API_TOKEN="bench"
+export FINWORKER__HTTP__API_TOKEN="bench-token-0123456789"
 PIDS=()
 bench_cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

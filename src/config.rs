@@ -589,6 +589,31 @@ impl Settings {
         if self.vop.provider != "epc" {
             return bad("vop.provider", "unknown provider (known: \"epc\")");
         }
+        // Secrets: an empty or short one is a mistake that makes tokens guessable and report
+        // links forgeable. Signing keys need at least 32 bytes (HMAC-SHA256's block of entropy).
+        let secret_len = |s: &Option<SecretString>| s.as_ref().map(|v| v.expose_secret().len());
+        if let Some(n) = secret_len(&self.http.api_token)
+            && n < 16
+        {
+            return bad(
+                "http.api_token",
+                "is shorter than 16 characters: use a long random token",
+            );
+        }
+        if let Some(n) = secret_len(&self.reports.link_secret)
+            && n < 32
+        {
+            return bad(
+                "reports.link_secret",
+                "is shorter than 32 bytes: report links signed with it could be forged; use 32+ random bytes",
+            );
+        }
+        if secret_len(&self.vop.api_key) == Some(0) {
+            return bad(
+                "vop.api_key",
+                "is empty: leave it unset, or set the provider's key",
+            );
+        }
         if self.vop.rate_limit == 0 {
             return bad("vop.rate_limit", "must be at least 1");
         }

@@ -143,3 +143,31 @@ async fn config_check_and_startup_warn_loudly_about_a_redis_that_can_lose_jobs()
     assert!(err.contains("no append-only file"), "{err}");
     assert!(err.contains("maxmemory-policy is allkeys-lru"), "{err}");
 }
+
+#[tokio::test]
+async fn short_or_empty_secrets_are_refused_at_start_naming_the_key() {
+    let app = spawn_api_only().await;
+    for (var, value, key) in [
+        ("FINWORKER__REPORTS__LINK_SECRET", "", "reports.link_secret"),
+        (
+            "FINWORKER__REPORTS__LINK_SECRET",
+            "only-31-bytes-of-signing-key-xx",
+            "reports.link_secret",
+        ),
+        ("FINWORKER__HTTP__API_TOKEN", "change-me", "http.api_token"),
+        ("FINWORKER__VOP__API_KEY", "", "vop.api_key"),
+    ] {
+        let out = process::command(&app.settings, &["config", "check"])
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value:?} accepted");
+        assert!(text(&out.stderr).contains(key), "{}", text(&out.stderr));
+    }
+    // 32 bytes is enough.
+    let out = process::command(&app.settings, &["config", "check"])
+        .env("FINWORKER__REPORTS__LINK_SECRET", "x".repeat(32))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -309,18 +309,32 @@ pub fn parse_minor(raw: &str) -> Result<i64, String> {
 }
 
 /// A date: `2024-03-15`, `15.03.2024`, `15/03/2024`, `2024/03/15`, or an ISO date-time.
+///
+/// A year must be written with four digits, or with two: a two-digit year `YY` follows
+/// the POSIX pivot (as chrono's `%y`): 69–99 → 1969–1999, 00–68 → 2000–2068, so
+/// `15.03.24` is 2024-03-15. A year of one, three or more than four digits is refused
+/// (chrono's `%Y` would read `15.03.24` as the year 0024).
 pub fn parse_date(raw: &str) -> Result<NaiveDate, String> {
     let s = raw.trim();
     let s = s.split(['T', ' ']).next().unwrap_or(s);
-    for fmt in [
-        "%Y-%m-%d", "%d.%m.%Y", "%d/%m/%Y", "%Y/%m/%d", "%d-%m-%Y", "%d.%m.%y",
-    ] {
+    let parts: Vec<&str> = s.split(['.', '/', '-']).collect();
+    let year_digits = match parts.as_slice() {
+        [y, _, _] if y.len() == 4 => Some(4),
+        [_, _, y] => Some(y.len()),
+        _ => None,
+    };
+    let formats: &[&str] = match year_digits {
+        Some(4) => &["%Y-%m-%d", "%d.%m.%Y", "%d/%m/%Y", "%Y/%m/%d", "%d-%m-%Y"],
+        Some(2) => &["%d.%m.%y", "%d/%m/%y", "%d-%m-%y"],
+        _ => &[],
+    };
+    for fmt in formats {
         if let Ok(d) = NaiveDate::parse_from_str(s, fmt) {
             return Ok(d);
         }
     }
     Err(format!(
-        "\"{}\" is not a date (write it as YYYY-MM-DD or DD.MM.YYYY)",
+        "\"{}\" is not a date (write it as YYYY-MM-DD or DD.MM.YYYY; a two-digit year YY means 19YY for 69-99, else 20YY)",
         raw.trim()
     ))
 }
@@ -328,6 +342,20 @@ pub fn parse_date(raw: &str) -> Result<NaiveDate, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_digit_years_follow_the_documented_pivot_and_odd_years_are_refused() {
+        let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day).unwrap();
+        assert_eq!(parse_date("15.03.24"), Ok(d(2024, 3, 15)));
+        assert_eq!(parse_date("15/03/68"), Ok(d(2068, 3, 15)));
+        assert_eq!(parse_date("15-03-69"), Ok(d(1969, 3, 15)));
+        assert_eq!(parse_date("15.03.2024"), Ok(d(2024, 3, 15)));
+        assert_eq!(parse_date("2024-03-15"), Ok(d(2024, 3, 15)));
+        assert_eq!(parse_date("2024-03-15T10:00:00"), Ok(d(2024, 3, 15)));
+        for bad in ["15.03.024", "15.03.4", "15.03.20245", "2024-3"] {
+            assert!(parse_date(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn amounts_in_european_and_english_notation_become_exact_minor_units() {

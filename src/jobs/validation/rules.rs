@@ -429,9 +429,23 @@ fn check_mandate(
             "mandate_date",
             format!("mandate signature date {date} is in the future"),
         )),
+        Some(date) if date < SEPA_DD_START => issues.push(err(
+            "MANDATE_DATE_BEFORE_SEPA",
+            "mandate_date",
+            format!(
+                "mandate signature date {date} is before {SEPA_DD_START}, when SEPA direct debits began: \
+                 no SEPA mandate can be that old (a mistyped year?)"
+            ),
+        )),
         _ => {}
     }
 }
+
+/// SEPA Direct Debit (Core) started on 2009-11-01: no valid mandate is signed earlier.
+pub const SEPA_DD_START: NaiveDate = match NaiveDate::from_ymd_opt(2009, 11, 1) {
+    Some(d) => d,
+    None => panic!("a valid date"),
+};
 
 fn is_iso_country(c: &str) -> bool {
     ISO_3166.split(' ').any(|x| x == c)
@@ -639,6 +653,16 @@ mod tests {
         assert_eq!(codes(&with(None, past)), vec!["MANDATE_MISSING"]);
         assert_eq!(codes(&with(Some("M1"), None)), vec!["MANDATE_DATE_MISSING"]);
         assert!(codes(&with(Some("M1"), Some(today()))).is_empty());
+        assert_eq!(
+            codes(&with(Some("M1"), NaiveDate::from_ymd_opt(24, 3, 15))),
+            vec!["MANDATE_DATE_BEFORE_SEPA"],
+            "the year 0024 of a misread 15.03.24"
+        );
+        assert_eq!(
+            codes(&with(Some("M1"), NaiveDate::from_ymd_opt(2009, 10, 31))),
+            vec!["MANDATE_DATE_BEFORE_SEPA"]
+        );
+        assert!(codes(&with(Some("M1"), NaiveDate::from_ymd_opt(2009, 11, 1))).is_empty());
         assert_eq!(
             codes(&with(Some("M1"), today().succ_opt())),
             vec!["MANDATE_DATE_FUTURE"]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::db::{PASSWORD, TestDb};
 
 pub const TOKEN: &str = "test-token-0123456789";
-pub const LINK_SECRET: &str = "test-link-secret-0123456789";
+pub const LINK_SECRET: &str = "test-link-secret-0123456789-abcdefghij";
 
 /// Settings for one test: its database, its Redis prefix, fast timings.
 pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
