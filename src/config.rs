@@ -791,7 +791,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_when_printed() {
-        let s = load(&[("FINWORKER__HTTP__API_TOKEN", "s3cr3t-token")]).unwrap();
+        let s = load(&[("FINWORKER__HTTP__API_TOKEN", "s3cr3t-token-0123456789")]).unwrap();
         let shown = s.to_redacted_toml();
         assert!(!shown.contains("s3cr3t-token"));
         assert!(shown.contains("[redacted]"));

@@ -311,7 +311,7 @@ pub fn parse_minor(raw: &str) -> Result<i64, String> {
 /// A date: `2024-03-15`, `15.03.2024`, `15/03/2024`, `2024/03/15`, or an ISO date-time.
 ///
 /// A year must be written with four digits, or with two: a two-digit year `YY` follows
-/// the POSIX pivot (as chrono's `%y`): 69–99 → 1969–1999, 00–68 → 2000–2068, so
+/// chrono's `%y` pivot: 70–99 → 1970–1999, 00–69 → 2000–2069, so
 /// `15.03.24` is 2024-03-15. A year of one, three or more than four digits is refused
 /// (chrono's `%Y` would read `15.03.24` as the year 0024).
 pub fn parse_date(raw: &str) -> Result<NaiveDate, String> {
@@ -334,7 +334,7 @@ pub fn parse_date(raw: &str) -> Result<NaiveDate, String> {
         }
     }
     Err(format!(
-        "\"{}\" is not a date (write it as YYYY-MM-DD or DD.MM.YYYY; a two-digit year YY means 19YY for 69-99, else 20YY)",
+        "\"{}\" is not a date (write it as YYYY-MM-DD or DD.MM.YYYY; a two-digit year YY means 19YY for 70-99, else 20YY)",
         raw.trim()
     ))
 }
@@ -347,8 +347,8 @@ mod tests {
     fn two_digit_years_follow_the_documented_pivot_and_odd_years_are_refused() {
         let d = |y, m, day| NaiveDate::from_ymd_opt(y, m, day).unwrap();
         assert_eq!(parse_date("15.03.24"), Ok(d(2024, 3, 15)));
-        assert_eq!(parse_date("15/03/68"), Ok(d(2068, 3, 15)));
-        assert_eq!(parse_date("15-03-69"), Ok(d(1969, 3, 15)));
+        assert_eq!(parse_date("15/03/69"), Ok(d(2069, 3, 15)));
+        assert_eq!(parse_date("15-03-70"), Ok(d(1970, 3, 15)));
         assert_eq!(parse_date("15.03.2024"), Ok(d(2024, 3, 15)));
         assert_eq!(parse_date("2024-03-15"), Ok(d(2024, 3, 15)));
         assert_eq!(parse_date("2024-03-15T10:00:00"), Ok(d(2024, 3, 15)));
