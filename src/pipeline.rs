@@ -71,126 +71,165 @@ pub async fn redrive(app: &AppContext, id: Uuid) -> anyhow::Result<Stage> {
             .bind(id),
         )
         .await?;
+    tx.commit().await?;
     let Some((status, object_key, file_name, sheet, validated_at, verified_at)) = row else {
         return Ok(Stage::Done);
     };
-    let chunks = |col: &'static str| {
-        sqlx::query_as::<_, (i32,)>(match col {
-            "done_at" => "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND done_at IS NULL ORDER BY chunk_no",
-            "validated_at" => "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND validated_at IS NULL ORDER BY chunk_no",
-            _ => "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND verified_at IS NULL ORDER BY chunk_no",
-        })
-        .bind(id)
+    let stage = match status.as_str() {
+        "failed" => Stage::Done,
+        "pending" | "splitting" => Stage::Split,
+        "importing" => Stage::Import,
+        _ if validated_at.is_none() => Stage::Validation,
+        _ if app.settings.vop.enabled && verified_at.is_none() => Stage::Verification,
+        _ if app.settings.vop.enabled && app.settings.reports.after_vop => Stage::Report,
+        _ => Stage::Done,
     };
-    let (stage, jobs): (Stage, Vec<NewJob>) = match status.as_str() {
-        "failed" => (Stage::Done, Vec::new()),
-        "pending" | "splitting" => {
+    let jobs = match stage {
+        Stage::Split => {
             let job = Upload {
                 object_key,
                 file_name: Some(file_name),
                 upload_id: Some(id),
                 sheet,
             };
-            (Stage::Split, vec![new(&job, format!("upload:{id}"))?])
+            vec![new(&job, format!("upload:{id}"), true)?]
         }
-        "importing" => {
-            let pending = tx.fetch_all(chunks("done_at")).await?;
-            let jobs = pending
-                .into_iter()
-                .map(|(n,)| {
-                    let job = UploadChunk {
-                        upload_id: id,
-                        chunk_no: u32::try_from(n).unwrap_or(0),
-                    };
-                    new(&job, format!("upload_chunk:{id}:{n}"))
-                })
-                .collect::<anyhow::Result<_>>()?;
-            (Stage::Import, jobs)
+        Stage::Import | Stage::Validation | Stage::Verification => {
+            chunk_jobs(app, id, stage, true).await?
         }
-        _ if validated_at.is_none() => {
-            let pending = tx.fetch_all(chunks("validated_at")).await?;
-            let jobs = pending
-                .into_iter()
-                .map(|(n,)| {
-                    let job = ValidationChunk {
-                        upload_id: id,
-                        chunk_no: u32::try_from(n).unwrap_or(0),
-                    };
-                    new(&job, format!("validation_chunk:{id}:{n}"))
-                })
-                .collect::<anyhow::Result<_>>()?;
-            (Stage::Validation, jobs)
-        }
-        _ if app.settings.vop.enabled && verified_at.is_none() => {
-            let pending = tx.fetch_all(chunks("verified_at")).await?;
-            let jobs = pending
-                .into_iter()
-                .map(|(n,)| {
-                    let job = Vop {
-                        upload_id: id,
-                        chunk_no: u32::try_from(n).unwrap_or(0),
-                        round: 0,
-                        deferrals: 0,
-                    };
-                    // Its own key: the chunk's continuations carry per-round keys, and the
-                    // sweeper only comes once the upload has been idle past `stale_after`.
-                    new(&job, format!("vop-sweep:{id}:{n}"))
-                })
-                .collect::<anyhow::Result<_>>()?;
-            (Stage::Verification, jobs)
-        }
-        _ if app.settings.vop.enabled && app.settings.reports.after_vop => {
-            let report = crate::jobs::vop_report::upload_report_id(id, Format::Xlsx);
-            let done: Option<(String,)> = tx
-                .fetch_optional(
-                    sqlx::query_as(
-                        "SELECT status FROM reports WHERE id = $1 AND status <> 'pending'",
-                    )
-                    .bind(report),
-                )
-                .await?;
-            if done.is_some() {
-                (Stage::Done, Vec::new())
-            } else {
-                let job = VopReport {
-                    report_id: Some(report),
-                    upload_id: Some(id),
-                    from: None,
-                    to: None,
-                    format: Format::Xlsx,
-                };
-                (
-                    Stage::Report,
-                    vec![new(&job, format!("vop_report:{report}"))?],
-                )
-            }
-        }
-        _ => (Stage::Done, Vec::new()),
+        Stage::Report => report_job(app, id).await?.into_iter().collect(),
+        Stage::Done => Vec::new(),
     };
-    tx.commit().await?;
-    if !jobs.is_empty() {
-        let pushed = app
-            .queue
-            .push(&jobs, app.settings.worker.idempotency_ttl)
-            .await?;
-        let fresh = pushed.iter().filter(|p| !p.duplicate).count();
-        if fresh > 0 {
-            app.metrics
-                .sweeper_redrives
-                .get_or_create(&crate::metrics::QueueLabels {
-                    queue: stage.as_str().to_string(),
-                })
-                .inc_by(fresh as u64);
-            tracing::warn!(upload_id = %id, stage = stage.as_str(), jobs = fresh, "sweeper re-drove jobs redis no longer held");
-        }
+    let fresh = push(app, &jobs).await?;
+    if fresh > 0 {
+        app.metrics
+            .sweeper_redrives
+            .get_or_create(&crate::metrics::QueueLabels {
+                queue: stage.as_str().to_string(),
+            })
+            .inc_by(fresh as u64);
+        tracing::warn!(upload_id = %id, stage = stage.as_str(), jobs = fresh, "sweeper re-drove jobs redis no longer held");
     }
-    Ok(stage)
+    Ok(if stage == Stage::Report && jobs.is_empty() {
+        Stage::Done
+    } else {
+        stage
+    })
 }
 
-fn new<J: Job>(job: &J, key: String) -> anyhow::Result<NewJob> {
+/// Starts a per-chunk stage (import, validation or verification): one job per chunk not yet
+/// through it, under that stage's idempotency key. The stages call it to fan out, the
+/// sweeper to re-drive (`redrive`). Returns how many chunks are still to do.
+pub async fn start_chunk_stage(app: &AppContext, id: Uuid, stage: Stage) -> anyhow::Result<usize> {
+    let jobs = chunk_jobs(app, id, stage, false).await?;
+    push(app, &jobs).await?;
+    Ok(jobs.len())
+}
+
+async fn chunk_jobs(
+    app: &AppContext,
+    id: Uuid,
+    stage: Stage,
+    redrive: bool,
+) -> anyhow::Result<Vec<NewJob>> {
+    let sql = match stage {
+        Stage::Import => {
+            "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND done_at IS NULL ORDER BY chunk_no"
+        }
+        Stage::Validation => {
+            "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND validated_at IS NULL ORDER BY chunk_no"
+        }
+        Stage::Verification => {
+            "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND verified_at IS NULL ORDER BY chunk_no"
+        }
+        other => anyhow::bail!("{} is not a per-chunk stage", other.as_str()),
+    };
+    let mut tx = app.db.begin().await?;
+    let pending: Vec<(i32,)> = tx.fetch_all(sqlx::query_as(sql).bind(id)).await?;
+    tx.commit().await?;
+    pending
+        .into_iter()
+        .map(|(n,)| {
+            let chunk_no = u32::try_from(n).unwrap_or(0);
+            match stage {
+                Stage::Import => new(
+                    &UploadChunk {
+                        upload_id: id,
+                        chunk_no,
+                    },
+                    format!("upload_chunk:{id}:{n}"),
+                    redrive,
+                ),
+                Stage::Validation => new(
+                    &ValidationChunk {
+                        upload_id: id,
+                        chunk_no,
+                    },
+                    format!("validation_chunk:{id}:{n}"),
+                    redrive,
+                ),
+                _ => new(
+                    &Vop {
+                        upload_id: id,
+                        chunk_no,
+                        round: 0,
+                        deferrals: 0,
+                    },
+                    // A re-drive gets its own key: the chunk's continuations carry per-round
+                    // keys, and the sweeper only comes once the upload has been idle past
+                    // `sweeper.stale_after`.
+                    if redrive {
+                        format!("vop-sweep:{id}:{n}")
+                    } else {
+                        crate::jobs::vop::key(id, chunk_no, 0)
+                    },
+                    redrive,
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The automatic report of a verified upload, unless it is already made (or failed).
+async fn report_job(app: &AppContext, id: Uuid) -> anyhow::Result<Option<NewJob>> {
+    let report = crate::jobs::vop_report::upload_report_id(id, Format::Xlsx);
+    let mut tx = app.db.begin().await?;
+    let done: Option<(String,)> = tx
+        .fetch_optional(
+            sqlx::query_as("SELECT status FROM reports WHERE id = $1 AND status <> 'pending'")
+                .bind(report),
+        )
+        .await?;
+    tx.commit().await?;
+    if done.is_some() {
+        return Ok(None);
+    }
+    let job = VopReport {
+        report_id: Some(report),
+        upload_id: Some(id),
+        from: None,
+        to: None,
+        format: Format::Xlsx,
+    };
+    Ok(Some(new(&job, format!("vop_report:{report}"), true)?))
+}
+
+/// Pushes and returns how many jobs were new (not duplicates).
+async fn push(app: &AppContext, jobs: &[NewJob]) -> anyhow::Result<usize> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let pushed = app
+        .queue
+        .push(jobs, app.settings.worker.idempotency_ttl)
+        .await?;
+    Ok(pushed.iter().filter(|p| !p.duplicate).count())
+}
+
+fn new<J: Job>(job: &J, key: String, redrive: bool) -> anyhow::Result<NewJob> {
     Ok(NewJob {
         idempotency_key: Some(key),
-        redrive: true,
+        redrive,
         ..NewJob::new(J::NAME, serde_json::to_string(job)?)
     })
 }

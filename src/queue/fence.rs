@@ -86,23 +86,15 @@ pub async fn revoke(tx: &mut Tx, attempts: &[Fence]) -> Result<(), DbError> {
     if attempts.is_empty() {
         return Ok(());
     }
-    let mut ids: Vec<&str> = Vec::with_capacity(attempts.len());
-    let mut nums: Vec<i32> = Vec::with_capacity(attempts.len());
-    // Sorted, so two recoverers can never lock the same rows in opposite orders.
-    let mut sorted: Vec<&Fence> = attempts.iter().collect();
-    sorted.sort_by(|a, b| a.job_id.cmp(&b.job_id));
-    sorted.dedup_by(|a, b| a.job_id == b.job_id);
-    for f in sorted {
-        ids.push(&f.job_id);
-        nums.push(
-            attempts
-                .iter()
-                .filter(|g| g.job_id == f.job_id)
-                .map(|g| i32::try_from(g.attempt).unwrap_or(i32::MAX))
-                .max()
-                .unwrap_or(0),
-        );
+    // The highest attempt per job, sorted by job id, so two recoverers can never lock the
+    // same rows in opposite orders.
+    let mut highest: std::collections::BTreeMap<&str, i32> = std::collections::BTreeMap::new();
+    for f in attempts {
+        let a = i32::try_from(f.attempt).unwrap_or(i32::MAX);
+        let e = highest.entry(f.job_id.as_str()).or_insert(a);
+        *e = (*e).max(a);
     }
+    let (ids, nums): (Vec<&str>, Vec<i32>) = highest.into_iter().unzip();
     tx.execute(
         sqlx::query(
             "INSERT INTO job_fences AS f (job_id, revoked_through) \

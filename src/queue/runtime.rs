@@ -312,8 +312,6 @@ async fn lease_lost(s: &Arc<Shared>, queue: &Engine, old: &str, lease: Duration)
                 aborted += 1;
             }
         }
-        // Jobs taken but not started under the old name will never start: forget them.
-        held.retain(|_, h| !(h.lost && h.started.is_none()));
     }
     s.ctx.metrics.leases_lost.inc();
     let new = worker_name();
@@ -704,6 +702,12 @@ async fn attempt(
         return Err(JobError::permanent(format!(
             "job type `{}` is test-only and worker.allow_test_jobs is off",
             job.job_type
+        )));
+    }
+    if s.held().get(&job.id).is_none_or(|h| h.lost) {
+        // Taken under a lease that is gone: the job belongs to whoever recovered it.
+        return Err(JobError::Retryable(anyhow::anyhow!(
+            "not started: the lease it was taken under was lost"
         )));
     }
     let jctx = job_context(s, job, last_attempt);

@@ -35,11 +35,8 @@ use self::{
 };
 use crate::{
     context::AppContext,
-    jobs::upload_chunk::{self, UploadChunk},
-    queue::{
-        engine::NewJob,
-        job::{Job, JobContext, JobError},
-    },
+    jobs::upload_chunk,
+    queue::job::{Job, JobContext, JobError},
     uploads::{self, ColumnAliases},
 };
 
@@ -256,37 +253,7 @@ async fn process(app: &AppContext, id: Uuid, p: &Upload) -> anyhow::Result<()> {
 
 /// Enqueues every chunk not yet imported. Keys make a repeat a no-op.
 async fn enqueue_chunks(app: &AppContext, id: Uuid) -> anyhow::Result<()> {
-    let mut tx = app.db.begin().await?;
-    let pending: Vec<(i32,)> = tx
-        .fetch_all(
-            sqlx::query_as(
-                "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND done_at IS NULL ORDER BY chunk_no",
-            )
-            .bind(id),
-        )
-        .await?;
-    tx.commit().await?;
-    for batch in pending.chunks(1000) {
-        let jobs: Vec<NewJob> = batch
-            .iter()
-            .map(|(n,)| {
-                let payload = UploadChunk {
-                    upload_id: id,
-                    chunk_no: u32::try_from(*n).unwrap_or(0),
-                };
-                NewJob {
-                    idempotency_key: Some(format!("upload_chunk:{id}:{n}")),
-                    ..NewJob::new(
-                        UploadChunk::NAME,
-                        serde_json::to_string(&payload).unwrap_or_default(),
-                    )
-                }
-            })
-            .collect();
-        app.queue
-            .push(&jobs, app.settings.worker.idempotency_ttl)
-            .await?;
-    }
+    crate::pipeline::start_chunk_stage(app, id, crate::pipeline::Stage::Import).await?;
     Ok(())
 }
 

@@ -10,12 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::validation_chunk::ValidationChunk;
 use crate::{
-    queue::{
-        engine::NewJob,
-        job::{Job, JobContext, JobError},
-    },
+    queue::job::{Job, JobContext, JobError},
     uploads,
 };
 
@@ -54,50 +50,20 @@ impl Job for Validation {
                 self.upload_id, rec.status
             )));
         }
-        let mut tx = app
-            .db
-            .begin()
-            .await
-            .map_err(|e| JobError::Retryable(e.into()))?;
-        let pending: Vec<(i32,)> = tx
-            .fetch_all(
-                sqlx::query_as(
-                    "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND validated_at IS NULL ORDER BY chunk_no",
-                )
-                .bind(self.upload_id),
-            )
-            .await
-            .map_err(|e| JobError::Retryable(e.into()))?;
-        tx.commit()
-            .await
-            .map_err(|e| JobError::Retryable(e.into()))?;
-        if pending.is_empty() {
+        let chunks = crate::pipeline::start_chunk_stage(
+            app,
+            self.upload_id,
+            crate::pipeline::Stage::Validation,
+        )
+        .await
+        .map_err(JobError::Retryable)?;
+        if chunks == 0 {
             // Every chunk was validated by an earlier run: make sure what follows started.
             return super::validation_chunk::after_validation(app, self.upload_id)
                 .await
                 .map_err(JobError::Retryable);
         }
-        let jobs: Vec<NewJob> = pending
-            .iter()
-            .map(|(n,)| {
-                let job = ValidationChunk {
-                    upload_id: self.upload_id,
-                    chunk_no: u32::try_from(*n).unwrap_or(0),
-                };
-                NewJob {
-                    idempotency_key: Some(format!("validation_chunk:{}:{n}", self.upload_id)),
-                    ..NewJob::new(
-                        ValidationChunk::NAME,
-                        serde_json::to_string(&job).unwrap_or_default(),
-                    )
-                }
-            })
-            .collect();
-        app.queue
-            .push(&jobs, app.settings.worker.idempotency_ttl)
-            .await
-            .map_err(|e| JobError::Retryable(e.into()))?;
-        tracing::info!(upload_id = %self.upload_id, chunks = jobs.len(), "validation started");
+        tracing::info!(upload_id = %self.upload_id, chunks, "validation started");
         Ok(())
     }
 }

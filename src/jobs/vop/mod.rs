@@ -69,45 +69,20 @@ pub fn launch_window(slice: Duration, timeout: Duration, worst_call: Duration) -
     slice.min(timeout.saturating_sub(worst_call + Duration::from_secs(1)))
 }
 
-fn key(upload_id: Uuid, chunk_no: u32, round: u32) -> String {
+/// The idempotency key of a chunk's `vop` job of one round.
+pub fn key(upload_id: Uuid, chunk_no: u32, round: u32) -> String {
     format!("vop:{upload_id}:{chunk_no}:{round}")
 }
 
 /// Starts verification of a validated upload: one `vop` job per chunk. Idempotent.
 pub async fn start(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
-    let mut tx = app.db.begin().await?;
-    let chunks: Vec<(i32,)> = tx
-        .fetch_all(
-            sqlx::query_as(
-                "SELECT chunk_no FROM upload_chunks WHERE upload_id = $1 AND verified_at IS NULL ORDER BY chunk_no",
-            )
-            .bind(upload_id),
-        )
-        .await?;
-    tx.commit().await?;
-    if chunks.is_empty() {
+    let chunks =
+        crate::pipeline::start_chunk_stage(app, upload_id, crate::pipeline::Stage::Verification)
+            .await?;
+    if chunks == 0 {
         return after_vop(app, upload_id).await;
     }
-    let jobs: Vec<NewJob> = chunks
-        .iter()
-        .map(|(n,)| {
-            let n = u32::try_from(*n).unwrap_or(0);
-            let job = Vop {
-                upload_id,
-                chunk_no: n,
-                round: 0,
-                deferrals: 0,
-            };
-            NewJob {
-                idempotency_key: Some(key(upload_id, n, 0)),
-                ..NewJob::new(Vop::NAME, serde_json::to_string(&job).unwrap_or_default())
-            }
-        })
-        .collect();
-    app.queue
-        .push(&jobs, app.settings.worker.idempotency_ttl)
-        .await?;
-    tracing::info!(%upload_id, chunks = jobs.len(), "verification started");
+    tracing::info!(%upload_id, chunks, "verification started");
     Ok(())
 }
 
