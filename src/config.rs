@@ -330,6 +330,16 @@ pub struct HttpSettings {
     /// Bearer token for the enqueue API (environment only).
     #[serde(default, serialize_with = "redact")]
     pub api_token: Option<SecretString>,
+    /// Bearer token Prometheus sends to `/metrics` (environment only); without it `/metrics`
+    /// answers 403: it is never open to whoever reaches the port.
+    #[serde(default, serialize_with = "redact")]
+    pub metrics_token: Option<SecretString>,
+    /// Queue-depth and dead-letter gauges are read at most this often, whatever the scrape
+    /// rate: a scrape flood cannot exhaust the connection pool (and through it starve jobs).
+    #[serde(with = "humantime_serde")]
+    pub metrics_refresh: Duration,
+    /// Requests handled at once; more wait their turn.
+    pub max_concurrent_requests: usize,
 }
 
 /// Worker runtime.
@@ -599,6 +609,17 @@ impl Settings {
                 "http.api_token",
                 "is shorter than 16 characters: use a long random token",
             );
+        }
+        if let Some(n) = secret_len(&self.http.metrics_token)
+            && n < 16
+        {
+            return bad(
+                "http.metrics_token",
+                "is shorter than 16 characters: use a long random token",
+            );
+        }
+        if self.http.max_concurrent_requests == 0 {
+            return bad("http.max_concurrent_requests", "must be at least 1");
         }
         if let Some(n) = secret_len(&self.reports.link_secret)
             && n < 32

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub leases_lost: Counter,
     /// Pipelines the sweeper re-drove, by stage.
     pub sweeper_redrives: Family<QueueLabels, Counter>,
+    /// Times the scrape-time gauges were read from Redis and Postgres.
+    pub gauge_refreshes: Counter,
+    /// When the scrape-time gauges were last read (see `http.metrics_refresh`).
+    pub gauges_refreshed: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Attempt duration.
     pub duration: Family<JobLabels, Histogram, fn() -> Histogram>,
     /// Attempts running now in this process.
@@ -132,6 +136,8 @@ impl Metrics {
             stale: Family::default(),
             leases_lost: Counter::default(),
             sweeper_redrives: Family::default(),
+            gauge_refreshes: Counter::default(),
+            gauges_refreshed: tokio::sync::Mutex::new(None),
             duration: Family::new_with_constructor(duration_histogram),
             in_flight: Family::default(),
             queue_depth: Family::default(),
@@ -164,6 +170,11 @@ impl Metrics {
             "leases_lost",
             "Times this process found its lease lost and stopped its jobs",
             m.leases_lost.clone(),
+        );
+        r.register(
+            "metrics_gauge_refreshes",
+            "Times /metrics read queue depths and dead-letter sizes (at most one per http.metrics_refresh)",
+            m.gauge_refreshes.clone(),
         );
         r.register(
             "sweeper_redrives",

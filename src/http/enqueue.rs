@@ -7,21 +7,21 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, StatusCode, header},
 };
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::context::{AppContext, EnqueueOptions};
 
-/// Checks the bearer token in constant time.
+/// Checks the producers' bearer token (`http.api_token`) in constant time.
 pub fn authorize(ctx: &AppContext, headers: &HeaderMap) -> Result<(), ApiError> {
-    let expected = ctx
-        .settings
-        .http
-        .api_token
-        .as_ref()
-        .ok_or(ApiError::Unauthorized)?;
+    check_bearer(headers, ctx.settings.http.api_token.as_ref())
+}
+
+/// Checks `Authorization: Bearer <expected>` in constant time; no configured token refuses all.
+pub fn check_bearer(headers: &HeaderMap, expected: Option<&SecretString>) -> Result<(), ApiError> {
+    let expected = expected.ok_or(ApiError::Unauthorized)?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

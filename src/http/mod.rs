@@ -23,9 +23,11 @@ pub use error::ApiError;
 
 use crate::context::AppContext;
 
-/// All routes with their layers: body limit (413), request timeout (408), panic → 500.
+/// All routes with their layers: body limit (413), request timeout (408), panic → 500, a
+/// global concurrency limit (excess requests wait), one access-log line per request.
 pub fn router(ctx: AppContext) -> Router {
     let http = &ctx.settings.http;
+    let limit = tower::limit::GlobalConcurrencyLimitLayer::new(http.max_concurrent_requests);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -42,7 +44,30 @@ pub fn router(ctx: AppContext) -> Router {
         ))
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(access_log))
+        .layer(limit)
         .with_state(ctx)
+}
+
+/// One line per request at info: method, path (never the query: signed links carry their
+/// signature there), status, duration.
+async fn access_log(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let t0 = std::time::Instant::now();
+    let resp = next.run(req).await;
+    tracing::info!(
+        target: "finworker::access",
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        duration_ms = t0.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
 }
 
 /// Serves until `shutdown` is cancelled, then finishes in-flight requests.

@@ -155,6 +155,11 @@ async fn short_or_empty_secrets_are_refused_at_start_naming_the_key() {
             "reports.link_secret",
         ),
         ("FINWORKER__HTTP__API_TOKEN", "change-me", "http.api_token"),
+        (
+            "FINWORKER__HTTP__METRICS_TOKEN",
+            "scrape",
+            "http.metrics_token",
+        ),
         ("FINWORKER__VOP__API_KEY", "", "vop.api_key"),
     ] {
         let out = process::command(&app.settings, &["config", "check"])

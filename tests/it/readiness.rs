@@ -50,6 +50,11 @@ async fn readyz_answers_503_naming_redis_while_it_is_unreachable_and_the_worker_
         "{body}"
     );
     assert_eq!(body["checks"]["postgres"], "ok");
+    let shown = body.to_string();
+    assert!(
+        !shown.contains(&chaos.addr.to_string()) && !shown.contains("127.0.0.1"),
+        "readyz names the dependency, never its host or driver error: {shown}"
+    );
     let refused = app
         .post_job("noop", &json!({}), Some("during-outage"))
         .await;
@@ -98,6 +103,7 @@ async fn metrics_export_job_counts_durations_and_queue_depths() {
     let text = app
         .http
         .get(app.url("/metrics"))
+        .bearer_auth(crate::helpers::app::METRICS_TOKEN)
         .send()
         .await
         .unwrap()
@@ -116,4 +122,142 @@ async fn metrics_export_job_counts_durations_and_queue_depths() {
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
+}
+
+#[tokio::test]
+async fn metrics_need_their_own_token_and_a_scrape_flood_reads_the_gauges_once() {
+    use crate::helpers::app::{METRICS_TOKEN, TOKEN};
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.http.metrics_refresh = Duration::from_secs(30);
+    })
+    .await;
+    let get = |token: Option<&'static str>| {
+        let mut r = app.http.get(app.url("/metrics"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    assert_eq!(
+        get(Some(TOKEN)).await.unwrap().status(),
+        401,
+        "the producers' token is not enough"
+    );
+
+    // 300 concurrent scrapes, while a job runs: the gauges are read once, the job completes.
+    let id = app
+        .enqueue("test_job", json!({"label": "busy", "sleep_ms": 300}))
+        .await;
+    let scrapes: Vec<_> = (0..300).map(|_| get(Some(METRICS_TOKEN))).collect();
+    let answers = futures::future::join_all(scrapes).await;
+    assert!(answers.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    assert_eq!(
+        app.finished_runs(&id, Duration::from_secs(10)).await[0].status,
+        "succeeded"
+    );
+    let text = get(Some(METRICS_TOKEN))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("finworker_metrics_gauge_refreshes_total 1\n"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("refreshes"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Without a metrics token configured, /metrics is off.
+    let off = crate::helpers::spawn_app_with(|s| s.http.metrics_token = None).await;
+    let r = off
+        .http
+        .get(off.url("/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn every_request_gets_one_access_log_line_without_its_query_and_excess_requests_wait() {
+    let app = crate::helpers::spawn_api_only().await;
+    let mut daemon = crate::helpers::process::Daemon::start_in(
+        &app.settings,
+        &["run", "--queues", "noop"],
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &[("FINWORKER__HTTP__MAX_CONCURRENT_REQUESTS", "2")],
+    );
+    let addr: String = eventually(Duration::from_secs(15), "the daemon to listen", || async {
+        daemon.log_text().lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["message"] == "http listening" || v["message"] == "http listening")
+                .then(|| v.to_string())
+        })
+    })
+    .await;
+    let port: String = addr
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let secret = "deadbeefsignaturethatmustnotbelogged";
+    let r = http
+        .get(format!(
+            "{base}/reports/{}/download?expires=1&signature={secret}",
+            uuid::Uuid::nil()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // 20 at once against a limit of 2: they queue, none is refused.
+    let many: Vec<_> = (0..20)
+        .map(|_| http.get(format!("{base}/healthz")).send())
+        .collect();
+    for r in futures::future::join_all(many).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let line = eventually(Duration::from_secs(10), "the access-log line", || async {
+        daemon
+            .log_text()
+            .lines()
+            .find(|l| l.contains("finworker::access") && l.contains("/download"))
+            .map(str::to_string)
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let f = if v["fields"].is_object() {
+        &v["fields"]
+    } else {
+        &v
+    };
+    assert_eq!(f["method"], "GET", "{line}");
+    assert_eq!(
+        f["path"],
+        format!("/reports/{}/download", uuid::Uuid::nil()),
+        "{line}"
+    );
+    assert_eq!(f["status"], 403, "{line}");
+    assert!(f["duration_ms"].as_f64().is_some(), "{line}");
+    let healthz = daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("finworker::access") && l.contains("/healthz"))
+        .count();
+    assert_eq!(healthz, 20);
+    assert!(
+        !daemon.log_text().contains(secret),
+        "the query never reaches the log"
+    );
+    daemon.sigterm();
+    daemon.wait_timeout(Duration::from_secs(20));
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::db::{PASSWORD, TestDb};
 
 pub const TOKEN: &str = "test-token-0123456789";
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 pub const LINK_SECRET: &str = "test-link-secret-0123456789-abcdefghij";
 
 /// Settings for one test: its database, its Redis prefix, fast timings.
@@ -35,6 +36,7 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     s.upload.reader_binary = env!("CARGO_BIN_EXE_finworker").into();
     s.http.bind = "127.0.0.1:0".into();
     s.http.api_token = Some(SecretString::from(TOKEN));
+    s.http.metrics_token = Some(SecretString::from(METRICS_TOKEN));
     s.worker.allow_test_jobs = true;
     s.worker.poll_interval = Duration::from_millis(50);
     s.worker.heartbeat_interval = Duration::from_millis(500);
