@@ -108,10 +108,20 @@ impl Db {
     }
 
     /// Opens a transaction: the only way to run statements.
+    ///
+    /// Cancellation-safe: sqlx counts a transaction only once BEGIN's answer is read, so a
+    /// `begin()` dropped in between (a job timeout, an abort) would hand the pooled connection
+    /// back *inside* a transaction nobody owns — the next caller's BEGIN then warns "there is
+    /// already a transaction in progress" and runs in it. The BEGIN therefore runs in a task
+    /// of its own: if our caller is gone, the task still completes it and drops the
+    /// transaction, which rolls it back properly (test:
+    /// `a_cancelled_begin_never_leaves_a_transaction_for_the_next_caller`).
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        Ok(Tx {
-            inner: self.pool.begin().await?,
-        })
+        let pool = self.pool.clone();
+        let inner = tokio::spawn(async move { pool.begin().await })
+            .await
+            .map_err(|e| DbError::Sqlx(sqlx::Error::Io(std::io::Error::other(e))))??;
+        Ok(Tx { inner })
     }
 
     /// `SELECT 1` in a transaction, for readiness checks.

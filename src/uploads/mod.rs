@@ -377,10 +377,25 @@ pub async fn watch(
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    let mut outage_since: Option<std::time::Instant> = None;
     loop {
-        let rec = get(&ctx.db, id)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("no upload {id}"))?;
+        let rec = match get(&ctx.db, id).await {
+            Ok(rec) => rec.ok_or_else(|| anyhow::anyhow!("no upload {id}"))?,
+            // The workers ride out a database outage (their jobs are snoozed); so does the
+            // one waiting for them: say so, and keep polling.
+            Err(e) if e.is_outage() => {
+                let since = *outage_since.get_or_insert_with(std::time::Instant::now);
+                bar.set_message(format!(
+                    "database unreachable for {}s; waiting for it (the upload resumes by itself)",
+                    since.elapsed().as_secs()
+                ));
+                bar.tick();
+                tokio::time::sleep(every).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        outage_since = None;
         let p = rec.progress(Utc::now());
         bar.set_length(u64::try_from(p.chunks_total.unwrap_or(0)).unwrap_or(0));
         bar.set_position(u64::try_from(p.chunks_done).unwrap_or(0));

@@ -420,3 +420,109 @@ async fn a_lost_redis_namespace_makes_workers_stop_their_jobs_and_register_again
     let later = app.enqueue("noop", json!({})).await;
     app.finished_runs(&later, Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn a_postgres_outage_longer_than_the_retry_budget_dead_letters_nothing_and_the_upload_completes()
+ {
+    use crate::helpers::{chaos::Chaos, process::command};
+    let db = crate::helpers::db::TestDb::create().await;
+    let prefix = format!("fwt:{}", uuid::Uuid::new_v4().simple());
+    let mut settings = crate::helpers::app::test_settings(&db, &prefix);
+    // Every connection to PgBouncer goes through a proxy we can cut.
+    let pgbouncer: std::net::SocketAddr = "127.0.0.1:6432".parse().unwrap();
+    let chaos = Chaos::start(pgbouncer).await;
+    settings.database.url = settings
+        .database
+        .url
+        .replace("127.0.0.1:6432", &chaos.addr.to_string());
+    assert!(
+        settings.database.url.contains(&chaos.addr.to_string()),
+        "{}",
+        settings.database.url
+    );
+    settings.database.acquire_timeout = Duration::from_secs(1);
+    settings.upload.chunk_rows = 500;
+    // A retry budget of well under a second: without snoozing, the outage spends it.
+    for q in ["upload", "upload_chunk", "validation", "validation_chunk"] {
+        let o = settings.queues.entry(q.into()).or_default();
+        o.max_attempts = Some(2);
+        o.backoff_base = Some(Duration::from_millis(100));
+        o.backoff_max = Some(Duration::from_millis(200));
+    }
+    let app =
+        crate::helpers::app::start(db, settings.clone(), finworker::startup::Roles::default())
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, summary) = crate::uploads::generate(crate::uploads::gen_args(
+        &dir,
+        20_000,
+        finworker::testdata::GenFormat::Csv,
+        7,
+    ));
+    let path = dir.path().join("outage.csv");
+    std::fs::write(&path, &bytes).unwrap();
+
+    // The waiting CLI, as finance staff would run it (its database also behind the proxy).
+    let cli = command(&settings, &["upload", path.to_str().unwrap(), "--json"])
+        .env("FINWORKER__DATABASE__ACQUIRE_TIMEOUT", "1s")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id: uuid::Uuid = eventually(
+        Duration::from_secs(30),
+        "the upload to start importing",
+        || async {
+            let mut c = app.db.connect().await;
+            let row: Option<(uuid::Uuid, i32)> =
+                sqlx::query_as("SELECT id, chunks_done FROM uploads LIMIT 1")
+                    .fetch_optional(&mut c)
+                    .await
+                    .unwrap();
+            row.filter(|(_, done)| *done >= 1).map(|(id, _)| id)
+        },
+    )
+    .await;
+
+    chaos.break_networking();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    chaos.restore();
+
+    let status = tokio::task::spawn_blocking(move || {
+        let out = cli.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    });
+    let (status, stdout, stderr) = tokio::time::timeout(Duration::from_secs(120), status)
+        .await
+        .expect("the CLI returns once the upload ends")
+        .unwrap();
+    assert!(status.success(), "the CLI rode out the outage: {stderr}");
+    let rec: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(rec["status"], "completed", "{stdout}");
+    let rec = finworker::uploads::get(&app.ctx.db, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, "completed");
+    assert_eq!(rec.rows_imported as u64, summary.unique);
+    assert_eq!(rec.rows_duplicate as u64, summary.duplicates);
+    assert_eq!(rec.rows_rejected as u64, summary.malformed);
+    let dead = app.scalar("SELECT count(*) FROM dead_jobs").await;
+    assert_eq!(dead, 0, "nothing was dead-lettered");
+    let snoozed = app
+        .scalar("SELECT count(*) FROM job_runs WHERE status = 'snoozed'")
+        .await;
+    assert!(snoozed >= 1, "the outage was snoozed through");
+    // Validation follows.
+    eventually(Duration::from_secs(60), "validation", || async {
+        finworker::uploads::get(&app.ctx.db, id)
+            .await
+            .unwrap()
+            .filter(|r| r.validated_at.is_some())
+    })
+    .await;
+}

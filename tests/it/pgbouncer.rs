@@ -109,3 +109,43 @@ async fn copy_works_through_pgbouncer() {
     assert_eq!(rows, [(1, "x".to_string()), (2, "y,z".to_string())]);
     db.close().await;
 }
+
+/// Why the daemon logged "there is already a transaction in progress" after a Postgres
+/// restart: a `begin()` cancelled (a job timeout, an abort) after its BEGIN was sent but
+/// before sqlx counted the transaction left the pooled connection inside a transaction
+/// nobody owns; the next `begin()` on it ran inside that one. `Db::begin` now finishes (or
+/// rolls back) a BEGIN even when its caller is cancelled: no transaction ever starts earlier
+/// than the `begin()` that owns it.
+#[tokio::test]
+async fn a_cancelled_begin_never_leaves_a_transaction_for_the_next_caller() {
+    let tdb = TestDb::create().await;
+    let mut settings = test_settings(&tdb, "unused");
+    settings.database.max_connections = 4;
+    let db = Db::connect_lazy(&settings.database, settings.database_password()).unwrap();
+    db.ping().await.unwrap();
+
+    // A storm of begin() calls cut at every point of their round trip.
+    for i in 0..3000u64 {
+        let cut = std::time::Duration::from_micros(i % 400);
+        let _ = tokio::time::timeout(cut, db.begin()).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // Every later transaction starts when its own begin() does.
+    let mut inherited = 0;
+    for _ in 0..200 {
+        let mut tx = db.begin().await.unwrap();
+        let old: bool = tx
+            .scalar(sqlx::query_scalar(
+                "SELECT statement_timestamp() - now() > interval '100 milliseconds'",
+            ))
+            .await
+            .unwrap();
+        inherited += i32::from(old);
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(
+        inherited, 0,
+        "transactions ran inside a BEGIN left by a cancelled caller"
+    );
+}
