@@ -898,3 +898,89 @@ async fn a_generated_file_validates_to_exactly_the_invalid_rows_it_was_made_with
         ]
     );
 }
+
+#[tokio::test]
+async fn a_slow_but_valid_provider_completes_with_every_answer_kept() {
+    // Every call takes 4.9 s: within the request timeout, but two of them exceed any short
+    // slice. Nothing may time out, and no paid answer may be asked for twice.
+    let sb = sandbox(Knobs {
+        latency_ms: 4900,
+        ..Knobs::default()
+    })
+    .await;
+    let app = spawn_app_with(|s| {
+        verifying(s, &sb);
+        s.vop.request_timeout = Duration::from_secs(6);
+        s.vop.request_attempts = 1;
+        s.vop.in_flight = 8;
+        // A slice longer than the attempt can afford: the job must cut it short itself.
+        s.vop.slice = Duration::from_secs(20);
+        s.upload.chunk_rows = 100;
+        // One worst-case check is 2 x 6 s: the attempt's timeout must hold it (checked at
+        // start-up), and the job stops launching calls in time.
+        s.queues.entry("vop".into()).or_default().timeout = Some(Duration::from_secs(15));
+    })
+    .await;
+    let names = [
+        "Anna", "Berta", "Carl", "Dora", "Emil", "Frida", "Gert", "Hanna", "Ida", "Jonas", "Karl",
+        "Lena", "Marta", "Nils", "Olga", "Paul",
+    ];
+    let rows: Vec<Row<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| row(&format!("S{i}"), n, iban(100 + i as u32, 10, 0)))
+        .collect();
+    let rec = ingest(&app, "slow.csv", &csv(&rows)).await;
+    let rec = wait_verified(&app, rec.id).await;
+
+    let r = results(&app, rec.id).await;
+    assert_eq!(r.len(), 16);
+    assert!(
+        r.values().all(|v| v.1 == "match" && v.3 == "valid"),
+        "{r:?}"
+    );
+    let calls = sb.sandbox.calls();
+    assert_eq!(calls.count("/vop/"), 16, "each debtor asked once");
+    assert_eq!(calls.count("/bav/"), 16);
+    let timed_out = app
+        .scalar("SELECT count(*) FROM job_runs WHERE job_type = 'vop' AND error LIKE '%timed out%'")
+        .await;
+    assert_eq!(timed_out, 0, "no vop attempt outlived its timeout");
+    assert_eq!(app.scalar("SELECT count(*) FROM dead_jobs").await, 0);
+}
+
+#[tokio::test]
+async fn a_provider_error_body_with_multibyte_text_is_cut_on_a_character_and_recorded() {
+    // A provider answering 400 with 'x' then 150 × 'é': byte 200 falls inside a character.
+    use axum::{Router, http::StatusCode, routing::post};
+    let body = format!("x{}", "é".repeat(150));
+    let app_router = Router::new().fallback(post(move || {
+        let body = body.clone();
+        async move { (StatusCode::BAD_REQUEST, body) }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app_router).await });
+    let app = spawn_app_with(|s| {
+        s.vop.enabled = true;
+        s.vop.base_url = format!("http://{addr}");
+        s.upload.chunk_rows = 4;
+    })
+    .await;
+    let rec = ingest(
+        &app,
+        "mb.csv",
+        &csv(&[row("M1", "Anna Schmidt", iban(1, 10, 0))]),
+    )
+    .await;
+    let rec = wait_verified(&app, rec.id).await;
+    let r = results(&app, rec.id).await;
+    let error = r["M1"].6.clone().unwrap();
+    assert_eq!((r["M1"].1.as_str(), r["M1"].3.as_str()), ("error", "error"));
+    assert!(error.contains("400") && error.contains("xéé"), "{error}");
+    assert!(error.len() < 400, "the body is cut: {} bytes", error.len());
+    let panicked = app
+        .scalar("SELECT count(*) FROM job_runs WHERE job_type = 'vop' AND error LIKE '%panicked%'")
+        .await;
+    assert_eq!(panicked, 0);
+}
