@@ -80,6 +80,61 @@ fn ods_with_rows(rows_xml: &str) -> Vec<u8> {
     ))
 }
 
+fn record(out: &mut Vec<u8>, typ: u16, data: &[u8]) {
+    out.extend_from_slice(&typ.to_le_bytes());
+    out.extend_from_slice(&(data.len() as u16).to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+fn bof(dt: u16) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend_from_slice(&0x0600u16.to_le_bytes()); // BIFF8
+    d.extend_from_slice(&dt.to_le_bytes());
+    d.extend_from_slice(&[0; 12]);
+    d
+}
+
+/// A legacy Excel (BIFF8 in an OLE2 container) workbook of one sheet whose DIMENSIONS record
+/// claims `rows` rows × 256 columns, holding one number.
+fn xls_claiming(rows: u32) -> Vec<u8> {
+    let mut sheet = Vec::new();
+    record(&mut sheet, 0x0809, &bof(0x0010));
+    let mut dim = Vec::new();
+    dim.extend_from_slice(&0u32.to_le_bytes());
+    dim.extend_from_slice(&rows.to_le_bytes());
+    dim.extend_from_slice(&0u16.to_le_bytes());
+    dim.extend_from_slice(&0xFFu16.to_le_bytes());
+    dim.extend_from_slice(&0u16.to_le_bytes());
+    record(&mut sheet, 0x0200, &dim);
+    let mut num = Vec::new();
+    num.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    num.extend_from_slice(&1.5f64.to_le_bytes());
+    record(&mut sheet, 0x0203, &num);
+    record(&mut sheet, 0x000A, &[]);
+
+    let name = b"Sheet1";
+    let mut globals = Vec::new();
+    record(&mut globals, 0x0809, &bof(0x0005));
+    let boundsheet_len = 4 + 8 + name.len();
+    let eof_len = 4;
+    let sheet_at = (globals.len() + boundsheet_len + eof_len) as u32;
+    let mut bs = Vec::new();
+    bs.extend_from_slice(&sheet_at.to_le_bytes());
+    bs.extend_from_slice(&[0, 0, name.len() as u8, 0]);
+    bs.extend_from_slice(name);
+    record(&mut globals, 0x0085, &bs);
+    record(&mut globals, 0x000A, &[]);
+    globals.extend_from_slice(&sheet);
+
+    let mut comp = cfb::CompoundFile::create(Cursor::new(Vec::new())).unwrap();
+    {
+        let mut stream = comp.create_stream("/Workbook").unwrap();
+        stream.write_all(&globals).unwrap();
+    }
+    comp.flush().unwrap();
+    comp.into_inner().into_inner()
+}
+
 fn sheet_xml_replace(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
     rewrite_zip(bytes, |name, c| {
         if name == "xl/worksheets/sheet1.xml" {
@@ -148,6 +203,11 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Option<&'static str>)> {
         ("rows-repeated.ods", ods_rows_repeated, None),
         ("cols-repeated.ods", ods_cols_repeated, None),
         ("garbage.xls", xls_garbage, None),
+        (
+            "absurd-dimensions.xls",
+            xls_claiming(u32::MAX - 1),
+            Some("memory limit"),
+        ),
     ]
 }
 
