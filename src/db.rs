@@ -10,7 +10,8 @@
 use std::str::FromStr;
 
 use sqlx::{
-    ConnectOptions, Connection, FromRow, IntoArguments, PgConnection, Postgres, Transaction,
+    ConnectOptions, Connection, Executor, FromRow, IntoArguments, PgConnection, Postgres,
+    pool::PoolConnection,
     postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow},
     query::{Query, QueryAs, QueryScalar},
 };
@@ -109,19 +110,28 @@ impl Db {
 
     /// Opens a transaction: the only way to run statements.
     ///
-    /// Cancellation-safe: sqlx counts a transaction only once BEGIN's answer is read, so a
-    /// `begin()` dropped in between (a job timeout, an abort) would hand the pooled connection
-    /// back *inside* a transaction nobody owns — the next caller's BEGIN then warns "there is
-    /// already a transaction in progress" and runs in it. The BEGIN therefore runs in a task
-    /// of its own: if our caller is gone, the task still completes it and drops the
-    /// transaction, which rolls it back properly (test:
-    /// `a_cancelled_begin_never_leaves_a_transaction_for_the_next_caller`).
+    /// Cancellation-safe, like every [`Tx`] operation: sqlx 0.8 counts a transaction only once
+    /// BEGIN's answer is read, and a statement future dropped half-way can leave answers
+    /// unread on the connection. Either way the pooled connection would go back to the pool
+    /// inside a transaction nobody owns, or out of step with its answers — the next caller
+    /// then warns "there is already a transaction in progress" and runs inside it, or reads
+    /// another statement's answer. So BEGIN runs in a task of its own (a cancelled caller's
+    /// transaction is still finished, then dropped), and a `Tx` whose operation was cut short
+    /// closes its connection instead of returning it (tests in `tests/it/pgbouncer.rs`).
     pub async fn begin(&self) -> Result<Tx, DbError> {
         let pool = self.pool.clone();
-        let inner = tokio::spawn(async move { pool.begin().await })
-            .await
-            .map_err(|e| DbError::Sqlx(sqlx::Error::Io(std::io::Error::other(e))))??;
-        Ok(Tx { inner })
+        tokio::spawn(async move {
+            let conn = pool.acquire().await?;
+            let mut tx = Tx {
+                conn: Some(conn),
+                busy: false,
+                done: false,
+            };
+            tx.simple("BEGIN").await?;
+            Ok(tx)
+        })
+        .await
+        .map_err(|e| DbError::Sqlx(sqlx::Error::Io(std::io::Error::other(e))))?
     }
 
     /// `SELECT 1` in a transaction, for readiness checks.
@@ -138,19 +148,41 @@ impl Db {
     }
 }
 
-/// One open transaction. Dropping it without [`Tx::commit`] rolls back.
+/// One open transaction. Dropping it without [`Tx::commit`] rolls back; dropping it while
+/// one of its operations was under way (a cancelled future) closes its connection, so no
+/// half-read connection ever returns to the pool.
 #[derive(Debug)]
 pub struct Tx {
-    inner: Transaction<'static, Postgres>,
+    conn: Option<PoolConnection<Postgres>>,
+    /// An operation started and has not finished: the connection's state is unknown.
+    busy: bool,
+    /// Committed.
+    done: bool,
 }
 
 impl Tx {
+    fn conn(&mut self) -> &mut PgConnection {
+        // Present until Drop.
+        self.conn
+            .as_deref_mut()
+            .expect("a Tx holds its connection until dropped")
+    }
+
+    async fn simple(&mut self, sql: &'static str) -> Result<(), DbError> {
+        self.busy = true;
+        self.conn().execute(sql).await?;
+        self.busy = false;
+        Ok(())
+    }
+
     /// Runs a statement and returns how many rows it touched.
     pub async fn execute<'q, A>(&mut self, q: Query<'q, Postgres, A>) -> Result<u64, DbError>
     where
         A: IntoArguments<'q, Postgres> + 'q,
     {
-        let r: PgQueryResult = q.persistent(false).execute(&mut *self.inner).await?;
+        self.busy = true;
+        let r: PgQueryResult = q.persistent(false).execute(self.conn()).await?;
+        self.busy = false;
         Ok(r.rows_affected())
     }
 
@@ -162,7 +194,10 @@ impl Tx {
     where
         O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
     {
-        Ok(q.persistent(false).fetch_all(&mut *self.inner).await?)
+        self.busy = true;
+        let r = q.persistent(false).fetch_all(self.conn()).await?;
+        self.busy = false;
+        Ok(r)
     }
 
     /// At most one row.
@@ -173,7 +208,10 @@ impl Tx {
     where
         O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
     {
-        Ok(q.persistent(false).fetch_optional(&mut *self.inner).await?)
+        self.busy = true;
+        let r = q.persistent(false).fetch_optional(self.conn()).await?;
+        self.busy = false;
+        Ok(r)
     }
 
     /// Exactly one scalar.
@@ -185,7 +223,10 @@ impl Tx {
         O: Send + Unpin,
         (O,): for<'r> FromRow<'r, PgRow>,
     {
-        Ok(q.persistent(false).fetch_one(&mut *self.inner).await?)
+        self.busy = true;
+        let r = q.persistent(false).fetch_one(self.conn()).await?;
+        self.busy = false;
+        Ok(r)
     }
 
     /// A parameterless statement (DDL such as temp tables).
@@ -195,14 +236,44 @@ impl Tx {
 
     /// `COPY ... FROM STDIN` with the given bytes (works through PgBouncer).
     pub async fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64, DbError> {
-        let mut copy = self.inner.copy_in_raw(statement).await?;
+        self.busy = true;
+        let mut copy = self.conn().copy_in_raw(statement).await?;
         copy.send(data).await?;
-        Ok(copy.finish().await?)
+        let n = copy.finish().await?;
+        self.busy = false;
+        Ok(n)
     }
 
     /// Commits.
-    pub async fn commit(self) -> Result<(), DbError> {
-        Ok(self.inner.commit().await?)
+    pub async fn commit(mut self) -> Result<(), DbError> {
+        self.simple("COMMIT").await?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.done {
+            return; // committed: back to the pool
+        }
+        let handle = tokio::runtime::Handle::try_current();
+        match handle {
+            // Not committed, nothing under way: roll back, then the connection is reusable.
+            Ok(rt) if !self.busy => {
+                rt.spawn(async move {
+                    if conn.execute("ROLLBACK").await.is_err() {
+                        conn.close_on_drop();
+                    }
+                });
+            }
+            // Cut short mid-operation (or no runtime to roll back on): close it; the server
+            // aborts the transaction with the connection.
+            _ => conn.close_on_drop(),
+        }
     }
 }
 

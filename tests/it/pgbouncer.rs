@@ -149,3 +149,52 @@ async fn a_cancelled_begin_never_leaves_a_transaction_for_the_next_caller() {
         "transactions ran inside a BEGIN left by a cancelled caller"
     );
 }
+
+/// A statement future dropped half-way (a job cut by its timeout, or aborted when its worker
+/// lost its lease) must not hand the next caller a connection still owed the dropped
+/// statement's answers ("expected ParseComplete, got CommandComplete", or worse, its rows).
+#[tokio::test]
+async fn statements_cut_at_any_point_leave_no_connection_out_of_step() {
+    let tdb = TestDb::create().await;
+    let mut settings = test_settings(&tdb, "unused");
+    settings.database.max_connections = 4;
+    let db = Db::connect_lazy(&settings.database, settings.database_password()).unwrap();
+    // Big binds (written to the socket in several pieces) and many-row answers, cut
+    // anywhere: before, during and after the write, while the rows arrive.
+    let big: Vec<i32> = (0..200_000).collect();
+    {
+        let mut tx = db.begin().await.unwrap();
+        tx.execute_raw("CREATE TABLE sink (a int, b text)")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let rows: Vec<u8> = (0..50_000)
+        .flat_map(|i| format!("{i}\tsome text for row {i}\n").into_bytes())
+        .collect();
+    for i in 0..600u64 {
+        let cut = std::time::Duration::from_micros((i * 37) % 6000);
+        let big = big.clone();
+        let _ = tokio::time::timeout(cut, async {
+            let mut tx = db.begin().await?;
+            let _: i64 = tx
+                .scalar(sqlx::query_scalar("SELECT count(*) FROM unnest($1::int4[])").bind(big))
+                .await?;
+            let _: Vec<(i32,)> = tx
+                .fetch_all(sqlx::query_as("SELECT g FROM generate_series(1, $1) g").bind(5000))
+                .await?;
+            tx.copy_in("COPY sink (a, b) FROM STDIN", &rows).await?;
+            tx.commit().await
+        })
+        .await;
+    }
+    for want in 0..300i32 {
+        let mut tx = db.begin().await.unwrap();
+        let got: i32 = tx
+            .scalar(sqlx::query_scalar("SELECT $1::int4").bind(want))
+            .await
+            .unwrap();
+        assert_eq!(got, want);
+        tx.commit().await.unwrap();
+    }
+}
