@@ -321,10 +321,14 @@ impl Engine {
             Some("unregistered") => return Ok(Fetch::Unregistered),
             other => return Err(QueueError::Protocol(format!("fetch status {other:?}"))),
         }
-        let rest: Vec<Value> = it.collect();
-        let mut jobs = Vec::with_capacity(rest.len() / 9);
-        for f in rest.chunks(9) {
-            jobs.push(parse_fetched(f)?);
+        let mut jobs = Vec::new();
+        loop {
+            let tuple: Vec<Value> = it.by_ref().take(9).collect();
+            match <[Value; 9]>::try_from(tuple) {
+                Ok(t) => jobs.push(parse_fetched(t)),
+                Err(rest) if rest.is_empty() => break,
+                Err(_) => return Err(QueueError::Protocol("fetch tuple".into())),
+            }
         }
         Ok(Fetch::Jobs(jobs))
     }
@@ -573,8 +577,9 @@ impl Engine {
 }
 
 /// One fetched job, judged alone: a field a foreign writer got wrong makes this job
-/// defective (dead-lettered with the reason), never the batch.
-fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
+/// defective (dead-lettered with the reason), never the batch. Takes the values by value:
+/// the payload is moved, not copied (this is the hot path of every job).
+fn parse_fetched(f: [Value; 9]) -> FetchedJob {
     let [
         id,
         ty,
@@ -585,21 +590,15 @@ fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
         maxa,
         enq,
         snoozes,
-    ] = f
-    else {
-        return Err(QueueError::Protocol("fetch tuple".into()));
-    };
+    ] = f;
     let mut defects: Vec<String> = Vec::new();
-    let mut text = |v: &Value, what: &str| match v {
-        Value::BulkString(b) => match String::from_utf8(b.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                defects.push(format!("{what} is not UTF-8 text"));
-                String::from_utf8_lossy(e.as_bytes()).into_owned()
-            }
-        },
+    let mut text = |v: Value, what: &str| match v {
+        Value::BulkString(b) => String::from_utf8(b).unwrap_or_else(|e| {
+            defects.push(format!("{what} is not UTF-8 text"));
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        }),
         Value::Int(i) => i.to_string(),
-        Value::SimpleString(s) => s.clone(),
+        Value::SimpleString(s) => s,
         Value::Nil => String::new(),
         other => {
             defects.push(format!("{what} has an unexpected type ({other:?})"));
@@ -609,41 +608,35 @@ fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
     let id = text(id, "the job id");
     let job_type = text(ty, "type");
     let payload = text(payload, "payload");
-    let raw = [
-        ("attempt", text(attempt, "attempt")),
-        ("failures", text(failures, "failures")),
-        ("orphans", text(orphans, "orphans")),
-        ("enqueued_at", text(enq, "enqueued_at")),
-        ("snoozes", text(snoozes, "snoozes")),
-    ];
     let maxa = text(maxa, "max_attempts");
-    let mut int = |name: &str| -> i64 {
-        let v = raw
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("");
-        match v.parse::<i64>() {
-            Ok(i) if i >= 0 => i,
-            _ => {
-                let hint = if name == "enqueued_at" {
-                    " (integer unix milliseconds, e.g. PHP intdiv(hrtime(true), 1000000) or (int) round(microtime(true) * 1000))"
-                } else {
-                    " (a non-negative integer)"
-                };
-                defects.push(format!(
-                    "field `{name}` must be an integer{hint}, got `{}`",
-                    v.chars().take(40).collect::<String>()
-                ));
-                0
-            }
-        }
+    let mut int = |v: Value, name: &str| -> u64 {
+        let parsed = match &v {
+            Value::Int(i) => u64::try_from(*i).ok(),
+            Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
+            _ => None,
+        };
+        parsed.unwrap_or_else(|| {
+            let shown = match &v {
+                Value::BulkString(b) => String::from_utf8_lossy(b).chars().take(40).collect(),
+                other => format!("{other:?}"),
+            };
+            let hint = if name == "enqueued_at" {
+                " (integer unix milliseconds, e.g. PHP (int) round(microtime(true) * 1000))"
+            } else {
+                " (a non-negative integer)"
+            };
+            defects.push(format!(
+                "field `{name}` must be an integer{hint}, got `{shown}`"
+            ));
+            0
+        })
     };
-    let attempt = int("attempt");
-    let failures = int("failures");
-    let orphans = int("orphans");
-    let enqueued_at_ms = int("enqueued_at");
-    let snoozes = int("snoozes");
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let attempt = clamp(int(attempt, "attempt"));
+    let failures = clamp(int(failures, "failures"));
+    let orphans = clamp(int(orphans, "orphans"));
+    let enqueued_at_ms = i64::try_from(int(enq, "enqueued_at")).unwrap_or(i64::MAX);
+    let snoozes = clamp(int(snoozes, "snoozes"));
     let max_attempts = if maxa.is_empty() {
         None
     } else {
@@ -657,19 +650,18 @@ fn parse_fetched(f: &[Value]) -> Result<FetchedJob, QueueError> {
             }
         }
     };
-    let clamp = |v: i64| u32::try_from(v).unwrap_or(u32::MAX);
-    Ok(FetchedJob {
+    FetchedJob {
         id,
         job_type,
         payload,
-        attempt: clamp(attempt),
-        failures: clamp(failures),
-        orphans: clamp(orphans),
+        attempt,
+        failures,
+        orphans,
         max_attempts,
         enqueued_at_ms,
-        snoozes: clamp(snoozes),
+        snoozes,
         defect: (!defects.is_empty()).then(|| defects.join("; ")),
-    })
+    }
 }
 
 /// A short digest of a payload, kept with its idempotency key (a repeated key with another
