@@ -641,7 +641,14 @@ async fn run_failure_hook(s: &Arc<Shared>, job: &FetchedJob, error: &str) -> Res
         return Ok(());
     }
     let ctx = job_context(s, job, true);
-    let timeout = s.ctx.settings.queue(&job.job_type).timeout;
+    // The hook only marks records: the job's own timeout (which may be what failed it, and
+    // may be short) is no measure for it.
+    let timeout = s
+        .ctx
+        .settings
+        .queue(&job.job_type)
+        .timeout
+        .max(Duration::from_secs(30));
     let hook = entry.on_failure(ctx, job.payload.clone(), error.to_string());
     match tokio::time::timeout(timeout, tokio::spawn(hook)).await {
         Ok(Ok(Ok(()))) => Ok(()),

@@ -269,10 +269,32 @@ async fn panics_timeouts_and_permanent_failures_run_the_failure_hook_once() {
         .enqueue("test_job", json!({"label": "r", "permanent": true}))
         .await;
     let fine = app.enqueue("test_job", json!({"label": "ok"})).await;
+    // A job whose workers died under it max_orphans times: poison.
+    let poison = uuid::Uuid::now_v7().to_string();
+    let p = app.ctx.queue.prefix().to_string();
+    let orphans = app.settings.worker.max_orphans.to_string();
+    let _: () = redis::pipe()
+        .atomic()
+        .hset_multiple(
+            format!("{p}:job:{poison}"),
+            &[
+                ("type", "test_job"),
+                ("payload", r#"{"label":"poison"}"#),
+                ("attempt", "0"),
+                ("failures", "0"),
+                ("orphans", orphans.as_str()),
+                ("enqueued_at", "1764489600123"),
+            ],
+        )
+        .rpush(format!("{p}:q:test_job:ready"), &poison)
+        .query_async(&mut app.ctx.queue.connection())
+        .await
+        .unwrap();
     for (id, attempts, what) in [
         (&panics, 3, "panicked"),
         (&slow, 3, "timed out"),
         (&refuses, 1, "refuses permanently"),
+        (&poison, 1, "poison"),
     ] {
         let runs = app.finished_runs(id, Duration::from_secs(30)).await;
         assert_eq!(runs.len(), attempts, "{what}: {runs:?}");
