@@ -815,3 +815,42 @@ async fn a_worker_killed_mid_import_loses_and_doubles_no_row() {
         assert!(interrupted >= 1, "the killed chunk attempt is recorded");
     }
 }
+
+#[tokio::test]
+async fn binary_garbage_is_refused_at_once_and_a_stray_nul_rejects_only_its_row() {
+    let app = spawn_app().await;
+    // Random bytes: hardly a NUL among them, but no text either.
+    let garbage: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761).rotate_left(7) >> 3) as u8)
+        .collect();
+    let t0 = std::time::Instant::now();
+    let id = submit(&app, "export.csv", &garbage).await;
+    let rec = wait_final(&app, id).await;
+    assert_eq!(rec.status, "failed");
+    let error = rec.error.clone().unwrap();
+    assert!(
+        error.starts_with("the file is not a readable CSV/XLSX/XLS/ODS file"),
+        "{error}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "refused at once");
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job_runs WHERE job_type = 'upload'")
+            .await,
+        1,
+        "not retried"
+    );
+
+    // A good file with one NUL in one value: that row is rejected, naming line and column.
+    let csv = b"Name;IBAN;Amount\nAnna;DE89370400440532013000;1.00\nBe\0rta;DE89370400440532013000;2.00\nCarl;DE89370400440532013000;3.00\n";
+    let rec = ingest(&app, "nul.csv", csv).await;
+    assert_eq!(rec.status, "completed");
+    assert_eq!(
+        (rec.rows_imported + rec.rows_duplicate, rec.rows_rejected),
+        (2, 1)
+    );
+    let r = rejects(&app, rec.id).await;
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].row_no, 3);
+    assert_eq!(r[0].column_name.as_deref(), Some("Name"));
+    assert!(r[0].reason.contains("NUL character"), "{}", r[0].reason);
+}
