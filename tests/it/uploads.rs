@@ -854,3 +854,39 @@ async fn binary_garbage_is_refused_at_once_and_a_stray_nul_rejects_only_its_row(
     assert_eq!(r[0].column_name.as_deref(), Some("Name"));
     assert!(r[0].reason.contains("NUL character"), "{}", r[0].reason);
 }
+
+#[tokio::test]
+async fn a_long_identifier_typed_into_a_number_cell_is_refused_not_rounded() {
+    use rust_xlsxwriter::Workbook;
+    let app = spawn_app().await;
+    let mut wb = Workbook::new();
+    let ws = wb.add_worksheet();
+    for (c, h) in ["Name", "IBAN", "Amount", "Reference"].iter().enumerate() {
+        ws.write_string(0, c as u16, *h).unwrap();
+    }
+    ws.write_string(1, 0, "Anna").unwrap();
+    ws.write_string(1, 1, "DE89370400440532013000").unwrap();
+    ws.write_number(1, 2, 12.5).unwrap();
+    ws.write_number(1, 3, 1_234_567_890_123_456_789.0).unwrap(); // 19 digits, as typed
+    ws.write_string(2, 0, "Berta").unwrap();
+    ws.write_string(2, 1, "DE89370400440532013000").unwrap();
+    ws.write_number(2, 2, 3.0).unwrap();
+    ws.write_number(2, 3, 123_456_789_012_345.0).unwrap(); // 15 digits: kept exactly
+    let rec = ingest(&app, "long-ref.xlsx", &wb.save_to_buffer().unwrap()).await;
+    assert_eq!((rec.rows_imported, rec.rows_rejected), (1, 1));
+    let r = rejects(&app, rec.id).await;
+    assert_eq!(r[0].row_no, 2);
+    assert_eq!(r[0].column_name.as_deref(), Some("Reference"));
+    assert!(
+        r[0].reason.contains("format the column as text")
+            && r[0].reason.contains("15 significant digits"),
+        "{}",
+        r[0].reason
+    );
+    let refs: Vec<(String,)> = sqlx::query_as("SELECT reference FROM debtors WHERE upload_id = $1")
+        .bind(rec.id)
+        .fetch_all(&mut app.db.connect().await)
+        .await
+        .unwrap();
+    assert_eq!(refs, vec![("123456789012345".to_string(),)]);
+}

@@ -181,6 +181,14 @@ impl Cell<'_> {
                 date_of(&ExcelDateTime::new(*f, ExcelDateTimeType::DateTime, false))
             }
             (Cell::Int(i), _) => Ok(i.to_string()),
+            // A spreadsheet keeps 15 significant digits of a number: an identifier of 16 or
+            // more digits typed into a number cell has already lost its tail (19 digits come
+            // back as 1234567890123460000). Never invent digits: refuse, saying how to fix it.
+            (Cell::Float(f), FieldKind::Text) if f.abs() >= 1e15 => Err(format!(
+                "the cell holds the number {}, and spreadsheets keep only 15 significant digits of a \
+                 number: digits of this identifier may be lost; format the column as text and export again",
+                excel_number_text(*f)
+            )),
             (Cell::Float(f), _) => Ok(excel_number_text(*f)),
             (Cell::Date(d), FieldKind::Date | FieldKind::Text) => date_of(d),
             (Cell::Date(_), FieldKind::Amount) => {
