@@ -241,6 +241,8 @@ pub struct UploadSettings {
     pub max_decompressed_bytes: u64,
     /// Longest accepted cell in bytes.
     pub max_field_bytes: usize,
+    /// A staged chunk is closed at this many bytes even short of `chunk_rows`.
+    pub chunk_max_bytes: usize,
     /// Currency when the file gives none.
     pub default_currency: String,
     /// Spool folder for spreadsheets; empty = system temp.

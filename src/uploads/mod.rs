@@ -645,6 +645,14 @@ pub async fn verification(db: &Db, id: Uuid) -> Result<Verification, DbError> {
     Ok(v)
 }
 
+/// Why a value over `upload.max_field_bytes` rejects its row (split and import say it alike).
+pub fn too_long(field: Field, len: usize, max: usize) -> String {
+    format!(
+        "the {} is {len} bytes long; at most {max} are accepted",
+        field.as_str()
+    )
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary
 /// (`str::truncate` at a byte in the middle of a character panics).
 pub fn cut_at_char_boundary(s: &str, max: usize) -> &str {

@@ -90,6 +90,11 @@ impl ChunkWriter {
         self.rows
     }
 
+    /// Bytes staged so far (give or take the writer's small buffer).
+    pub fn bytes(&self) -> usize {
+        self.w.get_ref().len()
+    }
+
     /// (first row, last row, rows, bytes).
     pub fn finish(self) -> (u32, u32, u32, Vec<u8>) {
         let bytes = self.w.into_inner().unwrap_or_default();

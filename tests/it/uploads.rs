@@ -890,3 +890,98 @@ async fn a_long_identifier_typed_into_a_number_cell_is_refused_not_rounded() {
         .unwrap();
     assert_eq!(refs, vec![("123456789012345".to_string(),)]);
 }
+
+#[tokio::test]
+async fn a_huge_unquoted_value_is_named_by_line_and_column_not_blamed_on_a_quote() {
+    let app = spawn_app().await;
+    let mut csv = b"Name;IBAN;Amount\nAnna;DE89370400440532013000;1.00\n".to_vec();
+    csv.push(b'B');
+    csv.extend(std::iter::repeat_n(b'x', 20 << 20));
+    csv.extend_from_slice(b";DE89370400440532013000;2.00\n");
+    let id = submit(&app, "huge-field.csv", &csv).await;
+    let rec = wait_final(&app, id).await;
+    assert_eq!(rec.status, "failed");
+    let error = rec.error.unwrap();
+    assert!(
+        error.starts_with("line 3, column 1 (\"Name\"): a value over 1 MiB long"),
+        "{error}"
+    );
+    assert!(!error.contains("quote"), "{error}");
+}
+
+#[tokio::test]
+async fn long_values_are_rejected_while_splitting_and_chunks_are_capped_by_bytes() {
+    let app = spawn_app_with(|s| {
+        s.upload.chunk_rows = 1000;
+        s.upload.chunk_max_bytes = 100_000;
+    })
+    .await;
+    let mut csv = String::from("Name;IBAN;Amount;Reference\n");
+    for i in 0..600 {
+        // 900-byte names: accepted, but 100 KB of chunk holds only about a hundred.
+        let name = format!("N{i:05}{}", "n".repeat(894));
+        csv.push_str(&format!("{name};DE89370400440532013000;1.00;R{i}\n"));
+    }
+    csv.push_str(&format!(
+        "{};DE89370400440532013000;1.00;LONG\n",
+        "y".repeat(600_000)
+    ));
+    let rec = ingest(&app, "long-values.csv", csv.as_bytes()).await;
+    assert_eq!(rec.status, "completed");
+    assert_eq!((rec.rows_imported, rec.rows_rejected), (600, 1));
+    assert!(
+        rec.chunks_total.unwrap() >= 6,
+        "chunks closed by size: {:?}",
+        rec.chunks_total
+    );
+    let r = rejects(&app, rec.id).await;
+    assert_eq!(r[0].row_no, 602);
+    assert_eq!(r[0].column_name.as_deref(), Some("Name"));
+    assert!(
+        r[0].reason.contains("600000 bytes long; at most 1000"),
+        "{}",
+        r[0].reason
+    );
+    assert!(r[0].value.as_ref().unwrap().len() <= 64);
+}
+
+#[tokio::test]
+async fn a_worker_importing_a_file_of_very_long_values_stays_within_200_mb() {
+    let app = crate::helpers::spawn_api_only().await;
+    let mut daemon = crate::helpers::process::Daemon::start(
+        &app.settings,
+        &["run", "--no-http", "--queues", "upload,upload_chunk"],
+    );
+    // 120 MB: 240 rows with a 500 KB name each, between good rows.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.csv");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        writeln!(f, "Name;IBAN;Amount;Reference").unwrap();
+        let long = "w".repeat(500_000);
+        for i in 0..240 {
+            writeln!(f, "{long};DE89370400440532013000;1.00;W{i}").unwrap();
+            writeln!(f, "Good {i};DE89370400440532013000;1.00;G{i}").unwrap();
+        }
+    }
+    let id = finworker::uploads::submit(&app.ctx, &path, None, None)
+        .await
+        .unwrap();
+    let rec = wait_final(&app, id).await;
+    assert_eq!(rec.status, "completed", "{:?}", rec.error);
+    assert_eq!((rec.rows_imported, rec.rows_rejected), (240, 240));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    eprintln!("worker peak RSS: {} MB", peak_kb / 1024);
+    assert!(
+        peak_kb < 200 * 1024,
+        "worker peak RSS {} MB for a 120 MB file of 500 KB values",
+        peak_kb / 1024
+    );
+    daemon.sigterm();
+    daemon.wait_timeout(Duration::from_secs(20));
+}

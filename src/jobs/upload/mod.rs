@@ -333,7 +333,8 @@ async fn split(
             tokio::task::spawn_blocking(move || {
                 let bridge = SyncIoBridge::new(async_read);
                 let mut src = text::CsvSource::open(Box::new(bridge), &aliases)?;
-                let mut sink = Splitter::new(tx_ev, chunk_rows, max_rows);
+                let mut sink = Splitter::new(tx_ev, chunk_rows, max_rows)
+                    .with_limits(settings.max_field_bytes, settings.chunk_max_bytes);
                 split::drive(&mut src, &mut sink)?;
                 let notes = source::RowSource::notes(&src);
                 Ok((sink.finish()?, notes))
@@ -374,7 +375,8 @@ async fn split(
             };
             drop(aliases); // the child maps the header with the same configuration
             tokio::task::spawn_blocking(move || {
-                let mut sink = Splitter::new(tx_ev, chunk_rows, max_rows);
+                let mut sink = Splitter::new(tx_ev, chunk_rows, max_rows)
+                    .with_limits(settings.max_field_bytes, settings.chunk_max_bytes);
                 isolated::read(file, format, sheet.as_deref(), &limits, &mut sink)?;
                 Ok((sink.finish()?, Vec::new()))
             })

@@ -4,7 +4,7 @@
 use tokio::sync::mpsc;
 
 use super::source::{FileError, RowSource, SourceMeta, SourceRow};
-use crate::uploads::staged::ChunkWriter;
+use crate::uploads::staged::{ChunkWriter, RowProblem};
 
 /// Why the split stopped early.
 #[derive(Debug)]
@@ -73,6 +73,12 @@ pub struct Splitter {
     tx: mpsc::Sender<SplitEvent>,
     chunk_rows: u32,
     max_rows: u64,
+    /// A value longer than this rejects its row here, so it is never staged.
+    max_field_bytes: usize,
+    /// A chunk is sent once it holds this many bytes, even short of `chunk_rows`: memory
+    /// stays bounded whatever the row shape.
+    max_chunk_bytes: usize,
+    columns: crate::uploads::ColumnMap,
     current: ChunkWriter,
     totals: SplitTotals,
     bytes_read: u64,
@@ -85,10 +91,20 @@ impl Splitter {
             tx,
             chunk_rows,
             max_rows,
+            max_field_bytes: usize::MAX,
+            max_chunk_bytes: usize::MAX,
+            columns: Default::default(),
             current: ChunkWriter::new(),
             totals: SplitTotals::default(),
             bytes_read: 0,
         }
+    }
+
+    /// Value and chunk size limits (`upload.max_field_bytes`, `upload.chunk_max_bytes`).
+    pub fn with_limits(mut self, max_field_bytes: usize, max_chunk_bytes: usize) -> Self {
+        self.max_field_bytes = max_field_bytes;
+        self.max_chunk_bytes = max_chunk_bytes;
+        self
     }
 
     fn flush(&mut self) -> Result<(), Stop> {
@@ -120,6 +136,7 @@ impl Splitter {
 
 impl RowSink for Splitter {
     fn header(&mut self, meta: &SourceMeta, sheet: Option<&str>) -> Result<(), Stop> {
+        self.columns = meta.columns.clone();
         self.tx
             .blocking_send(SplitEvent::Header(meta.clone(), sheet.map(str::to_string)))
             .map_err(|_| Stop::Cancelled)
@@ -140,9 +157,27 @@ impl RowSink for Splitter {
                         limit: self.max_rows,
                     }));
                 }
-                let refs: [&str; 14] = std::array::from_fn(|i| values[i].as_str());
-                self.current.push(row_no, problem.as_ref(), &refs);
-                if self.current.rows() >= self.chunk_rows {
+                let too_long = problem.is_none().then(|| {
+                    crate::uploads::Field::ALL
+                        .into_iter()
+                        .find(|f| values[f.index()].len() > self.max_field_bytes)
+                });
+                if let Some(Some(f)) = too_long {
+                    let v = &values[f.index()];
+                    let p = RowProblem {
+                        field: Some(f),
+                        column: self.columns.header_of(f).map(str::to_string),
+                        reason: crate::uploads::too_long(f, v.len(), self.max_field_bytes),
+                        value: Some(crate::uploads::cut_at_char_boundary(v, 64).to_string()),
+                    };
+                    self.current.push(row_no, Some(&p), &Default::default());
+                } else {
+                    let refs: [&str; 14] = std::array::from_fn(|i| values[i].as_str());
+                    self.current.push(row_no, problem.as_ref(), &refs);
+                }
+                if self.current.rows() >= self.chunk_rows
+                    || self.current.bytes() >= self.max_chunk_bytes
+                {
                     self.flush()?;
                 }
             }

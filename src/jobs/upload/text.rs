@@ -59,14 +59,32 @@ struct Lines {
     passed: u64,
     read: u64,
     last: u8,
+    /// The delimiter (to name the column of a runaway value).
+    delimiter: u8,
+    /// Offsets of delimiters not passed yet (pruned with the newlines).
+    delims: std::collections::VecDeque<u64>,
+    /// Offset of the last quote character read.
+    last_quote: Option<u64>,
 }
 
 impl Lines {
+    /// For a record starting at `start` that ran away: whether a quote was read since its
+    /// start (then an unclosed quote is the likely cause), and the 0-based column the reader
+    /// was in (exact when no quote is open).
+    fn runaway_at(&self, start: u64) -> (bool, usize) {
+        let quoted = self.last_quote.is_some_and(|q| q >= start);
+        let column = self.delims.iter().filter(|d| **d >= start).count();
+        (quoted, column)
+    }
+
     /// 1-based line of a byte offset; offsets must not go backwards.
     fn line_at(&mut self, byte: u64) -> u64 {
         while self.ends.front().is_some_and(|(_, nl)| *nl < byte) {
             self.ends.pop_front();
             self.passed += 1;
+        }
+        while self.delims.front().is_some_and(|d| *d < byte) {
+            self.delims.pop_front();
         }
         self.passed + 1
     }
@@ -103,6 +121,10 @@ impl<R: Read> Read for LineTracker<R> {
                 if *b == b'\n' {
                     let start = if l.last == b'\r' { at - 1 } else { at };
                     l.ends.push_back((start, at));
+                } else if *b == l.delimiter {
+                    l.delims.push_back(at);
+                } else if *b == b'"' {
+                    l.last_quote = Some(at);
                 }
                 l.last = *b;
             }
@@ -124,6 +146,8 @@ pub struct CsvSource {
     fallback_cells: u64,
     utf16: bool,
     lines: Arc<std::sync::Mutex<Lines>>,
+    /// The header row as written, to name a column in messages.
+    headers: Vec<String>,
 }
 
 fn decode(enc: Enc, bytes: &[u8], fallbacks: &mut u64) -> String {
@@ -257,7 +281,10 @@ impl CsvSource {
                 )
             };
         let delimiter = sniff_delimiter(&sample, enc, aliases);
-        let lines = Arc::new(std::sync::Mutex::new(Lines::default()));
+        let lines = Arc::new(std::sync::Mutex::new(Lines {
+            delimiter,
+            ..Lines::default()
+        }));
         let reader: Box<dyn Read + Send> = Box::new(LineTracker {
             inner: reader,
             lines: Arc::clone(&lines),
@@ -304,6 +331,7 @@ impl CsvSource {
             fallback_cells: 0,
             utf16,
             lines,
+            headers,
         })
     }
 }
@@ -321,12 +349,28 @@ impl RowSource for CsvSource {
             Ok(true) => {}
             Err(e) => {
                 let runaway = matches!(e.kind(), csv::ErrorKind::Io(io) if io.kind() == io::ErrorKind::InvalidData);
-                return Err(FileError::Unreadable(if runaway {
+                if !runaway {
+                    return Err(FileError::Unreadable(format!(
+                        "the file cannot be read after line {start_line}: {e}"
+                    )));
+                }
+                let (quoted, column) = self.lines.lock().map_or((true, 0), |l| l.runaway_at(here));
+                return Err(FileError::Unreadable(if quoted {
                     format!(
                         "from line {start_line} on, a quoted value is never closed, so the rest of the file would be one cell; check the quote characters (\") on that line"
                     )
                 } else {
-                    format!("the file cannot be read after line {start_line}: {e}")
+                    let header = self
+                        .headers
+                        .get(column)
+                        .filter(|h| !h.trim().is_empty())
+                        .map(|h| format!(" (\"{h}\")"))
+                        .unwrap_or_default();
+                    format!(
+                        "line {start_line}, column {}{header}: a value over {} MiB long (values are limited to upload.max_field_bytes, and one this long is not a debtor file's); the file is refused",
+                        column + 1,
+                        RUNAWAY_BYTES >> 20
+                    )
                 }));
             }
         }

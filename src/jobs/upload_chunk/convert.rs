@@ -95,12 +95,7 @@ impl Rules<'_> {
             if v.len() > self.max_field_bytes {
                 return Err(reject(self.problem(
                     f,
-                    format!(
-                        "the {} is {} bytes long; at most {} are accepted",
-                        f.as_str(),
-                        v.len(),
-                        self.max_field_bytes
-                    ),
+                    crate::uploads::too_long(f, v.len(), self.max_field_bytes),
                     v,
                 )));
             }
