@@ -68,11 +68,14 @@ impl Storage {
         match s.backend {
             StorageBackend::Local => {
                 std::fs::create_dir_all(&s.local_root)?;
-                let fs = LocalFileSystem::new_with_prefix(&s.local_root)
+                // Named absolutely: a relative root depends on the working directory, and a
+                // "no such file" must say which folder was looked in.
+                let root = std::fs::canonicalize(&s.local_root)?;
+                let fs = LocalFileSystem::new_with_prefix(&root)
                     .map_err(|e| StorageError::Config(e.to_string()))?;
                 Ok(Self {
                     store: Arc::new(fs),
-                    label: format!("local:{}", s.local_root.display()),
+                    label: format!("local:{}", root.display()),
                 })
             }
             StorageBackend::S3 => {

@@ -985,3 +985,23 @@ async fn a_worker_importing_a_file_of_very_long_values_stays_within_200_mb() {
     daemon.sigterm();
     daemon.wait_timeout(Duration::from_secs(20));
 }
+
+#[tokio::test]
+async fn a_missing_object_names_the_absolute_storage_folder_it_looked_in() {
+    let app = spawn_app().await;
+    let id = app
+        .enqueue(
+            "upload",
+            serde_json::json!({"object_key": "uploads/nowhere/missing.csv"}),
+        )
+        .await;
+    let id: uuid::Uuid = id.parse().unwrap();
+    let rec = wait_final(&app, id).await;
+    let error = rec.error.unwrap();
+    let root = std::fs::canonicalize(&app.settings.storage.local_root).unwrap();
+    assert!(
+        error.contains("there is no file at \"uploads/nowhere/missing.csv\"")
+            && error.contains(&format!("local:{}", root.display())),
+        "{error}"
+    );
+}

@@ -296,7 +296,9 @@ async fn split(
         Ok(o) => o,
         Err(crate::storage::StorageError::NotFound(k)) => {
             return Ok(Err(FileError::Unreadable(format!(
-                "there is no file at \"{k}\" in storage"
+                "there is no file at \"{k}\" in storage ({}); a local storage folder is per \
+                 machine and set by storage.local_root: the worker and `finworker upload` must share it",
+                app.storage.label()
             ))));
         }
         Err(e) => return Err(e.into()),
