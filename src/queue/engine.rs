@@ -390,7 +390,12 @@ impl Engine {
 
     /// Takes back the jobs of expired workers (`None`), or of one worker now, and parks them
     /// until their cut attempts are revoked in Postgres; then [`Engine::recover`] them.
-    pub async fn reap(&self, only: Option<&str>) -> Result<Vec<Orphan>, QueueError> {
+    /// `except`: a name never reaped by this call (the caller's own).
+    pub async fn reap(
+        &self,
+        only: Option<&str>,
+        except: Option<&str>,
+    ) -> Result<Vec<Orphan>, QueueError> {
         let mut c = self.conn.clone();
         let v: Vec<Value> = self
             .scripts
@@ -398,6 +403,7 @@ impl Engine {
             .prepare_invoke()
             .arg(&self.prefix)
             .arg(only.unwrap_or(""))
+            .arg(except.unwrap_or(""))
             .invoke_async(&mut c)
             .await?;
         v.chunks(6)

@@ -347,7 +347,7 @@ async fn release_and_hand_back(shared: &Arc<Shared>) {
             }
         }
     }
-    match shared.ctx.queue.reap(Some(&worker)).await {
+    match shared.ctx.queue.reap(Some(&worker), None).await {
         Ok(orphans) => {
             if !orphans.is_empty() {
                 warn!(
@@ -967,12 +967,12 @@ async fn housekeeping(s: Arc<Shared>, stop: CancellationToken) {
     let mut audit_tick =
         tokio::time::interval((w.audit_running_after / 2).max(Duration::from_millis(100)));
     audit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut suspects: HashSet<String> = HashSet::new();
+    let mut suspects: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = beat.tick() => {
-                match s.ctx.queue.reap(None).await {
+                match s.ctx.queue.reap(None, Some(&s.worker())).await {
                     Ok(orphans) if !orphans.is_empty() => {
                         for o in &orphans {
                             s.ctx.metrics.orphans_recovered.get_or_create(&Metrics::job(&o.job_type)).inc();
@@ -1002,11 +1002,17 @@ async fn housekeeping(s: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// A fetch whose answer was lost (response timeout after the script ran) leaves ids in
-/// Redis under our name that we never received. Seen twice in a row, they are released.
-async fn reconcile(s: &Arc<Shared>, previous: HashSet<String>) -> HashSet<String> {
+/// Redis under our name that we never received. Unknown for a whole lease, they are released.
+/// (Not sooner: a fetch's answer is inserted into `held` just after the script ran, and a
+/// loaded machine can delay that by more than a heartbeat — releasing such a job would run it
+/// twice.)
+async fn reconcile(
+    s: &Arc<Shared>,
+    mut suspects: HashMap<String, Instant>,
+) -> HashMap<String, Instant> {
     let worker = s.worker();
     let Ok(ids) = s.ctx.queue.held_by(&worker).await else {
-        return previous;
+        return suspects;
     };
     let unknown: HashSet<String> = {
         let held = s.held();
@@ -1014,7 +1020,17 @@ async fn reconcile(s: &Arc<Shared>, previous: HashSet<String>) -> HashSet<String
             .filter(|id| !held.contains_key(id))
             .collect()
     };
-    let confirmed: Vec<String> = unknown.intersection(&previous).cloned().collect();
+    suspects.retain(|id, _| unknown.contains(id));
+    let now = Instant::now();
+    for id in &unknown {
+        suspects.entry(id.clone()).or_insert(now);
+    }
+    let lease = s.ctx.settings.worker.lease();
+    let confirmed: Vec<String> = suspects
+        .iter()
+        .filter(|(_, since)| now.duration_since(**since) >= lease)
+        .map(|(id, _)| id.clone())
+        .collect();
     if !confirmed.is_empty() {
         let mut entries = Vec::new();
         for id in &confirmed {
@@ -1030,11 +1046,11 @@ async fn reconcile(s: &Arc<Shared>, previous: HashSet<String>) -> HashSet<String
         if let Err(e) = s.ctx.queue.settle(&worker, &entries).await {
             warn!(error = %e, "release failed");
         }
+        for id in &confirmed {
+            suspects.remove(id);
+        }
     }
-    unknown
-        .into_iter()
-        .filter(|id| !confirmed.contains(id))
-        .collect()
+    suspects
 }
 
 async fn write_running_rows(s: &Arc<Shared>) {
