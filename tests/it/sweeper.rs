@@ -20,6 +20,7 @@ async fn a_100k_row_pipeline_survives_its_redis_namespace_being_flushed_twice() 
         s.vop.rate_limit = 50_000;
         s.vop.in_flight = 64;
         s.upload.chunk_rows = 5_000;
+        s.sweeper.enabled = true;
         s.sweeper.interval = Duration::from_secs(1);
         s.sweeper.stale_after = Duration::from_secs(3);
         // The report (an XLSX of 88k rows, slow in a debug build) is not what this tests.

@@ -71,6 +71,7 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
             d(s.queue("test_job").backoff_base),
         ),
         ("FINWORKER__LOG__FORMAT", "json".to_string()),
+        ("FINWORKER__SWEEPER__ENABLED", s.sweeper.enabled.to_string()),
         ("FINWORKER__VOP__ENABLED", s.vop.enabled.to_string()),
         ("FINWORKER__VOP__BASE_URL", s.vop.base_url.clone()),
         ("FINWORKER__VOP__RATE_LIMIT", s.vop.rate_limit.to_string()),
