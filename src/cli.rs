@@ -112,6 +112,10 @@ pub struct UploadArgs {
     /// Sheet of a workbook (defaults to the first).
     #[arg(long)]
     pub sheet: Option<String>,
+    /// Import the file even if an earlier upload had exactly the same content (refused
+    /// otherwise, naming that upload).
+    #[arg(long)]
+    pub allow_same_file: bool,
     /// Print the upload id and return at once.
     #[arg(long)]
     pub no_wait: bool,
@@ -299,6 +303,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("applying migrations over database.direct_url")?;
             println!("migrations applied");
+            if let Some(key) = settings.privacy.iban_key.as_ref() {
+                let db = db::Db::connect_lazy(&settings.database, settings.database_password())?;
+                let n = uploads::backfill_iban_keys(&db, &crate::iban::IbanHasher::new(key)).await?;
+                if n > 0 {
+                    println!("{n} stored debtors given their IBAN lookup key");
+                }
+            }
             Ok(())
         }
         Command::Enqueue(args) => {
@@ -380,6 +391,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 &args.file,
                 args.name.as_deref(),
                 args.sheet.as_deref(),
+                args.allow_same_file,
             )
             .await?;
             if args.no_wait {

@@ -31,6 +31,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "storage.s3.secret_access_key",
     "vop.api_key",
     "reports.link_secret",
+    "privacy.iban_key",
 ];
 
 /// Errors while loading or checking configuration.
@@ -90,6 +91,18 @@ pub struct Settings {
     pub reports: ReportSettings,
     /// The sweeper: re-drives pipelines whose jobs Redis lost.
     pub sweeper: SweeperSettings,
+    /// Personal data.
+    pub privacy: PrivacySettings,
+}
+
+/// Personal data.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// HMAC key of IBAN lookups (environment only). Needed by workers that import debtors;
+    /// changing it makes stored lookup keys unusable (see docs/uploads.md).
+    #[serde(default, serialize_with = "redact")]
+    pub iban_key: Option<SecretString>,
 }
 
 /// The sweeper (Postgres is the record, Redis only the transport).
@@ -629,6 +642,14 @@ impl Settings {
             return bad(
                 "reports.link_secret",
                 "is shorter than 32 bytes: report links signed with it could be forged; use 32+ random bytes",
+            );
+        }
+        if let Some(n) = secret_len(&self.privacy.iban_key)
+            && n < 32
+        {
+            return bad(
+                "privacy.iban_key",
+                "is shorter than 32 bytes: IBAN lookup keys made with it could be reversed by trying IBANs; use 32+ random bytes",
             );
         }
         if secret_len(&self.vop.api_key) == Some(0) {

@@ -32,6 +32,8 @@ pub struct AppContext {
     pub storage: Storage,
     /// The VOP/BAV provider behind its rate limit and breaker.
     pub vop: crate::vop::Verifier,
+    /// Keyed IBAN hashing (`privacy.iban_key`); `None` when the key is not configured.
+    pub iban: Option<crate::iban::IbanHasher>,
 }
 
 /// Options of one enqueue.

@@ -225,7 +225,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         "9. uploading a generated debtor file ({} rows: {} unique of which {} should fail validation, {} duplicates, {} malformed)",
         summary.rows, summary.unique, summary.invalid, summary.duplicates, summary.malformed
     );
-    let upload_id = crate::uploads::submit(&ctx, &file, None, None).await?;
+    let upload_id = crate::uploads::submit(&ctx, &file, None, None, false).await?;
     let rec = crate::uploads::watch(&ctx, upload_id, Duration::from_millis(200)).await?;
     for line in crate::uploads::describe(&rec, chrono::Utc::now()).lines() {
         println!("   {line}");
@@ -264,7 +264,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let mut c = ctx.db.begin().await?;
     let codes: Vec<(String, String, i64)> = c
         .fetch_all(sqlx::query_as(
-            "SELECT i.code, i.severity, count(*) FROM debtors d JOIN debtor_issues i ON i.debtor_id = d.id \
+            "SELECT i->>'code', i->>'severity', count(*) FROM debtors d, jsonb_array_elements(d.issues) i \
              WHERE d.upload_id = $1 GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5",
         ).bind(upload_id))
         .await?;

@@ -57,6 +57,7 @@ type UploadRow = (
     Option<String>,
     Option<chrono::DateTime<chrono::Utc>>,
     Option<chrono::DateTime<chrono::Utc>>,
+    bool,
 );
 
 /// Pushes again the jobs of the upload's current stage whose jobs Redis no longer holds.
@@ -66,13 +67,14 @@ pub async fn redrive(app: &AppContext, id: Uuid) -> anyhow::Result<Stage> {
     let row: Option<UploadRow> = tx
         .fetch_optional(
             sqlx::query_as(
-                "SELECT status, object_key, file_name, sheet, validated_at, verified_at FROM uploads WHERE id = $1",
+                "SELECT status, object_key, file_name, sheet, validated_at, verified_at, allow_same_file FROM uploads WHERE id = $1",
             )
             .bind(id),
         )
         .await?;
     tx.commit().await?;
-    let Some((status, object_key, file_name, sheet, validated_at, verified_at)) = row else {
+    let Some((status, object_key, file_name, sheet, validated_at, verified_at, allow_same_file)) = row
+    else {
         return Ok(Stage::Done);
     };
     let stage = match status.as_str() {
@@ -91,6 +93,7 @@ pub async fn redrive(app: &AppContext, id: Uuid) -> anyhow::Result<Stage> {
                 file_name: Some(file_name),
                 upload_id: Some(id),
                 sheet,
+                allow_same_file,
             };
             vec![new(&job, format!("upload:{id}"), true)?]
         }

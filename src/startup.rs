@@ -89,11 +89,16 @@ pub async fn build_context(settings: Settings) -> anyhow::Result<AppContext> {
     let vop = crate::vop::Verifier::from_settings(&settings.vop, &queue, metrics.clone())
         .context("building the VOP provider client")?;
     Ok(AppContext {
-        settings: Arc::new(settings),
         db,
         queue,
         metrics,
         registry: Arc::new(registry),
+        iban: settings
+            .privacy
+            .iban_key
+            .as_ref()
+            .map(crate::iban::IbanHasher::new),
+        settings: Arc::new(settings),
         storage,
         vop,
     })
@@ -113,10 +118,30 @@ impl App {
             }
             .into());
         }
+        let imports = roles.workers
+            && (roles.queues.is_empty() || roles.queues.iter().any(|q| q == "upload_chunk"));
+        if imports && settings.privacy.iban_key.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "privacy.iban_key".into(),
+                message: format!(
+                    "required by workers that import debtors (the upload_chunk queue); set {} to 32+ random bytes",
+                    crate::config::env_var_name("privacy.iban_key")
+                ),
+            }
+            .into());
+        }
         for w in settings.warnings() {
             warn!("configuration: {w}");
         }
         let ctx = build_context(settings).await?;
+        if imports && let Some(h) = ctx.iban.as_ref() {
+            // Debtors stored before keyed IBAN hashing (see migrations/20261201000001).
+            match crate::uploads::backfill_iban_keys(&ctx.db, h).await {
+                Ok(0) => {}
+                Ok(n) => info!(debtors = n, "gave stored debtors their IBAN lookup key"),
+                Err(e) => warn!(error = %e, "could not fill stored debtors' IBAN lookup keys"),
+            }
+        }
         match ctx.queue.durability_warnings().await {
             Ok(ws) => {
                 for w in ws {

@@ -4,6 +4,7 @@
 //! splits a file into staged chunks; each `upload_chunk` job imports one. Totals always add
 //! up: rows seen = imported + duplicates + rejected (blank rows are counted apart).
 
+pub mod convert;
 mod field;
 pub mod staged;
 
@@ -32,20 +33,20 @@ pub fn object_key_for(id: Uuid, file_name: &str, now: DateTime<Utc>) -> String {
     format!("uploads/{}/{id}/{safe}", now.format("%Y/%m/%d"))
 }
 
-/// Prefix of one upload's staged chunks (removed when the upload ends).
 /// What finance staff read in `uploads.error` when the failure was internal (database,
 /// storage, a bug): a sentence, never the error chain — ops find that in the job's log line
 /// and in `finworker jobs show`.
 pub const STAFF_INTERNAL_ERROR: &str = "the file could not be processed because of an internal error; \
     operations have been alerted and can retry the upload";
 
+/// Prefix of one upload's staged chunks (removed when the upload ends).
 pub fn staging_prefix(id: Uuid) -> String {
     format!("staging/{id}")
 }
 
 /// Key of one staged chunk.
 pub fn staged_key(id: Uuid, chunk_no: u32) -> String {
-    format!("staging/{id}/chunk-{chunk_no:06}.csv")
+    format!("staging/{id}/chunk-{chunk_no:06}.jsonl")
 }
 
 /// One row of `uploads`.
@@ -117,6 +118,15 @@ pub struct UploadRecord {
     pub chunks_verified: i32,
     /// When verification ended.
     pub verified_at: Option<DateTime<Utc>>,
+    /// Imported debtors that repeat no earlier upload's debtor.
+    pub rows_new: i64,
+    /// Imported debtors that repeat an earlier upload's debtor unchanged.
+    pub rows_unchanged: i64,
+    /// Imported debtors that repeat an earlier upload's debtor with a change (amount,
+    /// mandate, name or BIC; listed per debtor in `debtors.changes`).
+    pub rows_changed: i64,
+    /// Import the file even when an earlier upload had the same content.
+    pub allow_same_file: bool,
 }
 
 /// Progress figures derived from a record.
@@ -222,7 +232,7 @@ const SELECT: &str = "SELECT id, object_key, file_name, sheet, format, encoding,
      size_bytes, bytes_read, chunk_rows, chunks_total, chunks_staged, chunks_done, rows_seen, rows_blank, \
      rows_imported, rows_duplicate, rows_rejected, columns, error, note, created_at, started_at, \
      split_at, finished_at, updated_at, chunks_validated, rows_valid, rows_invalid, validated_at, \
-     chunks_verified, verified_at FROM uploads";
+     chunks_verified, verified_at, rows_new, rows_unchanged, rows_changed, allow_same_file FROM uploads";
 
 /// Reads one record.
 pub async fn get(db: &Db, id: Uuid) -> Result<Option<UploadRecord>, DbError> {
@@ -250,17 +260,19 @@ pub async fn create_pending(
     file_name: &str,
     sheet: Option<&str>,
     chunk_rows: u32,
+    allow_same_file: bool,
 ) -> Result<(), DbError> {
     tx.execute(
         sqlx::query(
-            "INSERT INTO uploads (id, object_key, file_name, sheet, chunk_rows) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO uploads (id, object_key, file_name, sheet, chunk_rows, allow_same_file) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(object_key)
         .bind(file_name)
         .bind(sheet)
-        .bind(i32::try_from(chunk_rows).unwrap_or(i32::MAX)),
+        .bind(i32::try_from(chunk_rows).unwrap_or(i32::MAX))
+        .bind(allow_same_file),
     )
     .await?;
     Ok(())
@@ -298,24 +310,40 @@ pub async fn rejects(db: &Db, id: Uuid, limit: i64) -> Result<Vec<Reject>, DbErr
     Ok(r)
 }
 
-/// `DE89370400440532013000` → `DE89 **** **** **** **30 00`-style: country, check digits and
-/// the last four characters stay; the rest is starred.
-pub fn mask_iban(iban: &str) -> String {
-    let chars: Vec<char> = iban.chars().filter(|c| !c.is_whitespace()).collect();
-    if chars.len() <= 8 {
-        return "*".repeat(chars.len());
+pub use crate::iban::mask as mask_iban;
+
+/// Gives debtors stored before keyed IBAN hashing their lookup key (`iban_key`), in
+/// batches. Run by `finworker migrate` and by workers that import at start; a no-op once
+/// done (an index probe).
+pub async fn backfill_iban_keys(
+    db: &Db,
+    hasher: &crate::iban::IbanHasher,
+) -> Result<u64, DbError> {
+    let mut total = 0u64;
+    loop {
+        let mut tx = db.begin().await?;
+        let rows: Vec<(i64, String)> = tx
+            .fetch_all(sqlx::query_as(
+                "SELECT id, iban FROM debtors WHERE iban_key IS NULL LIMIT 10000 FOR UPDATE SKIP LOCKED",
+            ))
+            .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(total);
+        }
+        let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+        let keys: Vec<i64> = rows.iter().map(|(_, iban)| hasher.key(iban)).collect();
+        total += tx
+            .execute(
+                sqlx::query(
+                    "UPDATE debtors d SET iban_key = v.k FROM unnest($1::bigint[], $2::bigint[]) AS v(id, k) WHERE d.id = v.id",
+                )
+                .bind(&ids)
+                .bind(&keys),
+            )
+            .await?;
+        tx.commit().await?;
     }
-    chars
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            if i < 4 || i >= chars.len() - 4 {
-                *c
-            } else {
-                '*'
-            }
-        })
-        .collect()
 }
 
 /// Stores a local file and enqueues its `upload` job (what `finworker upload` does).
@@ -324,6 +352,7 @@ pub async fn submit(
     file: &std::path::Path,
     name: Option<&str>,
     sheet: Option<&str>,
+    allow_same_file: bool,
 ) -> anyhow::Result<Uuid> {
     use anyhow::Context as _;
     let id = Uuid::now_v7();
@@ -344,6 +373,7 @@ pub async fn submit(
         &file_name,
         sheet,
         ctx.settings.upload.chunk_rows,
+        allow_same_file,
     )
     .await?;
     tx.commit().await?;
@@ -352,6 +382,7 @@ pub async fn submit(
         file_name: Some(file_name),
         upload_id: Some(id),
         sheet: sheet.map(str::to_string),
+        allow_same_file,
     };
     ctx.enqueue(
         &job,
@@ -450,6 +481,13 @@ pub fn describe(rec: &UploadRecord, now: DateTime<Utc>) -> String {
         "rows       {} seen: {} imported, {} duplicates, {} rejected ({} blank rows skipped)",
         rec.rows_seen, rec.rows_imported, rec.rows_duplicate, rec.rows_rejected, rec.rows_blank
     );
+    if rec.rows_imported > 0 {
+        let _ = writeln!(
+            s,
+            "debtors    {} new, {} repeated from earlier uploads unchanged, {} repeated with changes",
+            rec.rows_new, rec.rows_unchanged, rec.rows_changed
+        );
+    }
     let _ = writeln!(
         s,
         "rate       {} rows/s, ETA {}",
@@ -535,6 +573,10 @@ mod tests {
             validated_at: None,
             chunks_verified: 0,
             verified_at: None,
+            rows_new: 0,
+            rows_unchanged: 0,
+            rows_changed: 0,
+            allow_same_file: false,
         }
     }
 

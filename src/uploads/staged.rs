@@ -1,19 +1,21 @@
 //! The staged-chunk format: what the `upload` job writes and each `upload_chunk` job reads.
 //!
-//! A staged chunk is UTF-8 CSV without a header. Each record is
-//! `row_no, error_field, error_column, error_reason, error_value, <14 field values>` with the
-//! fields in [`Field::ALL`] order. A record with an error reason is a row the split already
-//! knows is bad (wrong field count, an Excel error cell); it is rejected as it stands.
-//! Values are the file's text after decoding (spreadsheet cells already turned into text),
-//! not yet checked: checking happens in the chunk job, in parallel.
+//! A staged chunk is JSON lines: a first line naming the format and its version, then one
+//! line per file row, in file order. Each row carries its raw cells (kept for audit) and what
+//! the split decided: a debtor (typed values), a duplicate of an earlier row of the same file,
+//! or a reject with its reason. Checks that are expensive (IBAN checksum, BIC, names) are
+//! left to the chunk jobs, which run in parallel.
 
-use super::Field;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-/// Columns before the field values.
-const LEAD: usize = 5;
+use super::{Field, convert::Debtor};
+
+/// The first line of every staged chunk.
+const FORMAT_LINE: &str = r#"{"format":"finworker-staged","version":2}"#;
 
 /// A problem the split found in a row.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowProblem {
     /// The field at fault, if one.
     pub field: Option<Field>,
@@ -25,20 +27,35 @@ pub struct RowProblem {
     pub value: Option<String>,
 }
 
+/// What the split decided about a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowKind {
+    /// Importable.
+    Debtor(Debtor),
+    /// Repeats an earlier row of the same file (same IBAN and reference).
+    Duplicate {
+        /// The first row with that key.
+        first_row: u32,
+    },
+    /// Cannot be imported.
+    Rejected(RowProblem),
+}
+
 /// One staged row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StagedRow {
     /// Row number in the file (header = 1).
     pub row_no: u32,
-    /// Set when the split already rejects the row.
-    pub problem: Option<RowProblem>,
-    /// Field values in [`Field::ALL`] order; empty when the file has no such column.
-    pub values: [String; 14],
+    /// Every cell of the row as text, in file column order: a JSON array.
+    pub raw: Box<RawValue>,
+    /// The decision.
+    pub kind: RowKind,
 }
 
 /// Builds a staged chunk in memory.
 pub struct ChunkWriter {
-    w: csv::Writer<Vec<u8>>,
+    buf: Vec<u8>,
     rows: u32,
     first_row: u32,
     last_row: u32,
@@ -53,36 +70,33 @@ impl Default for ChunkWriter {
 impl ChunkWriter {
     /// An empty chunk.
     pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(FORMAT_LINE.as_bytes());
+        buf.push(b'\n');
         Self {
-            w: csv::WriterBuilder::new()
-                .has_headers(false)
-                .from_writer(Vec::with_capacity(1 << 20)),
+            buf,
             rows: 0,
             first_row: 0,
             last_row: 0,
         }
     }
 
-    /// Appends a row.
-    pub fn push(&mut self, row_no: u32, problem: Option<&RowProblem>, values: &[&str; 14]) {
+    /// Appends a row; `raw` must be a JSON array (see [`raw_json`]).
+    pub fn push(&mut self, row_no: u32, raw: &RawValue, kind: &RowKind) {
         if self.rows == 0 {
             self.first_row = row_no;
         }
         self.rows += 1;
         self.last_row = row_no;
-        let row = row_no.to_string();
-        let (field, column, reason, value) = match problem {
-            Some(p) => (
-                p.field.map(Field::as_str).unwrap_or(""),
-                p.column.as_deref().unwrap_or(""),
-                p.reason.as_str(),
-                p.value.as_deref().unwrap_or(""),
-            ),
-            None => ("", "", "", ""),
-        };
-        let lead = [row.as_str(), field, column, reason, value];
-        // Writing into a Vec cannot fail.
-        let _ = self.w.write_record(lead.iter().chain(values.iter()));
+        #[derive(Serialize)]
+        struct Ref<'a> {
+            row_no: u32,
+            raw: &'a RawValue,
+            kind: &'a RowKind,
+        }
+        // Serialising plain data into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.buf, &Ref { row_no, raw, kind });
+        self.buf.push(b'\n');
     }
 
     /// Rows so far.
@@ -90,78 +104,59 @@ impl ChunkWriter {
         self.rows
     }
 
-    /// Bytes staged so far (give or take the writer's small buffer).
+    /// Bytes staged so far.
     pub fn bytes(&self) -> usize {
-        self.w.get_ref().len()
+        self.buf.len()
     }
 
     /// (first row, last row, rows, bytes).
     pub fn finish(self) -> (u32, u32, u32, Vec<u8>) {
-        let bytes = self.w.into_inner().unwrap_or_default();
-        (self.first_row, self.last_row, self.rows, bytes)
+        (self.first_row, self.last_row, self.rows, self.buf)
     }
+}
+
+/// A row's cells as the JSON array kept in `raw`.
+pub fn raw_json(cells: &[String]) -> Box<RawValue> {
+    let text = serde_json::to_string(cells).unwrap_or_else(|_| "[]".into());
+    RawValue::from_string(text).unwrap_or_else(|_| empty_raw())
+}
+
+fn empty_raw() -> Box<RawValue> {
+    RawValue::from_string("[]".into()).unwrap_or_else(|_| unreachable!("[] is JSON"))
 }
 
 /// Why a staged chunk cannot be read back (a bug or a damaged object: not retried).
 #[derive(Debug, thiserror::Error)]
-#[error("staged chunk is damaged at record {record}: {message}")]
+#[error("staged chunk is damaged at line {line}: {message}")]
 pub struct StagedError {
-    /// Record index in the chunk.
-    pub record: usize,
+    /// Line in the chunk (1 = the format line).
+    pub line: usize,
     /// What is wrong.
     pub message: String,
 }
 
 /// Reads a staged chunk back.
 pub fn read_chunk(bytes: &[u8]) -> Result<Vec<StagedRow>, StagedError> {
-    let mut r = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(bytes);
-    let mut out = Vec::new();
-    let mut rec = csv::StringRecord::new();
-    let mut i = 0;
-    loop {
-        match r.read_record(&mut rec) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                return Err(StagedError {
-                    record: i,
-                    message: e.to_string(),
-                });
-            }
-        }
-        if rec.len() != LEAD + Field::ALL.len() {
+    let mut lines = bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    match lines.next() {
+        Some(l) if l == FORMAT_LINE.as_bytes() => {}
+        _ => {
             return Err(StagedError {
-                record: i,
-                message: format!("{} columns", rec.len()),
+                line: 1,
+                message: "not a finworker staged chunk of version 2 (staged by another version?)"
+                    .into(),
             });
         }
-        let row_no: u32 = rec[0].parse().map_err(|_| StagedError {
-            record: i,
-            message: format!("row number `{}`", &rec[0]),
-        })?;
-        let problem = if rec[3].is_empty() {
-            None
-        } else {
-            let field = Field::ALL.iter().copied().find(|f| f.as_str() == &rec[1]);
-            let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-            Some(RowProblem {
-                field,
-                column: opt(&rec[2]),
-                reason: rec[3].to_string(),
-                value: opt(&rec[4]),
-            })
-        };
-        let values: [String; 14] = std::array::from_fn(|k| rec[LEAD + k].to_string());
-        out.push(StagedRow {
-            row_no,
-            problem,
-            values,
-        });
-        i += 1;
     }
-    Ok(out)
+    lines
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_slice(l).map_err(|e| StagedError {
+                line: i + 2,
+                message: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -171,27 +166,24 @@ mod tests {
     #[test]
     fn staged_rows_survive_a_round_trip_with_quotes_newlines_and_problems() {
         let mut w = ChunkWriter::new();
-        let mut v: [&str; 14] = [""; 14];
-        v[Field::Name.index()] = "Jörg \"JJ\" Müller;\nGmbH";
-        v[Field::Iban.index()] = "DE89 3704 0044 0532 0130 00";
-        w.push(2, None, &v);
+        let cells = vec!["Jörg \"JJ\" Müller;\nGmbH".to_string(), "DE89 3704".into()];
         let p = RowProblem {
             field: Some(Field::Amount),
             column: Some("Betrag".into()),
             reason: "row has 3 fields, the header has 5".into(),
             value: None,
         };
-        w.push(4, Some(&p), &[""; 14]);
+        w.push(2, &raw_json(&cells), &RowKind::Rejected(p.clone()));
+        w.push(4, &raw_json(&[]), &RowKind::Duplicate { first_row: 2 });
         let (first, last, rows, bytes) = w.finish();
         assert_eq!((first, last, rows), (2, 4, 2));
         let back = read_chunk(&bytes).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].row_no, 2);
-        assert_eq!(
-            back[0].values[Field::Name.index()],
-            "Jörg \"JJ\" Müller;\nGmbH"
-        );
-        assert_eq!(back[0].problem, None);
-        assert_eq!(back[1].problem.as_ref(), Some(&p));
+        let cells_back: Vec<String> = serde_json::from_str(back[0].raw.get()).unwrap();
+        assert_eq!(cells_back, cells);
+        assert_eq!(back[0].kind, RowKind::Rejected(p));
+        assert_eq!(back[1].kind, RowKind::Duplicate { first_row: 2 });
+        assert!(read_chunk(b"1,2,3\n").is_err());
     }
 }

@@ -84,7 +84,7 @@ async fn an_upload_from_the_s3_backend_imports_and_cleans_its_staging() {
         no_short_rows: false,
     };
     let summary = finworker::testdata::debtors(&args).unwrap();
-    let id = uploads::submit(&app.ctx, &args.out, None, None)
+    let id = uploads::submit(&app.ctx, &args.out, None, None, false)
         .await
         .unwrap();
     let rec =

@@ -21,7 +21,7 @@ pub async fn submit(app: &TestApp, name: &str, bytes: &[u8]) -> Uuid {
         .unwrap()
         .write_all(bytes)
         .unwrap();
-    uploads::submit(&app.ctx, &path, None, None).await.unwrap()
+    uploads::submit(&app.ctx, &path, None, None, false).await.unwrap()
 }
 
 pub async fn wait_final(app: &TestApp, id: Uuid) -> UploadRecord {
@@ -448,7 +448,7 @@ async fn xlsx_dates_long_numbers_and_amounts_read_as_excel_shows_them() {
         .unwrap();
     ws.write_string(2, 5, "01.02.2023").unwrap();
     wb.save(&path).unwrap();
-    let id = uploads::submit(&app.ctx, &path, None, Some("Debtors"))
+    let id = uploads::submit(&app.ctx, &path, None, Some("Debtors"), false)
         .await
         .unwrap();
     let rec = wait_final(&app, id).await;
@@ -764,7 +764,7 @@ async fn a_worker_killed_mid_import_loses_and_doubles_no_row() {
     let dir = tempfile::tempdir().unwrap();
     let args = gen_args(&dir, 150_000, GenFormat::Csv, 51);
     let (_, summary) = generate(args.clone());
-    let id = uploads::submit(&app.ctx, &args.out, None, None)
+    let id = uploads::submit(&app.ctx, &args.out, None, None, false)
         .await
         .unwrap();
     let queues = ["run", "--no-http", "--queues", "upload,upload_chunk"];
@@ -964,7 +964,7 @@ async fn a_worker_importing_a_file_of_very_long_values_stays_within_200_mb() {
             writeln!(f, "Good {i};DE89370400440532013000;1.00;G{i}").unwrap();
         }
     }
-    let id = finworker::uploads::submit(&app.ctx, &path, None, None)
+    let id = finworker::uploads::submit(&app.ctx, &path, None, None, false)
         .await
         .unwrap();
     let rec = wait_final(&app, id).await;

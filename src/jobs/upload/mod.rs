@@ -57,6 +57,10 @@ pub struct Upload {
     /// Sheet to read from a workbook; the first sheet when absent.
     #[serde(default)]
     pub sheet: Option<String>,
+    /// Import the file even when an earlier upload had exactly the same content (by default
+    /// such a file is refused, naming that upload).
+    #[serde(default)]
+    pub allow_same_file: bool,
 }
 
 impl Upload {
@@ -81,6 +85,7 @@ impl Job for Upload {
             file_name: Some("debtors-march.csv".into()),
             upload_id: Some(Uuid::from_u128(0x0196f1c2_7d1e_7c3a_9f00_5b2a7e0e4a11)),
             sheet: None,
+            allow_same_file: false,
         }
     }
 
@@ -122,8 +127,8 @@ pub async fn fail(
     let n = tx
         .execute(
             sqlx::query(
-                "UPDATE uploads SET status = 'failed', error = $2, finished_at = now(), updated_at = now() \
-                 WHERE id = $1 AND status <> 'completed' AND status <> 'failed'",
+                "UPDATE uploads SET status = 'failed', error = $2, finished_at = now(), updated_at = now(), \
+                 content_claim = NULL WHERE id = $1 AND status <> 'completed' AND status <> 'failed'",
             )
             .bind(id)
             .bind(message),
@@ -195,6 +200,7 @@ async fn process(app: &AppContext, id: Uuid, p: &Upload) -> anyhow::Result<()> {
         &file_name,
         p.sheet.as_deref(),
         settings.chunk_rows,
+        p.allow_same_file,
     )
     .await?;
     let Some(rec) = uploads::get_in(&mut tx, id, true).await? else {
@@ -229,19 +235,26 @@ async fn process(app: &AppContext, id: Uuid, p: &Upload) -> anyhow::Result<()> {
             fail(app, None, id, &file_error.to_string()).await?;
             Ok(())
         }
-        Ok((totals, notes)) => {
+        Ok((totals, notes, sha256)) => {
             let mut tx = app.db.begin().await?;
+            if let Some(refusal) = same_file(&mut tx, id, &sha256).await? {
+                tx.commit().await?;
+                fail(app, None, id, &refusal).await?;
+                return Ok(());
+            }
             tx.execute(
                 sqlx::query(
                     "UPDATE uploads SET status = 'importing', chunks_total = $2, chunks_staged = $2, \
-                     rows_seen = $3, rows_blank = $4, split_at = now(), note = $5, updated_at = now() \
+                     rows_seen = $3, rows_blank = $4, split_at = clock_timestamp(), note = $5, updated_at = now(), \
+                     content_sha256 = $6, content_claim = CASE WHEN allow_same_file THEN NULL ELSE $6 END \
                      WHERE id = $1 AND status = 'splitting'",
                 )
                 .bind(id)
                 .bind(i32::try_from(totals.chunks).unwrap_or(i32::MAX))
                 .bind(i64::try_from(totals.rows_seen).unwrap_or(i64::MAX))
                 .bind(i64::try_from(totals.rows_blank).unwrap_or(i64::MAX))
-                .bind((!notes.is_empty()).then(|| notes.join("; "))),
+                .bind((!notes.is_empty()).then(|| notes.join("; ")))
+                .bind(sha256.as_slice()),
             )
             .await?;
             tx.commit().await?;
@@ -249,6 +262,35 @@ async fn process(app: &AppContext, id: Uuid, p: &Upload) -> anyhow::Result<()> {
             enqueue_chunks(app, id).await
         }
     }
+}
+
+/// The refusal of a file whose content an earlier upload already holds, unless this upload
+/// allows it. (The claim itself is a unique index: two uploads of one file at the same moment
+/// cannot both pass; the loser's update fails and its retry finds the winner here.)
+async fn same_file(
+    tx: &mut crate::db::Tx,
+    id: Uuid,
+    sha256: &[u8],
+) -> anyhow::Result<Option<String>> {
+    let earlier: Option<(Uuid, String, chrono::DateTime<chrono::Utc>, bool)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT e.id, e.file_name, e.created_at, u.allow_same_file FROM uploads u \
+                 JOIN uploads e ON e.content_claim = $2 AND e.id <> u.id WHERE u.id = $1",
+            )
+            .bind(id)
+            .bind(sha256),
+        )
+        .await?;
+    Ok(match earlier {
+        Some((other, name, at, false)) => Some(format!(
+            "this file has exactly the same content as upload {other} (\"{name}\", uploaded {}); \
+             it was not imported again. To import it anyway, upload it with --allow-same-file \
+             (API: \"allow_same_file\": true)",
+            at.format("%Y-%m-%d %H:%M UTC")
+        )),
+        _ => None,
+    })
 }
 
 /// Enqueues every chunk not yet imported. Keys make a repeat a no-op.
@@ -290,7 +332,7 @@ async fn split(
     key: &str,
     sheet: Option<&str>,
     chunk_rows: u32,
-) -> anyhow::Result<Result<(SplitTotals, Vec<String>), FileError>> {
+) -> anyhow::Result<Result<(SplitTotals, Vec<String>, Vec<u8>), FileError>> {
     let settings = app.settings.upload.clone();
     let obj = match app.storage.get_stream(key).await {
         Ok(o) => o,
@@ -320,6 +362,19 @@ async fn split(
         tx.commit().await?;
     }
     let (head, stream) = peek(obj.stream).await?;
+    // The content hash, taken as the bytes go by (the same file twice is refused).
+    let digest = std::sync::Arc::new(std::sync::Mutex::new(<sha2::Sha256 as sha2::Digest>::new()));
+    let stream = {
+        let digest = digest.clone();
+        stream
+            .map_ok(move |b| {
+                if let Ok(mut d) = digest.lock() {
+                    sha2::Digest::update(&mut *d, &b);
+                }
+                b
+            })
+            .boxed()
+    };
     let format = match source::detect(&head) {
         Ok(f) => f,
         Err(e) => return Ok(Err(e)),
@@ -336,9 +391,15 @@ async fn split(
                 let bridge = SyncIoBridge::new(async_read);
                 let mut src = text::CsvSource::open(Box::new(bridge), &aliases)?;
                 let mut sink = Splitter::new(tx_ev, chunk_rows, max_rows)
-                    .with_limits(settings.max_field_bytes, settings.chunk_max_bytes);
+                    .with_limits(settings.max_field_bytes, settings.chunk_max_bytes)
+                    .with_default_currency(&settings.default_currency);
                 split::drive(&mut src, &mut sink)?;
                 let notes = source::RowSource::notes(&src);
+                // Read to the end, so the content hash covers every byte.
+                let mut rest = src.into_inner();
+                io::copy(&mut rest, &mut io::sink()).map_err(|e| {
+                    Stop::File(FileError::Unreadable(format!("the file cannot be read: {e}")))
+                })?;
                 Ok((sink.finish()?, notes))
             })
         }
@@ -378,7 +439,8 @@ async fn split(
             drop(aliases); // the child maps the header with the same configuration
             tokio::task::spawn_blocking(move || {
                 let mut sink = Splitter::new(tx_ev, chunk_rows, max_rows)
-                    .with_limits(settings.max_field_bytes, settings.chunk_max_bytes);
+                    .with_limits(settings.max_field_bytes, settings.chunk_max_bytes)
+                    .with_default_currency(&settings.default_currency);
                 isolated::read(file, format, sheet.as_deref(), &limits, &mut sink)?;
                 Ok((sink.finish()?, Vec::new()))
             })
@@ -415,14 +477,15 @@ async fn split(
                 tx.execute(
                     sqlx::query(
                         "UPDATE uploads SET format = $2, encoding = $3, delimiter = $4, columns = $5, \
-                         sheet = coalesce($6, sheet), updated_at = now() WHERE id = $1",
+                         sheet = coalesce($6, sheet), headers = $7, updated_at = now() WHERE id = $1",
                     )
                     .bind(id)
                     .bind(meta.format.map(Format::as_str))
                     .bind(meta.encoding.as_deref())
                     .bind(meta.delimiter.as_deref())
                     .bind(serde_json::Value::Object(columns))
-                    .bind(sheet_name),
+                    .bind(sheet_name)
+                    .bind(serde_json::Value::from(meta.headers.clone())),
                 )
                 .await?;
                 tx.commit().await?;
@@ -474,7 +537,11 @@ async fn split(
             if totals.rows_blank > 0 {
                 notes.push(format!("{} empty rows skipped", totals.rows_blank));
             }
-            Ok(Ok((totals, notes)))
+            let sha256 = match digest.lock() {
+                Ok(d) => sha2::Digest::finalize(d.clone()).to_vec(),
+                Err(_) => anyhow::bail!("the content hash was poisoned"),
+            };
+            Ok(Ok((totals, notes, sha256)))
         }
         Err(Stop::File(e)) => Ok(Err(e)),
         Err(Stop::Cancelled) => anyhow::bail!("the split was cancelled"),

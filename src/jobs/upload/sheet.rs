@@ -16,7 +16,7 @@ use calamine::{
 };
 
 use super::{
-    source::{FileError, Format, SourceMeta, SourceRow},
+    source::{FileError, Format, SourceMeta, SourceRow, place},
     split::{RowSink, Stop},
 };
 use crate::uploads::{ColumnAliases, ColumnMap, FieldKind, staged::RowProblem};
@@ -159,6 +159,23 @@ impl Cell<'_> {
         self.text(FieldKind::Text).unwrap_or_default()
     }
 
+    /// The cell as shown for the raw row when it cannot be a field's text: what a
+    /// spreadsheet displays (an error code, a number in full, a date).
+    fn shown(&self) -> String {
+        match self {
+            Cell::Empty => String::new(),
+            Cell::Text(s) | Cell::DateIso(s) => (*s).to_string(),
+            Cell::Error(e) => format!("#{e}"),
+            Cell::Bool(b) => if *b { "TRUE" } else { "FALSE" }.into(),
+            Cell::Int(i) => i.to_string(),
+            Cell::Float(f) => excel_number_text(*f),
+            Cell::Date(d) => d
+                .as_datetime()
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| d.as_f64().to_string()),
+        }
+    }
+
     /// The cell as text for a field of this kind, or why it cannot be.
     fn text(&self, kind: FieldKind) -> Result<String, String> {
         let date_of = |d: &ExcelDateTime| {
@@ -203,31 +220,37 @@ fn build_row(columns: &ColumnMap, row_no: u32, cells: &[(u32, Cell<'_>)]) -> Sou
     if cells.iter().all(|(_, c)| c.is_empty()) {
         return SourceRow::Blank;
     }
-    let mut values: [String; 14] = Default::default();
-    for (field, col, header) in &columns.columns {
-        let Some((_, cell)) = cells.iter().find(|(c, _)| *c as usize == *col) else {
-            continue;
-        };
-        match cell.text(field.kind()) {
-            Ok(t) => values[field.index()] = t,
+    let width = cells.iter().map(|(c, _)| *c as usize + 1).max().unwrap_or(0);
+    let mut raw = vec![String::new(); width];
+    let mut problem = None;
+    for (col, cell) in cells {
+        let mapped = columns.columns.iter().find(|(_, c, _)| *c == *col as usize);
+        let kind = mapped.map_or(FieldKind::Text, |(f, _, _)| f.kind());
+        raw[*col as usize] = match cell.text(kind) {
+            Ok(t) => t,
             Err(reason) => {
-                return SourceRow::Row {
-                    row_no,
-                    problem: Some(RowProblem {
+                if let (Some((field, _, header)), None) = (mapped, &problem) {
+                    problem = Some(RowProblem {
                         field: Some(*field),
                         column: Some(header.clone()),
-                        reason,
+                        reason: reason.clone(),
                         value: None,
-                    }),
-                    values: Default::default(),
-                };
+                    });
+                }
+                cell.shown()
             }
-        }
+        };
     }
+    let values = if problem.is_some() {
+        Default::default()
+    } else {
+        place(columns, &raw)
+    };
     SourceRow::Row {
         row_no,
-        problem: None,
+        problem,
         values,
+        raw,
     }
 }
 
@@ -278,15 +301,17 @@ impl<S: RowSink> Rows<'_, S> {
                 if cells.iter().all(|(_, c)| c.is_empty()) {
                     return Ok(());
                 }
+                let headers = header_of(cells);
                 let columns = self
                     .aliases
-                    .map(&header_of(cells))
+                    .map(&headers)
                     .map_err(|m| Stop::File(FileError::Columns(m)))?;
                 let meta = SourceMeta {
                     format: Some(self.format),
                     encoding: None,
                     delimiter: None,
                     columns,
+                    headers,
                 };
                 self.sink.header(&meta, Some(&self.sheet))?;
                 self.meta = Some(meta);

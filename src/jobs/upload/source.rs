@@ -1,7 +1,7 @@
 //! What every file reader shares: file-level errors, format detection by content, and the
 //! row stream the splitter consumes.
 
-use crate::uploads::{ColumnMap, Field, staged::RowProblem};
+use crate::uploads::{ColumnMap, staged::RowProblem};
 
 /// A problem with the file as a whole. The message is for a finance user: it says what is
 /// wrong and, where it helps, where.
@@ -151,6 +151,8 @@ pub enum SourceRow {
         problem: Option<RowProblem>,
         /// Values in [`Field::ALL`] order.
         values: [String; 14],
+        /// Every cell as text, in file column order (kept for audit).
+        raw: Vec<String>,
     },
 }
 
@@ -165,6 +167,9 @@ pub struct SourceMeta {
     pub delimiter: Option<String>,
     /// Column mapping.
     pub columns: ColumnMap,
+    /// The header row as written (names the cells of each raw row).
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 /// A stream of rows after the header.
@@ -183,11 +188,13 @@ pub trait RowSource {
     }
 }
 
-/// Places mapped cell texts into the field array.
-pub fn place(columns: &ColumnMap, mut cell: impl FnMut(usize, Field) -> String) -> [String; 14] {
+/// Places mapped cells into the field array.
+pub fn place(columns: &ColumnMap, cells: &[String]) -> [String; 14] {
     let mut values: [String; 14] = Default::default();
     for (field, col, _) in &columns.columns {
-        values[field.index()] = cell(*col, *field);
+        if let Some(c) = cells.get(*col) {
+            values[field.index()].clone_from(c);
+        }
     }
     values
 }

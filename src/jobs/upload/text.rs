@@ -227,6 +227,11 @@ fn printable(d: u8) -> String {
 }
 
 impl CsvSource {
+    /// What is left of the input (nothing once every row was read).
+    pub fn into_inner(self) -> Box<dyn Read + Send> {
+        self.rdr.into_inner()
+    }
+
     /// Sniffs the encoding and delimiter, reads the header row and maps its columns.
     pub fn open(
         mut input: Box<dyn Read + Send>,
@@ -322,6 +327,7 @@ impl CsvSource {
                 encoding: Some(encoding_name.to_string()),
                 delimiter: Some(printable(delimiter)),
                 columns,
+                headers: headers.clone(),
             },
             enc,
             header_len,
@@ -429,17 +435,20 @@ impl RowSource for CsvSource {
                     value: None,
                 }),
                 values: Default::default(),
+                raw: {
+                    let (enc, fb) = (self.enc, &mut self.fallback_cells);
+                    self.rec.iter().map(|b| decode(enc, b, fb)).collect()
+                },
             }));
         }
-        let (enc, rec, fb) = (self.enc, &self.rec, &mut self.fallback_cells);
-        let values = place(&self.meta.columns, |col, _| {
-            rec.get(col)
-                .map_or_else(String::new, |b| decode(enc, b, fb))
-        });
+        let (enc, fb) = (self.enc, &mut self.fallback_cells);
+        let raw: Vec<String> = self.rec.iter().map(|b| decode(enc, b, fb)).collect();
+        let values = place(&self.meta.columns, &raw);
         Ok(Some(SourceRow::Row {
             row_no,
             problem: None,
             values,
+            raw,
         }))
     }
 

@@ -1,22 +1,24 @@
-//! `upload_chunk` (ProcessUploadChunkJob): imports one staged chunk in one transaction.
+//! `upload_chunk` (ProcessUploadChunkJob): imports and validates one staged chunk in one
+//! transaction.
 //!
-//! - Rows are converted here (in parallel across chunks), then inserted with one
-//!   `INSERT … SELECT FROM unnest(<column arrays>) … ON CONFLICT (iban, reference) DO
-//!   NOTHING`, in key order so concurrent chunks cannot deadlock; rejects are COPYed.
-//! - Deduplication key: normalised IBAN + trimmed reference. A row whose key exists (from an
-//!   earlier upload, another chunk, or earlier in this chunk) goes to `upload_duplicates`,
-//!   linked to the debtor it repeats; the first row of the file wins within a chunk, the
-//!   first chunk to commit wins across chunks.
-//! - Exactly once: the chunk row is locked `FOR UPDATE` and stamped `done_at` in the same
-//!   transaction, so a retry after a crash (before or after commit) or a second copy of the
-//!   job leaves one copy of each row. The counters it adds are checked: imported +
-//!   duplicates + rejected must equal the rows of the chunk, or the transaction is undone.
-//! - The chunk that completes the upload marks it completed and starts the next stage.
-//! - Retries: storage and Postgres errors. A damaged staged chunk fails the upload.
+//! - The split already decided each row: a debtor (typed), a duplicate of an earlier row of
+//!   the same file, or a reject. Here, in parallel across chunks, each debtor is validated
+//!   ([`rules::check`]), given its keyed IBAN hash, and linked to the debtor it repeats from
+//!   an earlier upload (`previous_debtor_id`, with what changed). Then three binary COPYs:
+//!   debtors, duplicates, rejects, each with its raw row.
+//! - Linking: a row repeats the latest debtor with the same IBAN and reference (IBAN alone
+//!   when the file has no reference column) among uploads that had completed when this one
+//!   finished splitting. Nothing is dropped for it: whether an IBAN may be charged is
+//!   billing's decision, made at charge time.
+//! - Exactly once: the chunk row is locked `FOR UPDATE` and stamped `done_at` and
+//!   `validated_at` in the same transaction, so a retry after a crash (before or after commit)
+//!   or a second copy of the job leaves one copy of each row. The counters it adds are
+//!   checked: imported + duplicates + rejected must equal the rows of the chunk.
+//! - The chunk that completes the upload marks it completed and validated, and starts
+//!   verification. Retries: storage and Postgres errors. A damaged staged chunk fails the
+//!   upload.
 
-mod convert;
-
-pub use convert::{Debtor, Rejected, Rules, parse_amount, parse_date};
+use std::collections::HashMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,11 +27,17 @@ use uuid::Uuid;
 use crate::{
     context::AppContext,
     db::Tx,
+    jobs::validation::rules,
+    pgcopy::BinaryCopy,
     queue::{
         engine::NewJob,
         job::{Job, JobContext, JobError},
     },
-    uploads::{ColumnMap, Field, staged},
+    uploads::{
+        Field,
+        convert::Debtor,
+        staged::{self, RowKind},
+    },
 };
 
 /// Payload of `upload_chunk`: which chunk of which upload. The chunk's staged object and
@@ -104,112 +112,224 @@ impl From<crate::db::DbError> for ChunkError {
     }
 }
 
-/// Starts what follows a completed upload: the `validation` job when this binary has one
-/// (under an idempotency key, so repeats are harmless). Without it nothing is enqueued and
-/// the upload's note says so.
+/// Starts what follows a completed upload: verification (the import validated it). An
+/// upload completed by an earlier version, which validated in a separate stage, gets its
+/// `validation` job instead. Idempotent.
 pub async fn next_stage(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
-    if app.registry.get("validation").is_some() {
-        let job = NewJob {
-            idempotency_key: Some(format!("validation:{upload_id}")),
-            ..NewJob::new(
-                "validation",
-                serde_json::json!({ "upload_id": upload_id }).to_string(),
-            )
+    let mut tx = app.db.begin().await?;
+    let validated: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
+        .fetch_optional(
+            sqlx::query_as("SELECT validated_at FROM uploads WHERE id = $1").bind(upload_id),
+        )
+        .await?;
+    tx.commit().await?;
+    match validated {
+        Some((Some(_),)) => super::validation_chunk::after_validation(app, upload_id).await,
+        Some((None,)) => {
+            let job = NewJob {
+                idempotency_key: Some(format!("validation:{upload_id}")),
+                ..NewJob::new(
+                    "validation",
+                    serde_json::json!({ "upload_id": upload_id }).to_string(),
+                )
+            };
+            app.queue
+                .push(
+                    std::slice::from_ref(&job),
+                    app.settings.worker.idempotency_ttl,
+                )
+                .await?;
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Columns of the debtors COPY, in order.
+const DEBTOR_COLUMNS: &str = "upload_id, row_no, reference, first_name, last_name, name, email, iban, \
+    bic, amount_minor, currency, mandate_id, mandate_date, country, usage, iban_key, \
+    previous_debtor_id, changes, valid, sepa_name, issues, raw";
+
+/// A debtor of an earlier upload that a row may repeat.
+#[derive(sqlx::FromRow)]
+struct Previous {
+    id: i64,
+    iban: String,
+    reference: String,
+    name: String,
+    bic: Option<String>,
+    amount_minor: i64,
+    mandate_id: Option<String>,
+    mandate_date: Option<chrono::NaiveDate>,
+}
+
+/// What differs between a row and the debtor it repeats.
+fn changes(d: &Debtor, p: &Previous) -> Vec<&'static str> {
+    let mut c = Vec::new();
+    if d.amount_minor != p.amount_minor {
+        c.push("amount");
+    }
+    if d.mandate_id != p.mandate_id || d.mandate_date != p.mandate_date {
+        c.push("mandate");
+    }
+    if d.name != p.name {
+        c.push("name");
+    }
+    if d.bic != p.bic {
+        c.push("bic");
+    }
+    c
+}
+
+/// The latest earlier debtor each row repeats: same IBAN and reference; with no reference
+/// column, or none matching exactly, the latest with the same IBAN and no reference, then
+/// (files without references only) the latest with the same IBAN.
+struct Links {
+    exact: HashMap<(String, String), usize>,
+    by_iban: HashMap<String, usize>,
+    by_iban_unreferenced: HashMap<String, usize>,
+    rows: Vec<Previous>,
+}
+
+impl Links {
+    fn new(rows: Vec<Previous>) -> Self {
+        let mut l = Links {
+            exact: HashMap::new(),
+            by_iban: HashMap::new(),
+            by_iban_unreferenced: HashMap::new(),
+            rows: Vec::new(),
         };
-        app.queue
-            .push(
-                std::slice::from_ref(&job),
-                app.settings.worker.idempotency_ttl,
-            )
-            .await?;
+        // Rows come in any order: keep the highest id (the latest debtor) per key.
+        fn keep<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K, i: usize, rows: &[Previous]) {
+            let e = m.entry(k).or_insert(i);
+            if rows[*e].id < rows[i].id {
+                *e = i;
+            }
+        }
+        for (i, p) in rows.iter().enumerate() {
+            keep(&mut l.exact, (p.iban.clone(), p.reference.clone()), i, &rows);
+            keep(&mut l.by_iban, p.iban.clone(), i, &rows);
+            if p.reference.is_empty() {
+                keep(&mut l.by_iban_unreferenced, p.iban.clone(), i, &rows);
+            }
+        }
+        l.rows = rows;
+        l
     }
-    Ok(())
+
+    fn find(&self, d: &Debtor, file_has_reference: bool) -> Option<&Previous> {
+        let i = if file_has_reference {
+            self.exact
+                .get(&(d.iban.clone(), d.reference.clone()))
+                .or_else(|| self.by_iban_unreferenced.get(&d.iban))
+        } else {
+            self.by_iban.get(&d.iban)
+        };
+        i.map(|&i| &self.rows[i])
+    }
 }
 
-const MOVE: &str = "INSERT INTO debtors (upload_id, row_no, reference, first_name, last_name, name, \
-    email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage) \
-    SELECT $1, t.* FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[], \
-    $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::date[], \
-    $14::text[], $15::text[]) AS t(row_no, reference, first_name, last_name, name, email, iban, \
-    bic, amount_minor, currency, mandate_id, mandate_date, country, usage) \
-    ORDER BY t.iban, t.reference, t.row_no \
-    ON CONFLICT (iban, reference) DO NOTHING RETURNING row_no";
-
-const DUPLICATES: &str = "INSERT INTO upload_duplicates (upload_id, row_no, debtor_id) \
-    SELECT $1, c.row_no, d.id FROM unnest($2::int[], $3::text[], $4::text[]) AS c(row_no, iban, reference) \
-    JOIN debtors d ON d.iban = c.iban AND d.reference = c.reference";
-
-/// The importable rows of a chunk, column by column (bound as arrays: one statement, no
-/// temp table, no per-row round trip).
+/// A chunk made ready to store.
 #[derive(Default)]
-struct Columns {
-    row_no: Vec<i32>,
-    reference: Vec<String>,
-    first_name: Vec<Option<String>>,
-    last_name: Vec<Option<String>>,
-    name: Vec<String>,
-    email: Vec<Option<String>>,
-    iban: Vec<String>,
-    bic: Vec<Option<String>>,
-    amount_minor: Vec<i64>,
-    currency: Vec<String>,
-    mandate_id: Vec<Option<String>>,
-    mandate_date: Vec<Option<chrono::NaiveDate>>,
-    country: Vec<Option<String>>,
-    usage: Vec<Option<String>>,
+struct Prepared {
+    debtors: BinaryCopy,
+    duplicates: BinaryCopy,
+    rejects: BinaryCopy,
+    counts: Counts,
 }
 
-impl Columns {
-    fn push(&mut self, d: Debtor) {
-        self.row_no
-            .push(i32::try_from(d.row_no).unwrap_or(i32::MAX));
-        self.reference.push(d.reference);
-        self.first_name.push(d.first_name);
-        self.last_name.push(d.last_name);
-        self.name.push(d.name);
-        self.email.push(d.email);
-        self.iban.push(d.iban);
-        self.bic.push(d.bic);
-        self.amount_minor.push(d.amount_minor);
-        self.currency.push(d.currency);
-        self.mandate_id.push(d.mandate_id);
-        self.mandate_date.push(d.mandate_date);
-        self.country.push(d.country);
-        self.usage.push(d.usage);
-    }
+#[derive(Default, Debug, Clone, Copy)]
+struct Counts {
+    imported: i64,
+    duplicates: i64,
+    rejected: i64,
+    new: i64,
+    unchanged: i64,
+    changed: i64,
+    valid: i64,
+    invalid: i64,
 }
 
-/// Converts a staged chunk: (importable rows, COPY data of the rejects, rejects).
+/// Validates and links the chunk's rows and encodes the three COPYs.
 fn prepare(
     upload_id: Uuid,
     rows: &[staged::StagedRow],
-    rules: &Rules<'_>,
-) -> (Columns, Vec<u8>, usize) {
-    let mut cols = Columns::default();
-    let mut rejects = Vec::new();
-    let mut n_bad = 0;
-    let upload = upload_id.to_string();
-    for row in rows {
-        match rules.convert(row) {
-            Ok(d) => cols.push(d),
-            Err(r) => {
-                n_bad += 1;
-                let row_no = r.row_no.to_string();
-                crate::db::copy_row(
-                    &mut rejects,
-                    &[
-                        Some(&upload),
-                        Some(&row_no),
-                        r.problem.column.as_deref(),
-                        r.problem.field.map(Field::as_str),
-                        Some(&r.problem.reason),
-                        r.problem.value.as_deref(),
-                    ],
-                );
+    keys: &[Option<i64>],
+    links: &Links,
+    file_has_reference: bool,
+    rules_cfg: &crate::config::ValidationSettings,
+    today: chrono::NaiveDate,
+) -> Prepared {
+    let mut p = Prepared::default();
+    for (row, key) in rows.iter().zip(keys) {
+        let row_no = i32::try_from(row.row_no).unwrap_or(i32::MAX);
+        match &row.kind {
+            RowKind::Debtor(d) => {
+                let verdict = rules::check(&rules::DebtorData::from(d), rules_cfg, today);
+                let previous = links.find(d, file_has_reference);
+                let changed = previous.map(|prev| changes(d, prev));
+                let c = &mut p.counts;
+                c.imported += 1;
+                match &changed {
+                    None => c.new += 1,
+                    Some(v) if v.is_empty() => c.unchanged += 1,
+                    Some(_) => c.changed += 1,
+                }
+                if verdict.valid {
+                    c.valid += 1;
+                } else {
+                    c.invalid += 1;
+                }
+                let issues = verdict.issues_json();
+                p.debtors
+                    .row(22)
+                    .uuid(upload_id)
+                    .int4(row_no)
+                    .text(&d.reference)
+                    .opt_text(d.first_name.as_deref())
+                    .opt_text(d.last_name.as_deref())
+                    .text(&d.name)
+                    .opt_text(d.email.as_deref())
+                    .text(&d.iban)
+                    .opt_text(d.bic.as_deref())
+                    .int8(d.amount_minor)
+                    .text(&d.currency)
+                    .opt_text(d.mandate_id.as_deref())
+                    .opt_date(d.mandate_date)
+                    .opt_text(d.country.as_deref())
+                    .opt_text(d.usage.as_deref())
+                    .opt_int8(*key)
+                    .opt_int8(previous.map(|p| p.id))
+                    .opt_text_array(changed.as_deref())
+                    .bool(verdict.valid)
+                    .opt_text(verdict.sepa_name_if_changed(&d.name))
+                    .jsonb(issues.as_deref())
+                    .text(row.raw.get());
+            }
+            RowKind::Duplicate { first_row } => {
+                p.counts.duplicates += 1;
+                p.duplicates
+                    .row(4)
+                    .uuid(upload_id)
+                    .int4(row_no)
+                    .int4(i32::try_from(*first_row).unwrap_or(i32::MAX))
+                    .text(row.raw.get());
+            }
+            RowKind::Rejected(r) => {
+                p.counts.rejected += 1;
+                p.rejects
+                    .row(7)
+                    .uuid(upload_id)
+                    .int4(row_no)
+                    .opt_text(r.column.as_deref())
+                    .opt_text(r.field.map(Field::as_str))
+                    .text(&r.reason)
+                    .opt_text(r.value.as_deref())
+                    .text(row.raw.get());
             }
         }
     }
-    (cols, rejects, n_bad)
+    p
 }
 
 async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkError> {
@@ -228,10 +348,17 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
             .bind(chunk_no),
         )
         .await?;
-    let status: Option<(String, Option<serde_json::Value>, i32, Option<i32>)> = tx
+    #[allow(clippy::type_complexity)]
+    let status: Option<(
+        String,
+        Option<serde_json::Value>,
+        i32,
+        Option<i32>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    )> = tx
         .fetch_optional(
             sqlx::query_as(
-                "SELECT status, columns, chunks_done, chunks_total FROM uploads WHERE id = $1",
+                "SELECT status, columns, chunks_done, chunks_total, split_at FROM uploads WHERE id = $1",
             )
             .bind(id),
         )
@@ -242,7 +369,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
             "upload {id} has no chunk {chunk_no}"
         )));
     };
-    let Some((status, columns, done, total)) = status else {
+    let Some((status, columns, done, total, split_at)) = status else {
         return Err(ChunkError::Damaged(format!("upload {id} does not exist")));
     };
     if done_at.is_some() {
@@ -256,19 +383,11 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     if status != "importing" {
         return Ok(Outcome::Skipped);
     }
-    let columns: ColumnMap = {
-        let mut map = ColumnMap::default();
-        if let Some(serde_json::Value::Object(o)) = columns {
-            for (k, v) in o {
-                if let (Some(f), Some(h)) = (
-                    Field::ALL.iter().copied().find(|f| f.as_str() == k),
-                    v.as_str(),
-                ) {
-                    map.columns.push((f, 0, h.to_string()));
-                }
-            }
-        }
-        map
+    let file_has_reference = matches!(&columns, Some(serde_json::Value::Object(o)) if o.contains_key(Field::Reference.as_str()));
+    let Some(hasher) = app.iban.as_ref() else {
+        return Err(ChunkError::Other(anyhow::anyhow!(
+            "privacy.iban_key is not set: this worker cannot import debtors"
+        )));
     };
 
     let bytes = app
@@ -281,23 +400,58 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
             }
             other => ChunkError::Other(other.into()),
         })?;
-    let settings = &app.settings.upload;
     let rows = staged::read_chunk(&bytes).map_err(|e| ChunkError::Damaged(e.to_string()))?;
+    drop(bytes);
     if rows.len() != usize::try_from(expected_rows).unwrap_or(0) {
         return Err(ChunkError::Damaged(format!(
             "{} staged rows where {expected_rows} were recorded",
             rows.len()
         )));
     }
-    let rules = Rules {
-        columns: &columns,
-        max_field_bytes: settings.max_field_bytes,
-        default_currency: &settings.default_currency,
-    };
-    let (cols, reject_copy, n_bad) = prepare(id, &rows, &rules);
-    let n_ok = cols.row_no.len();
+    let keys: Vec<Option<i64>> = rows
+        .iter()
+        .map(|r| match &r.kind {
+            RowKind::Debtor(d) => Some(hasher.key(&d.iban)),
+            _ => None,
+        })
+        .collect();
+    let mut lookup: Vec<i64> = keys.iter().flatten().copied().collect();
+    lookup.sort_unstable();
+    lookup.dedup();
 
     let mut tx = app.db.begin().await?;
+    // Earlier debtors this chunk may repeat, by index probes on the keyed IBAN hash (never a
+    // scan: the planner cannot see how few keys the array holds).
+    let previous: Vec<Previous> = if lookup.is_empty() || split_at.is_none() {
+        Vec::new()
+    } else {
+        tx.execute_raw("SET LOCAL enable_hashjoin = off").await?;
+        tx.execute_raw("SET LOCAL enable_mergejoin = off").await?;
+        tx.fetch_all(
+            sqlx::query_as(
+                "SELECT d.id, d.iban, d.reference, d.name, d.bic, d.amount_minor, d.mandate_id, d.mandate_date \
+                 FROM debtors d JOIN uploads u ON u.id = d.upload_id \
+                 WHERE d.iban_key = ANY($1) AND u.status = 'completed' AND u.finished_at < $2",
+            )
+            .bind(&lookup)
+            .bind(split_at),
+        )
+        .await?
+    };
+    let links = Links::new(previous);
+    let today = chrono::Utc::now().date_naive();
+    let prepared = prepare(
+        id,
+        &rows,
+        &keys,
+        &links,
+        file_has_reference,
+        &app.settings.validation,
+        today,
+    );
+    drop(rows);
+    let c = prepared.counts;
+
     let locked: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
         .fetch_optional(
             sqlx::query_as(
@@ -311,93 +465,70 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
         // Another copy of this job got here first.
         return Ok(Outcome::Skipped);
     }
-    let (imported, duplicates) = if n_ok > 0 {
-        // Index probes, never a scan of all debtors: the planner cannot see how few rows
-        // the arrays hold. SET LOCAL ends with the transaction (safe behind PgBouncer).
-        tx.execute_raw("SET LOCAL enable_hashjoin = off").await?;
-        tx.execute_raw("SET LOCAL enable_mergejoin = off").await?;
-        let inserted: Vec<(i32,)> = tx
-            .fetch_all(
-                sqlx::query_as(MOVE)
-                    .bind(id)
-                    .bind(&cols.row_no)
-                    .bind(&cols.reference)
-                    .bind(&cols.first_name)
-                    .bind(&cols.last_name)
-                    .bind(&cols.name)
-                    .bind(&cols.email)
-                    .bind(&cols.iban)
-                    .bind(&cols.bic)
-                    .bind(&cols.amount_minor)
-                    .bind(&cols.currency)
-                    .bind(&cols.mandate_id)
-                    .bind(&cols.mandate_date)
-                    .bind(&cols.country)
-                    .bind(&cols.usage),
+    let mut stored = (0u64, 0u64, 0u64);
+    if prepared.debtors.rows() > 0 {
+        stored.0 = tx
+            .copy_in(
+                &format!("COPY debtors ({DEBTOR_COLUMNS}) FROM STDIN WITH (FORMAT binary)"),
+                &prepared.debtors.finish(),
             )
             .await?;
-        let inserted: std::collections::HashSet<i32> = inserted.into_iter().map(|(r,)| r).collect();
-        let (mut d_row, mut d_iban, mut d_ref) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, r) in cols.row_no.iter().enumerate() {
-            if !inserted.contains(r) {
-                d_row.push(*r);
-                d_iban.push(cols.iban[i].as_str());
-                d_ref.push(cols.reference[i].as_str());
-            }
-        }
-        let duplicates = if d_row.is_empty() {
-            0
-        } else {
-            tx.execute(
-                sqlx::query(DUPLICATES)
-                    .bind(id)
-                    .bind(&d_row)
-                    .bind(&d_iban)
-                    .bind(&d_ref),
-            )
-            .await?
-        };
-        (inserted.len() as u64, duplicates)
-    } else {
-        (0, 0)
-    };
-    if n_bad > 0 {
-        tx.copy_in(
-            "COPY upload_rejects (upload_id, row_no, column_name, field, reason, value) FROM STDIN",
-            &reject_copy,
-        )
-        .await?;
     }
-    if imported + duplicates != n_ok as u64 {
-        // A debtor this chunk collided with vanished before it could be linked (its upload
-        // failed meanwhile). Undo and retry: the row then imports.
+    if prepared.duplicates.rows() > 0 {
+        stored.1 = tx
+            .copy_in(
+                "COPY upload_duplicates (upload_id, row_no, first_row, raw) FROM STDIN WITH (FORMAT binary)",
+                &prepared.duplicates.finish(),
+            )
+            .await?;
+    }
+    if prepared.rejects.rows() > 0 {
+        stored.2 = tx
+            .copy_in(
+                "COPY upload_rejects (upload_id, row_no, column_name, field, reason, value, raw) FROM STDIN WITH (FORMAT binary)",
+                &prepared.rejects.finish(),
+            )
+            .await?;
+    }
+    let want = (c.imported as u64, c.duplicates as u64, c.rejected as u64);
+    if stored != want || c.imported + c.duplicates + c.rejected != i64::from(expected_rows) {
         return Err(ChunkError::Other(anyhow::anyhow!(
-            "row accounting mismatch in chunk {chunk_no}: {n_ok} rows, {imported} imported + {duplicates} duplicates"
+            "row accounting mismatch in chunk {chunk_no}: {expected_rows} rows; stored {stored:?}, counted {want:?}"
         )));
     }
     tx.execute(
         sqlx::query(
-            "UPDATE upload_chunks SET done_at = now(), imported = $3, duplicates = $4, rejected = $5 \
-             WHERE upload_id = $1 AND chunk_no = $2",
+            "UPDATE upload_chunks SET done_at = now(), imported = $3, duplicates = $4, rejected = $5, \
+             validated_at = now(), valid = $6, invalid = $7 WHERE upload_id = $1 AND chunk_no = $2",
         )
         .bind(id)
         .bind(chunk_no)
-        .bind(imported as i32)
-        .bind(duplicates as i32)
-        .bind(n_bad as i32),
+        .bind(c.imported as i32)
+        .bind(c.duplicates as i32)
+        .bind(c.rejected as i32)
+        .bind(c.valid as i32)
+        .bind(c.invalid as i32),
     )
     .await?;
     let counted: Option<(i32, Option<i32>)> = tx
         .fetch_optional(
             sqlx::query_as(
-                "UPDATE uploads SET chunks_done = chunks_done + 1, rows_imported = rows_imported + $2, \
-                 rows_duplicate = rows_duplicate + $3, rows_rejected = rows_rejected + $4, updated_at = now() \
+                "UPDATE uploads SET chunks_done = chunks_done + 1, chunks_validated = chunks_validated + 1, \
+                 rows_imported = rows_imported + $2, rows_duplicate = rows_duplicate + $3, \
+                 rows_rejected = rows_rejected + $4, rows_new = rows_new + $5, \
+                 rows_unchanged = rows_unchanged + $6, rows_changed = rows_changed + $7, \
+                 rows_valid = rows_valid + $8, rows_invalid = rows_invalid + $9, updated_at = now() \
                  WHERE id = $1 AND status = 'importing' RETURNING chunks_done, chunks_total",
             )
             .bind(id)
-            .bind(imported as i64)
-            .bind(duplicates as i64)
-            .bind(n_bad as i64),
+            .bind(c.imported)
+            .bind(c.duplicates)
+            .bind(c.rejected)
+            .bind(c.new)
+            .bind(c.unchanged)
+            .bind(c.changed)
+            .bind(c.valid)
+            .bind(c.invalid),
         )
         .await?;
     let Some((done, total)) = counted else {
@@ -405,7 +536,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
         return Ok(Outcome::Skipped);
     };
     let outcome = if Some(done) == total {
-        complete(&mut tx, app, id).await?;
+        complete(&mut tx, id).await?;
         Outcome::Completed
     } else {
         Outcome::Imported
@@ -415,26 +546,21 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
         stale => ChunkError::Stale(stale),
     })?;
     tx.commit().await?;
-    tracing::debug!(upload_id = %id, chunk_no, imported, duplicates, rejected = n_bad, "chunk imported");
+    tracing::debug!(upload_id = %id, chunk_no, ?c, "chunk imported");
     Ok(outcome)
 }
 
-/// Marks the upload completed, after checking that every row is accounted for.
-async fn complete(tx: &mut Tx, app: &AppContext, id: Uuid) -> Result<(), ChunkError> {
-    let next = if app.registry.get("validation").is_some() {
-        "validation enqueued"
-    } else {
-        "no validation job in this version: nothing was enqueued for the next stage"
-    };
+/// Marks the upload completed and validated, after checking that every row is accounted
+/// for.
+async fn complete(tx: &mut Tx, id: Uuid) -> Result<(), ChunkError> {
     let (seen, accounted): (i64, i64) = tx
         .fetch_optional(
             sqlx::query_as(
-                "UPDATE uploads SET status = 'completed', finished_at = now(), updated_at = now(), \
-                 note = concat_ws('; ', note, $2::text) WHERE id = $1 \
+                "UPDATE uploads SET status = 'completed', finished_at = now(), validated_at = now(), \
+                 updated_at = now() WHERE id = $1 \
                  RETURNING rows_seen, rows_imported + rows_duplicate + rows_rejected",
             )
-            .bind(id)
-            .bind(next),
+            .bind(id),
         )
         .await?
         .ok_or_else(|| ChunkError::Damaged(format!("upload {id} vanished")))?;

@@ -95,6 +95,22 @@ pub struct DebtorData {
     pub country: Option<String>,
 }
 
+impl From<&crate::uploads::convert::Debtor> for DebtorData {
+    fn from(d: &crate::uploads::convert::Debtor) -> Self {
+        DebtorData {
+            name: d.name.clone(),
+            email: d.email.clone(),
+            iban: d.iban.clone(),
+            bic: d.bic.clone(),
+            amount_minor: d.amount_minor,
+            currency: d.currency.clone(),
+            mandate_id: d.mandate_id.clone(),
+            mandate_date: d.mandate_date,
+            country: d.country.clone(),
+        }
+    }
+}
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
@@ -138,6 +154,35 @@ pub struct Verdict {
     pub sepa_name: Option<String>,
     /// Findings, errors and warnings.
     pub issues: Vec<Issue>,
+}
+
+impl Verdict {
+    /// The findings as stored in `debtors.issues`: a JSON array of {code, field, severity,
+    /// message, suggestion}, or `None` when there are none.
+    pub fn issues_json(&self) -> Option<String> {
+        if self.issues.is_empty() {
+            return None;
+        }
+        let list: Vec<serde_json::Value> = self
+            .issues
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "code": i.code,
+                    "field": i.field,
+                    "severity": i.severity.as_str(),
+                    "message": i.message,
+                    "suggestion": i.suggestion,
+                })
+            })
+            .collect();
+        serde_json::to_string(&list).ok()
+    }
+
+    /// The SEPA name as stored: only when it differs from the name as imported.
+    pub fn sepa_name_if_changed<'a>(&'a self, name: &str) -> Option<&'a str> {
+        self.sepa_name.as_deref().filter(|s| *s != name)
+    }
 }
 
 fn err(code: &'static str, field: &'static str, message: String) -> Issue {

@@ -1,8 +1,9 @@
 //! `validation_chunk`: checks the debtors one chunk of an upload imported, in one
-//! transaction.
+//! transaction. The import validates as it goes (`upload_chunk`); this job re-checks a chunk
+//! whose debtors were imported unchecked (by a version that validated in a second pass).
 //!
-//! - Reads the chunk's debtors by index range, checks them in memory ([`rules::check`]),
-//!   then COPYs one `debtor_checks` row per debtor and one `debtor_issues` row per finding.
+//! - Reads the chunk's unchecked debtors by index range, checks them in memory
+//!   ([`rules::check`]), then writes `valid`, `sepa_name` and `issues` onto each.
 //! - Exactly once: the chunk row is locked and stamped `validated_at` in that transaction;
 //!   a redelivered job sees the stamp and only makes sure the next stage started.
 //! - The chunk that validates the upload's last chunk stamps the upload and fans out the
@@ -15,7 +16,6 @@ use uuid::Uuid;
 use super::validation::rules::{self, DebtorData};
 use crate::{
     context::AppContext,
-    db::copy_row,
     queue::job::{Job, JobContext, JobError},
 };
 
@@ -97,7 +97,7 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
         .fetch_all(
             sqlx::query_as(
                 "SELECT id, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country \
-                 FROM debtors WHERE upload_id = $1 AND row_no BETWEEN $2 AND $3 ORDER BY row_no",
+                 FROM debtors WHERE upload_id = $1 AND row_no BETWEEN $2 AND $3 AND valid IS NULL ORDER BY row_no",
             )
             .bind(id)
             .bind(first)
@@ -109,8 +109,7 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
 
     let today = chrono::Utc::now().date_naive();
     let rules_cfg = &app.settings.validation;
-    let upload = id.to_string();
-    let (mut checks, mut issues) = (Vec::new(), Vec::new());
+    let (mut ids, mut valids, mut sepa, mut issues) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut valid, mut invalid) = (0i64, 0i64);
     for Row {
         id: debtor_id,
@@ -118,35 +117,15 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
     } in rows
     {
         let v = rules::check(&d, rules_cfg, today);
-        let debtor = debtor_id.to_string();
         if v.valid {
             valid += 1;
         } else {
             invalid += 1;
         }
-        copy_row(
-            &mut checks,
-            &[
-                Some(&debtor),
-                Some(&upload),
-                Some(if v.valid { "t" } else { "f" }),
-                v.sepa_name.as_deref(),
-            ],
-        );
-        for i in &v.issues {
-            copy_row(
-                &mut issues,
-                &[
-                    Some(&debtor),
-                    Some(&upload),
-                    Some(i.code),
-                    Some(i.field),
-                    Some(i.severity.as_str()),
-                    Some(&i.message),
-                    i.suggestion.as_deref(),
-                ],
-            );
-        }
+        ids.push(debtor_id);
+        valids.push(v.valid);
+        sepa.push(v.sepa_name_if_changed(&d.name).map(str::to_string));
+        issues.push(v.issues_json());
     }
 
     let mut tx = app.db.begin().await.map_err(retry)?;
@@ -163,18 +142,17 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
     if !matches!(locked, Some((None,))) {
         return Ok(Done::Chunk); // another copy of this job got here first
     }
-    if !checks.is_empty() {
-        tx.copy_in(
-            "COPY debtor_checks (debtor_id, upload_id, valid, sepa_name) FROM STDIN",
-            &checks,
-        )
-        .await
-        .map_err(retry)?;
-    }
-    if !issues.is_empty() {
-        tx.copy_in(
-            "COPY debtor_issues (debtor_id, upload_id, code, field, severity, message, suggestion) FROM STDIN",
-            &issues,
+    if !ids.is_empty() {
+        tx.execute(
+            sqlx::query(
+                "UPDATE debtors d SET valid = v.valid, sepa_name = v.sepa_name, issues = v.issues::jsonb \
+                 FROM unnest($1::bigint[], $2::boolean[], $3::text[], $4::text[]) AS v(id, valid, sepa_name, issues) \
+                 WHERE d.id = v.id",
+            )
+            .bind(&ids)
+            .bind(&valids)
+            .bind(&sepa)
+            .bind(&issues),
         )
         .await
         .map_err(retry)?;

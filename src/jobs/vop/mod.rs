@@ -152,8 +152,7 @@ async fn run_chunk(ctx: &JobContext, job: &Vop) -> anyhow::Result<()> {
         .fetch_all(
             sqlx::query_as(
                 "SELECT d.id, d.iban, d.name, d.bic FROM debtors d \
-                 JOIN debtor_checks c ON c.debtor_id = d.id AND c.valid \
-                 WHERE d.upload_id = $1 AND d.row_no BETWEEN $2 AND $3 \
+                 WHERE d.valid AND d.upload_id = $1 AND d.row_no BETWEEN $2 AND $3 \
                  AND NOT EXISTS (SELECT 1 FROM vop_results r WHERE r.debtor_id = d.id) ORDER BY d.id",
             )
             .bind(id)

@@ -18,6 +18,7 @@ use super::db::{PASSWORD, TestDb};
 pub const TOKEN: &str = "test-token-0123456789";
 pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 pub const LINK_SECRET: &str = "test-link-secret-0123456789-abcdefghij";
+pub const IBAN_KEY: &str = "test-iban-key-0123456789-abcdefghijklmn";
 
 /// Settings for one test: its database, its Redis prefix, fast timings.
 pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
@@ -51,6 +52,7 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     s.vop.request_timeout = Duration::from_secs(2);
     s.vop.retry_backoff = Duration::from_millis(50);
     s.reports.link_secret = Some(SecretString::from(LINK_SECRET));
+    s.privacy.iban_key = Some(SecretString::from(IBAN_KEY));
     s.queues.insert(
         "test_job".into(),
         QueueOverrides {

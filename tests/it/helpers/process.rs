@@ -82,6 +82,10 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
             "FINWORKER__REPORTS__LINK_SECRET",
             super::app::LINK_SECRET.to_string(),
         ),
+        (
+            "FINWORKER__PRIVACY__IBAN_KEY",
+            super::app::IBAN_KEY.to_string(),
+        ),
     ];
     env.push(("RUST_LOG", "info".to_string()));
     env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()

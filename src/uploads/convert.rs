@@ -6,13 +6,10 @@
 
 use chrono::NaiveDate;
 
-use crate::uploads::{
-    ColumnMap, Field, mask_iban,
-    staged::{RowProblem, StagedRow},
-};
+use super::{ColumnMap, Field, mask_iban, staged::RowProblem};
 
 /// Typed values of one importable row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Debtor {
     /// File row.
     pub row_no: u32,
@@ -44,15 +41,6 @@ pub struct Debtor {
     pub usage: Option<String>,
 }
 
-/// A rejected row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
-    /// File row.
-    pub row_no: u32,
-    /// The problem.
-    pub problem: RowProblem,
-}
-
 /// What conversion needs to know beyond the row.
 pub struct Rules<'a> {
     /// Column headers, for messages.
@@ -81,17 +69,12 @@ impl Rules<'_> {
         }
     }
 
-    /// Converts one staged row.
-    pub fn convert(&self, row: &StagedRow) -> Result<Debtor, Rejected> {
-        let reject = |problem| Rejected {
-            row_no: row.row_no,
-            problem,
-        };
-        if let Some(p) = &row.problem {
-            return Err(reject(p.clone()));
-        }
+    /// Converts one row's field values ([`Field::ALL`] order), or says why it cannot be
+    /// stored.
+    pub fn convert(&self, row_no: u32, values: &[String; 14]) -> Result<Debtor, RowProblem> {
+        let reject = |problem| problem;
         for f in Field::ALL {
-            let v = &row.values[f.index()];
+            let v = &values[f.index()];
             if v.len() > self.max_field_bytes {
                 return Err(reject(self.problem(
                     f,
@@ -107,7 +90,7 @@ impl Rules<'_> {
                 )));
             }
         }
-        let get = |f: Field| row.values[f.index()].trim();
+        let get = |f: Field| values[f.index()].trim();
         let opt = |f: Field| {
             let v = get(f);
             (!v.is_empty()).then(|| v.to_string())
@@ -120,7 +103,7 @@ impl Rules<'_> {
                 .collect()
         };
 
-        let iban = compact(Field::Iban);
+        let iban = crate::iban::normalize(get(Field::Iban));
         if iban.is_empty() {
             return Err(reject(self.problem(
                 Field::Iban,
@@ -137,8 +120,13 @@ impl Rules<'_> {
             )));
         }
 
-        let first_name = opt(Field::FirstName);
-        let last_name = opt(Field::LastName);
+        let (mut first_name, mut last_name) = (opt(Field::FirstName), opt(Field::LastName));
+        if !self.columns.has(Field::FirstName)
+            && !self.columns.has(Field::LastName)
+            && let Some(full) = opt(Field::Name)
+        {
+            (first_name, last_name) = split_full_name(&full);
+        }
         let name = match opt(Field::Name) {
             Some(n) => n,
             None => [first_name.as_deref(), last_name.as_deref()]
@@ -181,7 +169,7 @@ impl Rules<'_> {
         };
         let bic = Some(compact(Field::Bic)).filter(|b| !b.is_empty());
         Ok(Debtor {
-            row_no: row.row_no,
+            row_no,
             reference: get(Field::Reference).to_string(),
             first_name,
             last_name,
@@ -196,6 +184,25 @@ impl Rules<'_> {
             country: opt(Field::Country).map(|c| c.to_uppercase()),
             usage: opt(Field::Usage),
         })
+    }
+}
+
+/// A full name in one column, split as documented in docs/uploads.md: "Last, First" when it
+/// holds a comma; otherwise the last word is the family name and the words before it the given
+/// names ("Anna Maria Schmidt" → "Anna Maria" / "Schmidt"); a single word is the family name.
+pub fn split_full_name(full: &str) -> (Option<String>, Option<String>) {
+    let some = |s: &str| {
+        let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        (!s.is_empty()).then_some(s)
+    };
+    if let Some((last, first)) = full.split_once(',') {
+        return (some(first), some(last));
+    }
+    let words: Vec<&str> = full.split_whitespace().collect();
+    match words.split_last() {
+        None => (None, None),
+        Some((last, [])) => (None, some(last)),
+        Some((last, first)) => (some(&first.join(" ")), some(last)),
     }
 }
 
@@ -337,6 +344,22 @@ pub fn parse_date(raw: &str) -> Result<NaiveDate, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_name_splits_into_given_and_family_names() {
+        let s = |a: &str, b: &str| (Some(a.to_string()), Some(b.to_string()));
+        assert_eq!(split_full_name("Anna Schmidt"), s("Anna", "Schmidt"));
+        assert_eq!(
+            split_full_name("  Anna   Maria Schmidt "),
+            s("Anna Maria", "Schmidt")
+        );
+        assert_eq!(split_full_name("Schmidt, Anna"), s("Anna", "Schmidt"));
+        assert_eq!(
+            split_full_name("Madonna"),
+            (None, Some("Madonna".to_string()))
+        );
+        assert_eq!(split_full_name(""), (None, None));
+    }
 
     #[test]
     fn two_digit_years_follow_the_documented_pivot_and_odd_years_are_refused() {
