@@ -15,6 +15,7 @@ mod hostile;
 mod pgbouncer;
 mod readiness;
 mod retries;
+mod reuploads;
 mod runtime;
 mod storage;
 mod sweeper;

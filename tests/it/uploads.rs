@@ -539,30 +539,6 @@ async fn generated_files_keep_the_row_invariant_and_match_the_generator() {
 }
 
 #[tokio::test]
-async fn two_uploads_sharing_debtors_link_the_second_ones_duplicates_to_the_first() {
-    let app = spawn_app_with(|s| s.upload.chunk_rows = 100).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = gen_args(&dir, 600, GenFormat::Csv, 21);
-    args.malformed = 0.0;
-    let (bytes, summary) = generate(args);
-    let first = ingest(&app, "first.csv", &bytes).await;
-    assert_eq!(first.rows_imported as u64, summary.unique);
-    let second = ingest(&app, "second.csv", &bytes).await;
-    assert_eq!(second.status, "completed");
-    assert_eq!(second.rows_imported, 0);
-    assert_eq!(second.rows_duplicate, 600);
-    // Every duplicate of the second upload points at a debtor of the first with its key.
-    let wrong = app
-        .scalar(&format!(
-            "SELECT count(*) FROM upload_duplicates x JOIN debtors d ON d.id = x.debtor_id \
-             WHERE x.upload_id = '{}' AND d.upload_id <> '{}'",
-            second.id, first.id
-        ))
-        .await;
-    assert_eq!(wrong, 0);
-}
-
-#[tokio::test]
 async fn a_chunk_run_again_after_it_committed_changes_nothing() {
     let app = spawn_app_with(|s| s.upload.chunk_rows = 50).await;
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,291 @@
+//! Re-uploads: duplicates only within one upload; a row repeating an earlier upload's debtor
+//! is imported, validated and linked to it with what changed; the same file twice is refused
+//! unless allowed. Header aliases, the full-name split and the raw row kept for audit.
+
+use std::io::Write;
+
+use finworker::uploads::{self, UploadRecord};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::{
+    helpers::{app::TestApp, spawn_app},
+    uploads::{assert_accounted, wait_final},
+};
+
+async fn upload(app: &TestApp, name: &str, text: &str, allow_same_file: bool) -> UploadRecord {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let id = uploads::submit(&app.ctx, &path, None, None, allow_same_file)
+        .await
+        .unwrap();
+    let rec = wait_final(app, id).await;
+    assert_accounted(app, &rec).await;
+    rec
+}
+
+/// (row_no, reference, amount_minor, previous upload of the linked debtor, changes).
+async fn links(app: &TestApp, id: Uuid) -> Vec<(i32, String, i64, Option<Uuid>, Vec<String>)> {
+    let mut c = app.db.connect().await;
+    sqlx::query(
+        "SELECT d.row_no, d.reference, d.amount_minor, p.upload_id, coalesce(d.changes, '{}') \
+         FROM debtors d LEFT JOIN debtors p ON p.id = d.previous_debtor_id \
+         WHERE d.upload_id = $1 ORDER BY d.row_no",
+    )
+    .bind(id)
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+    .collect()
+}
+
+const MARCH: &str = "\
+external_ref,first_name,last_name,iban,bic,amount_cents,mandate_id,mandate_date
+C-1,Anna,Schmidt,DE89370400440532013000,COBADEFFXXX,1999,M-1,2024-01-15
+C-2,Jörg,Weber,DE02120300000000202051,BYLADEM1001,2500,M-2,2024-02-01
+C-3,Lea,Braun,DE02500105170137075030,INGDDEFFXXX,990,M-3,2024-02-11
+";
+
+#[tokio::test]
+async fn a_re_upload_with_a_changed_amount_is_imported_linked_and_the_change_reported() {
+    let app = spawn_app().await;
+    let march = upload(&app, "march.csv", MARCH, false).await;
+    assert_eq!(
+        (march.rows_imported, march.rows_new, march.rows_duplicate),
+        (3, 3, 0)
+    );
+    // April: C-2 owes more, C-3 signed a new mandate, C-4 is new.
+    let april = upload(
+        &app,
+        "april.csv",
+        "\
+external_ref,first_name,last_name,iban,bic,amount_cents,mandate_id,mandate_date
+C-1,Anna,Schmidt,DE89370400440532013000,COBADEFFXXX,1999,M-1,2024-01-15
+C-2,Jörg,Weber,DE02120300000000202051,BYLADEM1001,3100,M-2,2024-02-01
+C-3,Lea,Braun,DE02500105170137075030,INGDDEFFXXX,990,M-3b,2024-04-02
+C-4,Tom,Klein,DE75512108001245126199,SOGEDEFFXXX,1200,M-4,2024-04-03
+",
+        false,
+    )
+    .await;
+    assert_eq!(april.status, "completed", "{:?}", april.error);
+    // Nothing dropped: every row is a debtor of April, validated.
+    assert_eq!(
+        (april.rows_imported, april.rows_duplicate, april.rows_valid),
+        (4, 0, 4)
+    );
+    assert_eq!(
+        (april.rows_new, april.rows_unchanged, april.rows_changed),
+        (1, 1, 2)
+    );
+    let l = links(&app, april.id).await;
+    assert_eq!(l[0].1, "C-1");
+    assert_eq!(l[0].3, Some(march.id));
+    assert!(l[0].4.is_empty(), "{:?}", l[0]);
+    assert_eq!((l[1].2, l[1].3, l[1].4.clone()), (3100, Some(march.id), vec!["amount".to_string()]));
+    assert_eq!(l[2].4, vec!["mandate".to_string()]);
+    assert_eq!((l[3].3, l[3].4.len()), (None, 0), "C-4 is new");
+    // March keeps its own debtors and amounts.
+    let m = links(&app, march.id).await;
+    assert_eq!(m[1].2, 2500);
+    // The record says so to finance staff.
+    let text = uploads::describe(&april, chrono::Utc::now());
+    assert!(
+        text.contains("1 new, 1 repeated from earlier uploads unchanged, 2 repeated with changes"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn next_cycles_export_of_the_same_debtors_is_imported_as_repeated_unchanged() {
+    let app = spawn_app().await;
+    let march = upload(&app, "march.csv", MARCH, false).await;
+    // The same debtors exported again: different bytes (an export date column, another
+    // column order, spaced IBANs), same debtors.
+    let next = upload(
+        &app,
+        "june.csv",
+        "\
+exported_at;iban;external_ref;amount_cents;first_name;last_name;bic;mandate_id;mandate_date
+2024-06-01;DE89 3704 0044 0532 0130 00;C-1;1999;Anna;Schmidt;COBADEFFXXX;M-1;2024-01-15
+2024-06-01;DE02 1203 0000 0000 2020 51;C-2;2500;Jörg;Weber;BYLADEM1001;M-2;2024-02-01
+2024-06-01;DE02 5001 0517 0137 0750 30;C-3;990;Lea;Braun;INGDDEFFXXX;M-3;2024-02-11
+",
+        false,
+    )
+    .await;
+    assert_eq!(next.status, "completed", "{:?}", next.error);
+    assert_eq!(
+        (
+            next.rows_imported,
+            next.rows_duplicate,
+            next.rows_new,
+            next.rows_unchanged,
+            next.rows_changed
+        ),
+        (3, 0, 0, 3, 0)
+    );
+    assert!(
+        links(&app, next.id)
+            .await
+            .iter()
+            .all(|l| l.3 == Some(march.id) && l.4.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn the_same_file_twice_is_refused_naming_the_first_upload_then_accepted_when_allowed() {
+    let app = spawn_app().await;
+    let first = upload(&app, "march.csv", MARCH, false).await;
+    assert_eq!(first.status, "completed");
+    let again = upload(&app, "march-again.csv", MARCH, false).await;
+    assert_eq!(again.status, "failed");
+    let err = again.error.clone().unwrap();
+    assert!(
+        err.starts_with(&format!(
+            "this file has exactly the same content as upload {} (\"march.csv\", uploaded ",
+            first.id
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--allow-same-file"), "{err}");
+    assert_eq!(again.rows_imported, 0);
+    // Allowed on purpose: imported, every debtor linked to March unchanged.
+    let allowed = upload(&app, "march-again.csv", MARCH, true).await;
+    assert_eq!(allowed.status, "completed", "{:?}", allowed.error);
+    assert_eq!((allowed.rows_imported, allowed.rows_unchanged), (3, 3));
+    // A failed upload gives its content back: after a failure the same file can come again.
+    let mut c = app.db.connect().await;
+    let claims: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM uploads WHERE content_claim IS NOT NULL",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(claims, 1, "only the first upload stands for the content");
+}
+
+#[tokio::test]
+async fn within_one_file_a_repeat_is_a_duplicate_of_its_first_row_and_a_bad_first_row_swallows_nothing() {
+    let app = spawn_app().await;
+    let rec = upload(
+        &app,
+        "dups.csv",
+        "\
+external_ref,name,iban,amount
+C-1,Anna Schmidt,DE89370400440532013000,12.00
+C-1,Anna Schmidt,DE89 3704 0044 0532 0130 00,12.00
+C-2,Jörg Weber,DE02120300000000202051,not money
+C-2,Jörg Weber,DE02120300000000202051,25.00
+C-2,Jörg Weber,DE02120300000000202051,26.00
+",
+        false,
+    )
+    .await;
+    // Row 3 repeats row 2; row 4 is rejected, so row 5 is C-2's first importable row and
+    // row 6 repeats it.
+    assert_eq!(
+        (rec.rows_imported, rec.rows_duplicate, rec.rows_rejected),
+        (2, 2, 1)
+    );
+    let mut c = app.db.connect().await;
+    let dups: Vec<(i32, i32)> = sqlx::query_as(
+        "SELECT row_no, first_row FROM upload_duplicates WHERE upload_id = $1 ORDER BY row_no",
+    )
+    .bind(rec.id)
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(dups, vec![(3, 2), (6, 5)]);
+    // The full name was split into given and family names.
+    let names: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT first_name, last_name FROM debtors WHERE upload_id = $1 ORDER BY row_no",
+    )
+    .bind(rec.id)
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        names[0],
+        (Some("Anna".to_string()), Some("Schmidt".to_string()))
+    );
+}
+
+#[tokio::test]
+async fn every_reference_and_amount_alias_is_recognised_and_the_raw_row_is_kept() {
+    let app = spawn_app().await;
+    for (i, header) in [
+        "external_ref",
+        "external_reference",
+        "customer_ref",
+        "ref",
+        "reference_id",
+        "Reference",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let amount = if i % 2 == 0 {
+            "amount_cents"
+        } else {
+            "amount_minor"
+        };
+        let text = format!(
+            "{header};name;iban;{amount};note\nREF-{i};Anna Schmidt;DE89370400440532013000;{};\"a; b\"\n",
+            1000 + i
+        );
+        let rec = upload(&app, &format!("alias-{i}.csv"), &text, false).await;
+        assert_eq!(rec.status, "completed", "{header}: {:?}", rec.error);
+        let mut c = app.db.connect().await;
+        let row = sqlx::query(
+            "SELECT reference, amount_minor, raw::jsonb FROM debtors WHERE upload_id = $1",
+        )
+        .bind(rec.id)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        assert_eq!(row.get::<String, _>(0), format!("REF-{i}"), "{header}");
+        assert_eq!(row.get::<i64, _>(1), 1000 + i as i64, "{amount}");
+        assert_eq!(
+            row.get::<serde_json::Value, _>(2),
+            serde_json::json!([format!("REF-{i}"), "Anna Schmidt", "DE89370400440532013000", format!("{}", 1000 + i), "a; b"]),
+            "the raw row holds every cell, unmapped ones too"
+        );
+        let headers: serde_json::Value =
+            sqlx::query_scalar("SELECT headers FROM uploads WHERE id = $1")
+                .bind(rec.id)
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+        assert_eq!(headers[0], header);
+        // Each file is a new reference for the same IBAN: linked by IBAN only when the
+        // earlier debtor had no reference, so these are all new.
+        assert_eq!(rec.rows_new, 1, "{header}");
+    }
+}
+
+#[tokio::test]
+async fn a_file_without_references_links_by_iban_alone() {
+    let app = spawn_app().await;
+    let text = "name,iban,amount\nAnna Schmidt,DE89370400440532013000,12.00\n";
+    let first = upload(&app, "a.csv", text, false).await;
+    let second = upload(
+        &app,
+        "b.csv",
+        "name,iban,amount\nAnna Schmidt,DE89370400440532013000,14.00\n",
+        false,
+    )
+    .await;
+    assert_eq!(
+        (second.rows_imported, second.rows_changed, second.rows_duplicate),
+        (1, 1, 0)
+    );
+    let l = links(&app, second.id).await;
+    assert_eq!((l[0].3, l[0].4.clone()), (Some(first.id), vec!["amount".to_string()]));
+}
