@@ -129,6 +129,21 @@ pub async fn start_chunk_stage(app: &AppContext, id: Uuid, stage: Stage) -> anyh
     Ok(jobs.len())
 }
 
+/// Enqueues the import of one chunk as soon as it is staged (the split goes on meanwhile).
+/// Same idempotency key as [`start_chunk_stage`], so the two never run a chunk twice.
+pub async fn push_import_chunk(app: &AppContext, id: Uuid, chunk_no: u32) -> anyhow::Result<()> {
+    let job = new(
+        &UploadChunk {
+            upload_id: id,
+            chunk_no,
+        },
+        format!("upload_chunk:{id}:{chunk_no}"),
+        false,
+    )?;
+    push(app, &[job]).await?;
+    Ok(())
+}
+
 async fn chunk_jobs(
     app: &AppContext,
     id: Uuid,

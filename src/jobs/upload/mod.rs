@@ -3,8 +3,10 @@
 //!
 //! - Streams: CSV is parsed straight off the object stream; spreadsheets are spooled to a
 //!   temporary file (the zip format needs seeking) and read cell by cell where calamine can.
-//! - Nothing is imported until the whole file has been split: a file that turns out to be
-//!   over a limit, or unreadable half-way, fails with nothing half-imported.
+//! - Each chunk's import is enqueued as soon as it is staged, so importing overlaps the split.
+//!   Completion waits for the split: the upload completes when the split has ended and every
+//!   chunk is in. A file that turns out to be over a limit, unreadable half-way, or the same
+//!   content as an earlier upload fails, and the failure removes what its chunks imported.
 //! - Idempotent: the upload row is the state. A rerun of a split (crash, deploy) skips chunks
 //!   already staged; a rerun after the split re-enqueues the chunks not yet imported, under
 //!   idempotency keys, and a chunk imports once whatever happens (see `upload_chunk`).
@@ -242,12 +244,13 @@ async fn process(app: &AppContext, id: Uuid, p: &Upload) -> anyhow::Result<()> {
                 fail(app, None, id, &refusal).await?;
                 return Ok(());
             }
-            tx.execute(
-                sqlx::query(
+            let ended: Option<(i32, Option<i32>)> = tx
+                .fetch_optional(
+                sqlx::query_as(
                     "UPDATE uploads SET status = 'importing', chunks_total = $2, chunks_staged = $2, \
                      rows_seen = $3, rows_blank = $4, split_at = clock_timestamp(), note = $5, updated_at = now(), \
                      content_sha256 = $6, content_claim = CASE WHEN allow_same_file THEN NULL ELSE $6 END \
-                     WHERE id = $1 AND status = 'splitting'",
+                     WHERE id = $1 AND status = 'splitting' RETURNING chunks_done, chunks_total",
                 )
                 .bind(id)
                 .bind(i32::try_from(totals.chunks).unwrap_or(i32::MAX))
@@ -257,8 +260,19 @@ async fn process(app: &AppContext, id: Uuid, p: &Upload) -> anyhow::Result<()> {
                 .bind(sha256.as_slice()),
             )
             .await?;
+            // Every chunk may already be in (imports overlap the split): then the split ends
+            // the upload. The row lock orders this against the chunks' own counting.
+            let completed = matches!(ended, Some((done, Some(total))) if done == total);
+            if completed {
+                upload_chunk::complete(&mut tx, id).await?;
+            }
             tx.commit().await?;
             tracing::info!(upload_id = %id, rows = totals.rows_seen, chunks = totals.chunks, "upload split");
+            if completed {
+                upload_chunk::next_stage(app, id).await?;
+                cleanup_staging(app, id).await;
+                return Ok(());
+            }
             enqueue_chunks(app, id).await
         }
     }
@@ -522,6 +536,7 @@ async fn split(
                 )
                 .await?;
                 tx.commit().await?;
+                crate::pipeline::push_import_chunk(app, id, c.chunk_no).await?;
             }
         }
     }

@@ -8,7 +8,7 @@
 //!   debtors, duplicates, rejects, each with its raw row.
 //! - Linking: a row repeats the latest debtor with the same IBAN and reference (IBAN alone
 //!   when the file has no reference column) among uploads that had completed when this one
-//!   finished splitting. Nothing is dropped for it: whether an IBAN may be charged is
+//!   began splitting (a fixed horizon: every chunk of an upload sees the same earlier uploads). Nothing is dropped for it: whether an IBAN may be charged is
 //!   billing's decision, made at charge time.
 //! - Exactly once: the chunk row is locked `FOR UPDATE` and stamped `done_at` and
 //!   `validated_at` in the same transaction, so a retry after a crash (before or after commit)
@@ -97,7 +97,7 @@ enum Outcome {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ChunkError {
+pub(crate) enum ChunkError {
     #[error("{0}")]
     Damaged(String),
     #[error(transparent)]
@@ -358,7 +358,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     )> = tx
         .fetch_optional(
             sqlx::query_as(
-                "SELECT status, columns, chunks_done, chunks_total, split_at FROM uploads WHERE id = $1",
+                "SELECT status, columns, chunks_done, chunks_total, started_at FROM uploads WHERE id = $1",
             )
             .bind(id),
         )
@@ -369,7 +369,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
             "upload {id} has no chunk {chunk_no}"
         )));
     };
-    let Some((status, columns, done, total, split_at)) = status else {
+    let Some((status, columns, done, total, started_at)) = status else {
         return Err(ChunkError::Damaged(format!("upload {id} does not exist")));
     };
     if done_at.is_some() {
@@ -380,7 +380,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
             Outcome::Skipped
         });
     }
-    if status != "importing" {
+    if status != "importing" && status != "splitting" {
         return Ok(Outcome::Skipped);
     }
     let file_has_reference = matches!(&columns, Some(serde_json::Value::Object(o)) if o.contains_key(Field::Reference.as_str()));
@@ -422,7 +422,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     let mut tx = app.db.begin().await?;
     // Earlier debtors this chunk may repeat, by index probes on the keyed IBAN hash (never a
     // scan: the planner cannot see how few keys the array holds).
-    let previous: Vec<Previous> = if lookup.is_empty() || split_at.is_none() {
+    let previous: Vec<Previous> = if lookup.is_empty() || started_at.is_none() {
         Vec::new()
     } else {
         tx.execute_raw("SET LOCAL enable_hashjoin = off").await?;
@@ -434,7 +434,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
                  WHERE d.iban_key = ANY($1) AND u.status = 'completed' AND u.finished_at < $2",
             )
             .bind(&lookup)
-            .bind(split_at),
+            .bind(started_at),
         )
         .await?
     };
@@ -518,7 +518,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
                  rows_rejected = rows_rejected + $4, rows_new = rows_new + $5, \
                  rows_unchanged = rows_unchanged + $6, rows_changed = rows_changed + $7, \
                  rows_valid = rows_valid + $8, rows_invalid = rows_invalid + $9, updated_at = now() \
-                 WHERE id = $1 AND status = 'importing' RETURNING chunks_done, chunks_total",
+                 WHERE id = $1 AND status IN ('splitting', 'importing') RETURNING chunks_done, chunks_total",
             )
             .bind(id)
             .bind(c.imported)
@@ -535,6 +535,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
         // The upload failed meanwhile: import nothing.
         return Ok(Outcome::Skipped);
     };
+    // chunks_total is set when the split ends: until then no chunk completes the upload.
     let outcome = if Some(done) == total {
         complete(&mut tx, id).await?;
         Outcome::Completed
@@ -552,7 +553,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
 
 /// Marks the upload completed and validated, after checking that every row is accounted
 /// for.
-async fn complete(tx: &mut Tx, id: Uuid) -> Result<(), ChunkError> {
+pub(crate) async fn complete(tx: &mut Tx, id: Uuid) -> Result<(), ChunkError> {
     let (seen, accounted): (i64, i64) = tx
         .fetch_optional(
             sqlx::query_as(
