@@ -1,84 +1,121 @@
 #!/usr/bin/env bash
-# Upload ingestion benchmark, release build, in one run on this machine:
-#   1. a generated CSV of ROWS rows (default 1,000,000 and 100,000) through `finworker upload`
-#      against a worker daemon (its own process), until completed: rows/s and the daemon's
-#      peak RSS (VmHWM);
-#   2. `psql \copy` of the same file into a plain logged table: the ceiling; then the imported
-#      debtors themselves copied in bare, without and with debtors' indexes (what the import
-#      has to produce, at COPY speed);
-#   3. a generated XLSX (default 200,000 rows) through `finworker upload`, beside a bare
-#      calamine read of the same file (`finworker bench xlsx-read`).
-# Usage: scripts/bench-upload.sh [csv rows...]   (XLSX_ROWS=200000 by default)
+# Upload ingestion benchmark, release build, everything in one sitting on this machine:
+#   1. the shared generator's 1M-row debtor file (../shared/bench/gen_debtors.py, seed 20240601);
+#   2. the importer a data engineer would write (../shared/bench/py_import_debtors.py: pandas,
+#      per-row checks, dedupe, psycopg COPY), in its own database;
+#   3. `finworker upload` of the same file to *validated* debtors, against a worker daemon (its
+#      own process): wall time, worker and Postgres CPU seconds, worker peak RSS (VmHWM);
+#   4. `psql \copy` of exactly the debtor rows finworker stored into a table shaped like debtors
+#      with its indexes: the Postgres ceiling for this result;
+#   5. the same upload again (--allow-same-file) with 10M debtors already stored;
+#   6. a generated 200k-row XLSX through `finworker upload`, beside a bare calamine read.
+# Usage: scripts/bench-upload.sh            ROWS=1000000 BIG_TABLE=10000000 XLSX_ROWS=200000
+# Needs the shared bench venv: python3 -m venv /var/tmp/fw-bench &&
+#   /var/tmp/fw-bench/bin/pip install -r ../shared/bench/requirements.txt
 source "$(dirname "$0")/bench-lib.sh"
 
+ROWS=${ROWS:-1000000}
+BIG_TABLE=${BIG_TABLE:-10000000}
+XLSX_ROWS=${XLSX_ROWS:-200000}
+SHARED=${SHARED:-../shared/bench}
+PY=${PY:-/var/tmp/fw-bench/bin/python}
+export FINWORKER__PRIVACY__IBAN_KEY="${FINWORKER__PRIVACY__IBAN_KEY:-bench-iban-key-0123456789abcdef0123456789}"
+export FINWORKER__VOP__ENABLED=false FINWORKER__SWEEPER__ENABLED=false
+q() { psql -X -q -tA -h 127.0.0.1 -p 5432 -U finworker -d "$DB" -c "$1"; }
+pg_cpu() { # centiseconds of CPU used by every postgres process so far
+  local s=0 p
+  for p in $(pgrep -x postgres); do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo "$s"
+}
+secs() { awk "BEGIN{printf \"%.2f\", $1/1000}"; }
+
 start_daemon() {
-  "$BIN" run --no-http --queues upload,upload_chunk >"$WORK/daemon.log" 2>&1 &
+  "$BIN" run --no-http --queues upload,upload_chunk,validation,validation_chunk >"$WORK/daemon.log" 2>&1 &
   DAEMON=$!
   PIDS+=("$DAEMON")
   sleep 0.5
 }
-stop_daemon() { # prints the daemon's peak RSS in MB
-  local hwm
-  hwm=$(awk '/VmHWM/ {print $2}' /proc/$DAEMON/status)
+stop_daemon() {
   kill "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; DAEMON=""
-  echo $((hwm / 1024))
 }
-reset_tables() {
-  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c \
-    "TRUNCATE upload_duplicates, upload_rejects, debtors, upload_chunks, uploads CASCADE"
-}
-upload_rate() { # upload_rate <file> <rows> <label>
-  reset_tables
+
+# upload_validated <file> <rows> <label> [extra upload args]: file → validated, with CPU split.
+upload_validated() {
+  local f=$1 rows=$2 label=$3; shift 3
   start_daemon
-  local t0 t1 ms rss
-  t0=$(date +%s%N)
-  "$BIN" upload "$1" >"$WORK/upload.out"
-  t1=$(date +%s%N)
-  rss=$(stop_daemon)
+  local t0 t1 pg0 pg1 ms id w hwm
+  pg0=$(pg_cpu); t0=$(date +%s%N)
+  id=$("$BIN" upload --no-wait "$@" "$f")
+  until [ -n "$(q "SELECT 1 FROM uploads WHERE id = '$id' AND (validated_at IS NOT NULL OR status = 'failed')")" ]; do sleep 0.05; done
+  t1=$(date +%s%N); pg1=$(pg_cpu)
+  w=$(awk '{print $14+$15}' "/proc/$DAEMON/stat"); hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON/status")
+  stop_daemon
   ms=$(( (t1 - t0) / 1000000 ))
-  grep '^rows ' "$WORK/upload.out" | sed 's/^/    /'
-  printf '  %-34s %9d rows in %6.2f s = %8d rows/s, worker peak RSS %4d MB\n' \
-    "$3" "$2" "$(awk "BEGIN{print $ms/1000}")" $(( $2 * 1000 / ms )) "$rss"
+  q "SELECT format('    %s: %s rows: %s imported (%s new, %s unchanged, %s changed), %s duplicates, %s rejected; %s valid, %s invalid; split %s s, import+validation after split %s s',
+      status, rows_seen, rows_imported, rows_new, rows_unchanged, rows_changed, rows_duplicate, rows_rejected,
+      rows_valid, rows_invalid, round(extract(epoch FROM split_at - started_at)::numeric, 2),
+      round(extract(epoch FROM validated_at - split_at)::numeric, 2)) FROM uploads WHERE id = '$id'"
+  printf '  %-44s %8d rows in %6s s = %7d rows/s | worker CPU %5s s, Postgres CPU %5s s, worker peak RSS %d MB\n' \
+    "$label" "$rows" "$(secs $ms)" $(( rows * 1000 / ms )) "$(secs $((w * 10)))" "$(secs $(( (pg1 - pg0) * 10 )))" $((hwm / 1024))
+  LAST_MS=$ms
 }
 
-echo "== CSV: finworker upload (end to end) vs psql \\copy (ceiling)"
-for rows in ${@:-100000 1000000}; do
-  f="$WORK/debtors-$rows.csv"
-  "$BIN" gen debtors --rows "$rows" --seed 7 --out "$f" --no-short-rows >/dev/null
-  echo "  file: $rows rows, $(( $(stat -c %s "$f") / 1000000 )) MB"
-  upload_rate "$f" "$rows" "finworker upload ($rows rows)"
-  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "DROP TABLE IF EXISTS copy_ceiling; CREATE TABLE copy_ceiling (
-    customer_number text, first_name text, last_name text, email text, iban text, bic text,
-    amount text, currency text, mandate_reference text, mandate_date text, usage text)"
-  t0=$(date +%s%N)
-  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB \
-    -c "\\copy copy_ceiling FROM '$f' WITH (FORMAT csv, HEADER true, DELIMITER ';')"
-  t1=$(date +%s%N)
-  ms=$(( (t1 - t0) / 1000000 ))
-  printf '  %-34s %9d rows in %6.2f s = %8d rows/s\n' "psql \\copy (plain table)" "$rows" \
-    "$(awk "BEGIN{print $ms/1000}")" $(( rows * 1000 / ms ))
-  # What the import must produce, copied in bare: the imported debtors (typed, as stored)
-  # into a debtors-shaped table without indexes, then into one with debtors' own indexes
-  # (identity key, dedup key, row key). The floor of Postgres work for this result.
-  cols="upload_id, row_no, reference, first_name, last_name, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage"
-  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "\\copy (SELECT $cols FROM debtors ORDER BY upload_id, row_no) TO '$WORK/debtors.tsv'"
-  n=$(wc -l <"$WORK/debtors.tsv")
-  for shape in "no indexes:INCLUDING DEFAULTS INCLUDING IDENTITY" "debtors' indexes:INCLUDING ALL"; do
-    psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "DROP TABLE IF EXISTS schema_ceiling; CREATE TABLE schema_ceiling (LIKE debtors ${shape#*:})"
-    t0=$(date +%s%N)
-    psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "\\copy schema_ceiling ($cols) FROM '$WORK/debtors.tsv'"
-    t1=$(date +%s%N)
-    ms=$(( (t1 - t0) / 1000000 ))
-    printf '  %-34s %9d rows in %6.2f s = %8d rows/s\n' "\\copy debtors rows, ${shape%%:*}" "$n" \
-      "$(awk "BEGIN{print $ms/1000}")" $(( n * 1000 / ms ))
-  done
-  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d $DB -c "DROP TABLE schema_ceiling"
-done
+echo "== 1M-row file → validated debtors: pandas importer vs finworker, and the Postgres ceiling"
+f="$WORK/debtors-$ROWS.csv"
+"$PY" "$SHARED/gen_debtors.py" --rows "$ROWS" --seed 20240601 --out "$f" 2>"$WORK/gen.txt"
+echo "  file: $ROWS rows, $(( $(stat -c %s "$f") / 1000000 )) MB ($(sed 's/^# gen_debtors: //' "$WORK/gen.txt" | cut -c1-120)…)"
 
-XLSX_ROWS=${XLSX_ROWS:-200000}
-echo "== XLSX: finworker upload (end to end) vs a bare calamine read"
+PEER_DB="${DB}_peer"
+psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "CREATE DATABASE $PEER_DB"
+trap 'psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS '"$PEER_DB"' WITH (FORCE)" 2>/dev/null; bench_cleanup' EXIT
+t0=$(date +%s%N)
+BENCH_PG_DSN="postgresql://finworker:$PGPASSWORD@127.0.0.1:5432/$PEER_DB" "$PY" "$SHARED/py_import_debtors.py" "$f" --load copy >"$WORK/py.txt"
+t1=$(date +%s%N)
+PY_MS=$(( (t1 - t0) / 1000000 ))
+printf '  %-44s %8d rows in %6s s = %7d rows/s | %s\n' "pandas importer (read+validate+dedupe+COPY)" "$ROWS" "$(secs $PY_MS)" \
+  $(( ROWS * 1000 / PY_MS )) "$(grep -E '^(READ_S|VALIDATE_S|LOAD_S|MAXRSS_MB)=' "$WORK/py.txt" | tr '\n' ' ')"
+
+upload_validated "$f" "$ROWS" "finworker upload → validated (empty table)"
+EMPTY_MS=$LAST_MS
+
+# The ceiling: exactly what finworker stored, copied in bare into a debtors-shaped table
+# with debtors' indexes (identity key, (upload_id, row_no), iban_key).
+cols="upload_id, row_no, reference, first_name, last_name, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage, iban_key, previous_debtor_id, changes, valid, sepa_name, issues, raw"
+q "\\copy (SELECT $cols FROM debtors ORDER BY id) TO '$WORK/debtors.tsv'"
+n=$(wc -l <"$WORK/debtors.tsv")
+q "DROP TABLE IF EXISTS ceiling; CREATE TABLE ceiling (LIKE debtors INCLUDING ALL)"
+t0=$(date +%s%N)
+q "\\copy ceiling ($cols) FROM '$WORK/debtors.tsv'"
+t1=$(date +%s%N)
+CEIL_MS=$(( (t1 - t0) / 1000000 ))
+printf '  %-44s %8d rows in %6s s = %7d rows/s\n' "psql \\copy of those debtor rows, with indexes" "$n" "$(secs $CEIL_MS)" $(( n * 1000 / CEIL_MS ))
+q "DROP TABLE ceiling"
+awk -v py="$PY_MS" -v fw="$EMPTY_MS" -v c="$CEIL_MS" -v n="$n" -v rows="$ROWS" 'BEGIN {
+  printf "  ratio: finworker file→validated is %.2fx the pandas importer (>1 = faster); %.0f%% of the \\copy ceiling rate (%d debtor rows of %d file rows)\n", py/fw, 100*(rows/fw)/(n/c), n, rows }'
+
+echo "== the same upload with $BIG_TABLE debtors already stored"
+# Filler debtors of a completed upload, with random lookup keys like real ones.
+q "INSERT INTO uploads (id, object_key, file_name, status, chunk_rows, finished_at) VALUES
+   ('00000000-0000-0000-0000-00000000f111', 'filler', 'filler', 'completed', 5000, now() - interval '1 day')"
+t0=$(date +%s%N)
+have=$(q "SELECT count(*) FROM debtors")
+q "INSERT INTO debtors (upload_id, row_no, reference, name, iban, amount_minor, currency, iban_key, valid, raw)
+   SELECT '00000000-0000-0000-0000-00000000f111', g, 'F-' || g, 'Filler Debtor', 'DE' || lpad(g::text, 20, '0'), 1000, 'EUR',
+          ('x' || substr(md5(g::text), 1, 16))::bit(64)::bigint, true, '[\"F\"]'
+   FROM generate_series(1, $BIG_TABLE - $have) g"
+q "VACUUM ANALYZE debtors"
+t1=$(date +%s%N)
+echo "  filled to $(q "SELECT count(*) FROM debtors") debtors in $(secs $(( (t1 - t0) / 1000000 ))) s"
+upload_validated "$f" "$ROWS" "finworker upload → validated ($((BIG_TABLE / 1000000))M stored)" --allow-same-file
+awk -v e="$EMPTY_MS" -v b="$LAST_MS" 'BEGIN { printf "  ratio: rate with the big table is %.0f%% of the rate on an empty table\n", 100*e/b }'
+
+echo "== XLSX: finworker upload (to validated) vs a bare calamine read"
 x="$WORK/debtors-$XLSX_ROWS.xlsx"
-"$BIN" gen debtors --rows "$XLSX_ROWS" --seed 7 --format xlsx --out "$x" >/dev/null
+"$PY" "$SHARED/gen_debtors.py" --rows "$XLSX_ROWS" --seed 20240601 --format xlsx --out "$x" 2>/dev/null
 echo "  file: $XLSX_ROWS rows, $(( $(stat -c %s "$x") / 1000000 )) MB"
-upload_rate "$x" "$XLSX_ROWS" "finworker upload (xlsx)"
-"$BIN" bench xlsx-read "$x" | sed 's/^/  /'
+upload_validated "$x" "$XLSX_ROWS" "finworker upload → validated (xlsx)"
+XLSX_MS=$LAST_MS
+"$BIN" bench xlsx-read "$x" | tee "$WORK/xlsx.txt" | sed 's/^/  /'
+CAL_RATE=$(grep -o '= *[0-9.]* rows/s' "$WORK/xlsx.txt" | head -1 | tr -dc '0-9.')
+awk -v r="$XLSX_ROWS" -v ms="$XLSX_MS" -v c="$CAL_RATE" 'BEGIN {
+  printf "  ratio: finworker xlsx file→validated runs at %.0f%% of the bare calamine read rate\n", 100*(r*1000/ms)/c }'

@@ -305,7 +305,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             if let Some(key) = settings.privacy.iban_key.as_ref() {
                 let db = db::Db::connect_lazy(&settings.database, settings.database_password())?;
-                let n = uploads::backfill_iban_keys(&db, &crate::iban::IbanHasher::new(key)).await?;
+                let n =
+                    uploads::backfill_iban_keys(&db, &crate::iban::IbanHasher::new(key)).await?;
                 if n > 0 {
                     println!("{n} stored debtors given their IBAN lookup key");
                 }

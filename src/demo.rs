@@ -76,6 +76,16 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
             uuid::Uuid::new_v4().simple().to_string(),
         ));
     }
+    if settings.privacy.iban_key.is_none() {
+        // A fixed development key: demo runs against one database keep comparable lookup
+        // keys. Production sets its own secret (FINWORKER__PRIVACY__IBAN_KEY).
+        println!(
+            "   (IBAN lookups keyed with the demo's development key: set FINWORKER__PRIVACY__IBAN_KEY in production)"
+        );
+        settings.privacy.iban_key = Some(SecretString::from(
+            "finworker-demo-development-iban-key-not-secret",
+        ));
+    }
     let app = App::build(settings, Roles::default()).await?;
     let ctx = app.ctx.clone();
     let addr = app.http_addr().context("http address")?;

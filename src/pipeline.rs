@@ -73,7 +73,8 @@ pub async fn redrive(app: &AppContext, id: Uuid) -> anyhow::Result<Stage> {
         )
         .await?;
     tx.commit().await?;
-    let Some((status, object_key, file_name, sheet, validated_at, verified_at, allow_same_file)) = row
+    let Some((status, object_key, file_name, sheet, validated_at, verified_at, allow_same_file)) =
+        row
     else {
         return Ok(Stage::Done);
     };

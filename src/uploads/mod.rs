@@ -315,10 +315,7 @@ pub use crate::iban::mask as mask_iban;
 /// Gives debtors stored before keyed IBAN hashing their lookup key (`iban_key`), in
 /// batches. Run by `finworker migrate` and by workers that import at start; a no-op once
 /// done (an index probe).
-pub async fn backfill_iban_keys(
-    db: &Db,
-    hasher: &crate::iban::IbanHasher,
-) -> Result<u64, DbError> {
+pub async fn backfill_iban_keys(db: &Db, hasher: &crate::iban::IbanHasher) -> Result<u64, DbError> {
     let mut total = 0u64;
     loop {
         let mut tx = db.begin().await?;

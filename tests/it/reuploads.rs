@@ -88,7 +88,10 @@ C-4,Tom,Klein,DE75512108001245126199,SOGEDEFFXXX,1200,M-4,2024-04-03
     assert_eq!(l[0].1, "C-1");
     assert_eq!(l[0].3, Some(march.id));
     assert!(l[0].4.is_empty(), "{:?}", l[0]);
-    assert_eq!((l[1].2, l[1].3, l[1].4.clone()), (3100, Some(march.id), vec!["amount".to_string()]));
+    assert_eq!(
+        (l[1].2, l[1].3, l[1].4.clone()),
+        (3100, Some(march.id), vec!["amount".to_string()])
+    );
     assert_eq!(l[2].4, vec!["mandate".to_string()]);
     assert_eq!((l[3].3, l[3].4.len()), (None, 0), "C-4 is new");
     // March keeps its own debtors and amounts.
@@ -162,17 +165,17 @@ async fn the_same_file_twice_is_refused_naming_the_first_upload_then_accepted_wh
     assert_eq!((allowed.rows_imported, allowed.rows_unchanged), (3, 3));
     // A failed upload gives its content back: after a failure the same file can come again.
     let mut c = app.db.connect().await;
-    let claims: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM uploads WHERE content_claim IS NOT NULL",
-    )
-    .fetch_one(&mut c)
-    .await
-    .unwrap();
+    let claims: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM uploads WHERE content_claim IS NOT NULL")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
     assert_eq!(claims, 1, "only the first upload stands for the content");
 }
 
 #[tokio::test]
-async fn within_one_file_a_repeat_is_a_duplicate_of_its_first_row_and_a_bad_first_row_swallows_nothing() {
+async fn within_one_file_a_repeat_is_a_duplicate_of_its_first_row_and_a_bad_first_row_swallows_nothing()
+ {
     let app = spawn_app().await;
     let rec = upload(
         &app,
@@ -254,7 +257,13 @@ async fn every_reference_and_amount_alias_is_recognised_and_the_raw_row_is_kept(
         assert_eq!(row.get::<i64, _>(1), 1000 + i as i64, "{amount}");
         assert_eq!(
             row.get::<serde_json::Value, _>(2),
-            serde_json::json!([format!("REF-{i}"), "Anna Schmidt", "DE89370400440532013000", format!("{}", 1000 + i), "a; b"]),
+            serde_json::json!([
+                format!("REF-{i}"),
+                "Anna Schmidt",
+                "DE89370400440532013000",
+                format!("{}", 1000 + i),
+                "a; b"
+            ]),
             "the raw row holds every cell, unmapped ones too"
         );
         let headers: serde_json::Value =
@@ -283,9 +292,16 @@ async fn a_file_without_references_links_by_iban_alone() {
     )
     .await;
     assert_eq!(
-        (second.rows_imported, second.rows_changed, second.rows_duplicate),
+        (
+            second.rows_imported,
+            second.rows_changed,
+            second.rows_duplicate
+        ),
         (1, 1, 0)
     );
     let l = links(&app, second.id).await;
-    assert_eq!((l[0].3, l[0].4.clone()), (Some(first.id), vec!["amount".to_string()]));
+    assert_eq!(
+        (l[0].3, l[0].4.clone()),
+        (Some(first.id), vec!["amount".to_string()])
+    );
 }

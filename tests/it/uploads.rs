@@ -21,7 +21,9 @@ pub async fn submit(app: &TestApp, name: &str, bytes: &[u8]) -> Uuid {
         .unwrap()
         .write_all(bytes)
         .unwrap();
-    uploads::submit(&app.ctx, &path, None, None, false).await.unwrap()
+    uploads::submit(&app.ctx, &path, None, None, false)
+        .await
+        .unwrap()
 }
 
 pub async fn wait_final(app: &TestApp, id: Uuid) -> UploadRecord {

@@ -412,7 +412,9 @@ async fn split(
                 // Read to the end, so the content hash covers every byte.
                 let mut rest = src.into_inner();
                 io::copy(&mut rest, &mut io::sink()).map_err(|e| {
-                    Stop::File(FileError::Unreadable(format!("the file cannot be read: {e}")))
+                    Stop::File(FileError::Unreadable(format!(
+                        "the file cannot be read: {e}"
+                    )))
                 })?;
                 Ok((sink.finish()?, notes))
             })

@@ -220,7 +220,11 @@ fn build_row(columns: &ColumnMap, row_no: u32, cells: &[(u32, Cell<'_>)]) -> Sou
     if cells.iter().all(|(_, c)| c.is_empty()) {
         return SourceRow::Blank;
     }
-    let width = cells.iter().map(|(c, _)| *c as usize + 1).max().unwrap_or(0);
+    let width = cells
+        .iter()
+        .map(|(c, _)| *c as usize + 1)
+        .max()
+        .unwrap_or(0);
     let mut raw = vec![String::new(); width];
     let mut problem = None;
     for (col, cell) in cells {

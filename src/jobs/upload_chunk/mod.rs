@@ -200,14 +200,24 @@ impl Links {
             rows: Vec::new(),
         };
         // Rows come in any order: keep the highest id (the latest debtor) per key.
-        fn keep<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, k: K, i: usize, rows: &[Previous]) {
+        fn keep<K: std::hash::Hash + Eq>(
+            m: &mut HashMap<K, usize>,
+            k: K,
+            i: usize,
+            rows: &[Previous],
+        ) {
             let e = m.entry(k).or_insert(i);
             if rows[*e].id < rows[i].id {
                 *e = i;
             }
         }
         for (i, p) in rows.iter().enumerate() {
-            keep(&mut l.exact, (p.iban.clone(), p.reference.clone()), i, &rows);
+            keep(
+                &mut l.exact,
+                (p.iban.clone(), p.reference.clone()),
+                i,
+                &rows,
+            );
             keep(&mut l.by_iban, p.iban.clone(), i, &rows);
             if p.reference.is_empty() {
                 keep(&mut l.by_iban_unreferenced, p.iban.clone(), i, &rows);

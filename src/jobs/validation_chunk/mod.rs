@@ -109,7 +109,8 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
 
     let today = chrono::Utc::now().date_naive();
     let rules_cfg = &app.settings.validation;
-    let (mut ids, mut valids, mut sepa, mut issues) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut valids, mut sepa, mut issues) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut valid, mut invalid) = (0i64, 0i64);
     for Row {
         id: debtor_id,
