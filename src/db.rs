@@ -277,30 +277,6 @@ impl Drop for Tx {
     }
 }
 
-/// Appends one row in `COPY ... FROM STDIN` text format (tab-separated, `\N` for NULL).
-pub fn copy_row(out: &mut Vec<u8>, cols: &[Option<&str>]) {
-    for (i, c) in cols.iter().enumerate() {
-        if i > 0 {
-            out.push(b'\t');
-        }
-        match c {
-            None => out.extend_from_slice(b"\\N"),
-            Some(s) => {
-                for b in s.bytes() {
-                    match b {
-                        b'\\' => out.extend_from_slice(b"\\\\"),
-                        b'\t' => out.extend_from_slice(b"\\t"),
-                        b'\n' => out.extend_from_slice(b"\\n"),
-                        b'\r' => out.extend_from_slice(b"\\r"),
-                        other => out.push(other),
-                    }
-                }
-            }
-        }
-    }
-    out.push(b'\n');
-}
-
 /// Applies `migrations/` over the direct (non-pooled) connection: migrations take an
 /// advisory lock that needs a session, which transaction pooling does not keep.
 pub async fn migrate(settings: &DatabaseSettings, password: Option<&str>) -> Result<(), DbError> {
@@ -315,16 +291,4 @@ pub async fn migrate(settings: &DatabaseSettings, password: Option<&str>) -> Res
 pub async fn connect_direct(url: &str, password: Option<&str>) -> Result<PgConnection, DbError> {
     let opts = options(url, "database.direct_url", password)?;
     Ok(opts.connect().await?)
-}
-
-#[cfg(test)]
-mod copy_tests {
-    use super::copy_row;
-
-    #[test]
-    fn copy_text_escapes_what_copy_would_misread() {
-        let mut out = Vec::new();
-        copy_row(&mut out, &[Some("a\tb\\c\nd\re"), None, Some("")]);
-        assert_eq!(out, b"a\\tb\\\\c\\nd\\re\t\\N\t\n");
-    }
 }

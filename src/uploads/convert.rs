@@ -72,22 +72,21 @@ impl Rules<'_> {
     /// Converts one row's field values ([`Field::ALL`] order), or says why it cannot be
     /// stored.
     pub fn convert(&self, row_no: u32, values: &[String; 14]) -> Result<Debtor, RowProblem> {
-        let reject = |problem| problem;
         for f in Field::ALL {
             let v = &values[f.index()];
             if v.len() > self.max_field_bytes {
-                return Err(reject(self.problem(
+                return Err(self.problem(
                     f,
                     crate::uploads::too_long(f, v.len(), self.max_field_bytes),
                     v,
-                )));
+                ));
             }
             if v.contains('\0') {
-                return Err(reject(self.problem(
+                return Err(self.problem(
                     f,
                     format!("the {} contains a NUL character", f.as_str()),
                     &v.replace('\0', "?"),
-                )));
+                ));
             }
         }
         let get = |f: Field| values[f.index()].trim();
@@ -105,19 +104,15 @@ impl Rules<'_> {
 
         let iban = crate::iban::normalize(get(Field::Iban));
         if iban.is_empty() {
-            return Err(reject(self.problem(
-                Field::Iban,
-                "the IBAN is empty".into(),
-                "",
-            )));
+            return Err(self.problem(Field::Iban, "the IBAN is empty".into(), ""));
         }
         if iban.len() > 34 || !iban.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(reject(self.problem(
+            return Err(self.problem(
                 Field::Iban,
                 "the IBAN has characters other than letters and digits, or more than 34 of them"
                     .into(),
                 get(Field::Iban),
-            )));
+            ));
         }
 
         let (mut first_name, mut last_name) = (opt(Field::FirstName), opt(Field::LastName));
@@ -145,15 +140,15 @@ impl Rules<'_> {
             } else {
                 Field::LastName
             };
-            return Err(reject(self.problem(field, "the name is empty".into(), "")));
+            return Err(self.problem(field, "the name is empty".into(), ""));
         }
 
         let amount_minor = if self.columns.has(Field::Amount) {
             let raw = get(Field::Amount);
-            parse_amount(raw).map_err(|why| reject(self.problem(Field::Amount, why, raw)))?
+            parse_amount(raw).map_err(|why| self.problem(Field::Amount, why, raw))?
         } else {
             let raw = get(Field::AmountMinor);
-            parse_minor(raw).map_err(|why| reject(self.problem(Field::AmountMinor, why, raw)))?
+            parse_minor(raw).map_err(|why| self.problem(Field::AmountMinor, why, raw))?
         };
 
         let currency = match opt(Field::Currency) {
@@ -162,10 +157,9 @@ impl Rules<'_> {
         };
         let mandate_date = match opt(Field::MandateDate) {
             None => None,
-            Some(raw) => Some(
-                parse_date(&raw)
-                    .map_err(|why| reject(self.problem(Field::MandateDate, why, &raw)))?,
-            ),
+            Some(raw) => {
+                Some(parse_date(&raw).map_err(|why| self.problem(Field::MandateDate, why, &raw))?)
+            }
         };
         let bic = Some(compact(Field::Bic)).filter(|b| !b.is_empty());
         Ok(Debtor {
