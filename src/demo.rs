@@ -273,10 +273,13 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     );
     let mut c = ctx.db.begin().await?;
     let codes: Vec<(String, String, i64)> = c
-        .fetch_all(sqlx::query_as(
-            "SELECT i->>'code', i->>'severity', count(*) FROM debtors d, jsonb_array_elements(d.issues) i \
-             WHERE d.upload_id = $1 GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5",
-        ).bind(upload_id))
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT code, severity, count(*) FROM debtor_findings \
+             WHERE upload_id = $1 GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5",
+            )
+            .bind(upload_id),
+        )
         .await?;
     c.commit().await?;
     for (code, severity, n) in codes {

@@ -46,7 +46,7 @@ pub fn staging_prefix(id: Uuid) -> String {
 
 /// Key of one staged chunk.
 pub fn staged_key(id: Uuid, chunk_no: u32) -> String {
-    format!("staging/{id}/chunk-{chunk_no:06}.jsonl")
+    format!("staging/{id}/chunk-{chunk_no:06}.rows")
 }
 
 /// One row of `uploads`.

@@ -12,6 +12,7 @@ mod drain;
 mod enqueue;
 mod hardening;
 mod hostile;
+mod migrations;
 mod pgbouncer;
 mod readiness;
 mod retries;

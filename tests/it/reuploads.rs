@@ -247,7 +247,9 @@ async fn every_reference_and_amount_alias_is_recognised_and_the_raw_row_is_kept(
         assert_eq!(rec.status, "completed", "{header}: {:?}", rec.error);
         let mut c = app.db.connect().await;
         let row = sqlx::query(
-            "SELECT reference, amount_minor, raw::jsonb FROM debtors WHERE upload_id = $1",
+            "SELECT d.reference, d.amount_minor, r.cells FROM debtors d \
+             JOIN upload_raw_rows r ON r.upload_id = d.upload_id AND r.row_no = d.row_no \
+             WHERE d.upload_id = $1",
         )
         .bind(rec.id)
         .fetch_one(&mut c)

@@ -154,6 +154,10 @@ pub async fn fail(
                 sqlx::query_scalar("SELECT count(*) FROM debtors WHERE upload_id = $1").bind(id),
             )
             .await?;
+        if kept == 0 {
+            tx.execute(sqlx::query("DELETE FROM upload_raw WHERE upload_id = $1").bind(id))
+                .await?;
+        }
         tx.execute(
             sqlx::query(
                 "UPDATE uploads SET rows_imported = $2, rows_duplicate = 0, rows_rejected = 0, \

@@ -12,7 +12,7 @@ use super::source::{FileError, RowSource, SourceMeta, SourceRow};
 use crate::uploads::{
     Field,
     convert::Rules,
-    staged::{ChunkWriter, RowKind, RowProblem, raw_json},
+    staged::{ChunkWriter, RowKind, RowProblem},
 };
 
 /// Why the split stopped early.
@@ -49,7 +49,7 @@ pub struct StagedChunk {
     pub last_row: u32,
     /// Rows in it.
     pub rows: u32,
-    /// The staged CSV.
+    /// The staged rows (see [`crate::uploads::staged`]).
     pub bytes: Vec<u8>,
     /// Data rows split so far, this chunk included.
     pub rows_seen: u64,
@@ -243,7 +243,7 @@ impl RowSink for Splitter {
                         limit: self.max_rows,
                     }));
                 }
-                let raw_cells = raw_json(&self.capped(raw));
+                let raw_cells = self.capped(raw);
                 let kind = match problem {
                     Some(p) => RowKind::Rejected(p),
                     None => self.decide(row_no, &values),

@@ -5,7 +5,7 @@
 //!   the same file, or a reject. Here, in parallel across chunks, each debtor is validated
 //!   ([`rules::check`]), given its keyed IBAN hash, and linked to the debtor it repeats from
 //!   an earlier upload (`previous_debtor_id`, with what changed). Then three binary COPYs:
-//!   debtors, duplicates, rejects, each with its raw row.
+//!   debtors, duplicates, rejects, and the chunk's raw rows as one `upload_raw` value.
 //! - Linking: a row repeats the latest debtor with the same IBAN and reference (IBAN alone
 //!   when the file has no reference column) among uploads that had completed when this one
 //!   began splitting (a fixed horizon: every chunk of an upload sees the same earlier uploads). Nothing is dropped for it: whether an IBAN may be charged is
@@ -148,7 +148,7 @@ pub async fn next_stage(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()>
 /// Columns of the debtors COPY, in order.
 const DEBTOR_COLUMNS: &str = "upload_id, row_no, reference, first_name, last_name, name, email, iban, \
     bic, amount_minor, currency, mandate_id, mandate_date, country, usage, iban_key, \
-    previous_debtor_id, changes, valid, sepa_name, issues, raw";
+    previous_debtor_id, changes, valid, sepa_name, issues";
 
 /// A debtor of an earlier upload that a row may repeat.
 #[derive(sqlx::FromRow)]
@@ -185,7 +185,8 @@ fn changes(d: &Debtor, p: &Previous) -> Vec<&'static str> {
 /// column, or none matching exactly, the latest with the same IBAN and no reference, then
 /// (files without references only) the latest with the same IBAN.
 struct Links {
-    exact: HashMap<(String, String), usize>,
+    /// IBAN → reference → row.
+    exact: HashMap<String, HashMap<String, usize>>,
     by_iban: HashMap<String, usize>,
     by_iban_unreferenced: HashMap<String, usize>,
     rows: Vec<Previous>,
@@ -212,12 +213,8 @@ impl Links {
             }
         }
         for (i, p) in rows.iter().enumerate() {
-            keep(
-                &mut l.exact,
-                (p.iban.clone(), p.reference.clone()),
-                i,
-                &rows,
-            );
+            let by_reference = l.exact.entry(p.iban.clone()).or_default();
+            keep(by_reference, p.reference.clone(), i, &rows);
             keep(&mut l.by_iban, p.iban.clone(), i, &rows);
             if p.reference.is_empty() {
                 keep(&mut l.by_iban_unreferenced, p.iban.clone(), i, &rows);
@@ -228,12 +225,16 @@ impl Links {
     }
 
     fn find(&self, d: &Debtor, file_has_reference: bool) -> Option<&Previous> {
+        if self.rows.is_empty() {
+            return None;
+        }
         let i = if file_has_reference {
             self.exact
-                .get(&(d.iban.clone(), d.reference.clone()))
-                .or_else(|| self.by_iban_unreferenced.get(&d.iban))
+                .get(d.iban.as_str())
+                .and_then(|m| m.get(d.reference.as_str()))
+                .or_else(|| self.by_iban_unreferenced.get(d.iban.as_str()))
         } else {
-            self.by_iban.get(&d.iban)
+            self.by_iban.get(d.iban.as_str())
         };
         i.map(|&i| &self.rows[i])
     }
@@ -245,6 +246,10 @@ struct Prepared {
     debtors: BinaryCopy,
     duplicates: BinaryCopy,
     rejects: BinaryCopy,
+    /// Every row's cells: `[[row_no, [cell, ...]], ...]`.
+    raw: String,
+    first_row: i32,
+    last_row: i32,
     counts: Counts,
 }
 
@@ -263,7 +268,7 @@ struct Counts {
 /// Validates and links the chunk's rows and encodes the three COPYs.
 fn prepare(
     upload_id: Uuid,
-    rows: &[staged::StagedRow],
+    rows: &[staged::StagedRow<'_>],
     keys: &[Option<i64>],
     links: &Links,
     file_has_reference: bool,
@@ -275,7 +280,7 @@ fn prepare(
         let row_no = i32::try_from(row.row_no).unwrap_or(i32::MAX);
         match &row.kind {
             RowKind::Debtor(d) => {
-                let verdict = rules::check(&rules::DebtorData::from(d), rules_cfg, today);
+                let verdict = rules::check_view(rules::DebtorView::from(d), rules_cfg, today);
                 let previous = links.find(d, file_has_reference);
                 let changed = previous.map(|prev| changes(d, prev));
                 let c = &mut p.counts;
@@ -292,7 +297,7 @@ fn prepare(
                 }
                 let issues = verdict.issues_json();
                 p.debtors
-                    .row(22)
+                    .row(21)
                     .uuid(upload_id)
                     .int4(row_no)
                     .text(&d.reference)
@@ -313,32 +318,36 @@ fn prepare(
                     .opt_text_array(changed.as_deref())
                     .bool(verdict.valid)
                     .opt_text(verdict.sepa_name_if_changed(&d.name))
-                    .jsonb(issues.as_deref())
-                    .text(row.raw.get());
+                    .jsonb(issues.as_deref());
             }
             RowKind::Duplicate { first_row } => {
                 p.counts.duplicates += 1;
                 p.duplicates
-                    .row(4)
+                    .row(3)
                     .uuid(upload_id)
                     .int4(row_no)
-                    .int4(i32::try_from(*first_row).unwrap_or(i32::MAX))
-                    .text(row.raw.get());
+                    .int4(i32::try_from(*first_row).unwrap_or(i32::MAX));
             }
             RowKind::Rejected(r) => {
                 p.counts.rejected += 1;
                 p.rejects
-                    .row(7)
+                    .row(6)
                     .uuid(upload_id)
                     .int4(row_no)
                     .opt_text(r.column.as_deref())
                     .opt_text(r.field.map(Field::as_str))
                     .text(&r.reason)
-                    .opt_text(r.value.as_deref())
-                    .text(row.raw.get());
+                    .opt_text(r.value.as_deref());
             }
         }
     }
+    let raw: Vec<(u32, &[&str])> = rows.iter().map(|r| (r.row_no, &r.raw[..])).collect();
+    // Plain strings and numbers: serialising cannot fail.
+    p.raw = serde_json::to_string(&raw).unwrap_or_default();
+    let row_no = |r: Option<&staged::StagedRow<'_>>| {
+        r.map_or(0, |r| i32::try_from(r.row_no).unwrap_or(i32::MAX))
+    };
+    (p.first_row, p.last_row) = (row_no(rows.first()), row_no(rows.last()));
     p
 }
 
@@ -411,7 +420,6 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
             other => ChunkError::Other(other.into()),
         })?;
     let rows = staged::read_chunk(&bytes).map_err(|e| ChunkError::Damaged(e.to_string()))?;
-    drop(bytes);
     if rows.len() != usize::try_from(expected_rows).unwrap_or(0) {
         return Err(ChunkError::Damaged(format!(
             "{} staged rows where {expected_rows} were recorded",
@@ -460,6 +468,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
         today,
     );
     drop(rows);
+    drop(bytes);
     let c = prepared.counts;
 
     let locked: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
@@ -487,7 +496,7 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     if prepared.duplicates.rows() > 0 {
         stored.1 = tx
             .copy_in(
-                "COPY upload_duplicates (upload_id, row_no, first_row, raw) FROM STDIN WITH (FORMAT binary)",
+                "COPY upload_duplicates (upload_id, row_no, first_row) FROM STDIN WITH (FORMAT binary)",
                 &prepared.duplicates.finish(),
             )
             .await?;
@@ -495,11 +504,21 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     if prepared.rejects.rows() > 0 {
         stored.2 = tx
             .copy_in(
-                "COPY upload_rejects (upload_id, row_no, column_name, field, reason, value, raw) FROM STDIN WITH (FORMAT binary)",
+                "COPY upload_rejects (upload_id, row_no, column_name, field, reason, value) FROM STDIN WITH (FORMAT binary)",
                 &prepared.rejects.finish(),
             )
             .await?;
     }
+    tx.execute(
+        sqlx::query(
+            "INSERT INTO upload_raw (upload_id, first_row, last_row, rows) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(prepared.first_row)
+        .bind(prepared.last_row)
+        .bind(&prepared.raw),
+    )
+    .await?;
     let want = (c.imported as u64, c.duplicates as u64, c.rejected as u64);
     if stored != want || c.imported + c.duplicates + c.rejected != i64::from(expected_rows) {
         return Err(ChunkError::Other(anyhow::anyhow!(

@@ -95,18 +95,58 @@ pub struct DebtorData {
     pub country: Option<String>,
 }
 
-impl From<&crate::uploads::convert::Debtor> for DebtorData {
-    fn from(d: &crate::uploads::convert::Debtor) -> Self {
-        DebtorData {
-            name: d.name.clone(),
-            email: d.email.clone(),
-            iban: d.iban.clone(),
-            bic: d.bic.clone(),
+/// What validation reads of a debtor, borrowed (checking a row allocates nothing for it).
+#[derive(Debug, Clone, Copy)]
+pub struct DebtorView<'a> {
+    /// Debtor name as imported.
+    pub name: &'a str,
+    /// Email, when the file had one.
+    pub email: Option<&'a str>,
+    /// IBAN, normalised (no spaces, upper case).
+    pub iban: &'a str,
+    /// BIC, when given.
+    pub bic: Option<&'a str>,
+    /// Amount in minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code.
+    pub currency: &'a str,
+    /// Mandate reference.
+    pub mandate_id: Option<&'a str>,
+    /// Mandate signature date.
+    pub mandate_date: Option<NaiveDate>,
+    /// Country code of the debtor's address, when given.
+    pub country: Option<&'a str>,
+}
+
+impl DebtorData {
+    /// Borrowed, for [`check_view`].
+    pub fn view(&self) -> DebtorView<'_> {
+        DebtorView {
+            name: &self.name,
+            email: self.email.as_deref(),
+            iban: &self.iban,
+            bic: self.bic.as_deref(),
+            amount_minor: self.amount_minor,
+            currency: &self.currency,
+            mandate_id: self.mandate_id.as_deref(),
+            mandate_date: self.mandate_date,
+            country: self.country.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a crate::uploads::convert::Debtor> for DebtorView<'a> {
+    fn from(d: &'a crate::uploads::convert::Debtor) -> Self {
+        DebtorView {
+            name: &d.name,
+            email: d.email.as_deref(),
+            iban: &d.iban,
+            bic: d.bic.as_deref(),
             amount_minor: d.amount_minor,
-            currency: d.currency.clone(),
-            mandate_id: d.mandate_id.clone(),
+            currency: &d.currency,
+            mandate_id: d.mandate_id.as_deref(),
             mandate_date: d.mandate_date,
-            country: d.country.clone(),
+            country: d.country.as_deref(),
         }
     }
 }
@@ -158,14 +198,14 @@ pub struct Verdict {
 
 impl Verdict {
     /// The findings as stored in `debtors.issues`: a JSON array of {code, field, severity,
-    /// message, suggestion}, or `None` when there are none.
+    /// message, suggestion}, or `None` when there are none. The transliteration warning is
+    /// not stored: `sepa_name` carries it, and the `debtor_findings` view words it like
+    /// [`check`] does.
     pub fn issues_json(&self) -> Option<String> {
-        if self.issues.is_empty() {
-            return None;
-        }
         let list: Vec<serde_json::Value> = self
             .issues
             .iter()
+            .filter(|i| i.code != TRANSLITERATED)
             .map(|i| {
                 serde_json::json!({
                     "code": i.code,
@@ -176,6 +216,9 @@ impl Verdict {
                 })
             })
             .collect();
+        if list.is_empty() {
+            return None;
+        }
         serde_json::to_string(&list).ok()
     }
 
@@ -184,6 +227,9 @@ impl Verdict {
         self.sepa_name.as_deref().filter(|s| *s != name)
     }
 }
+
+/// The warning for a name sent transliterated.
+pub const TRANSLITERATED: &str = "NAME_TRANSLITERATED";
 
 fn err(code: &'static str, field: &'static str, message: String) -> Issue {
     Issue {
@@ -197,13 +243,18 @@ fn err(code: &'static str, field: &'static str, message: String) -> Issue {
 
 /// Checks one debtor. `today` is passed in so tests (and runs spanning midnight) agree.
 pub fn check(d: &DebtorData, rules: &ValidationSettings, today: NaiveDate) -> Verdict {
+    check_view(d.view(), rules, today)
+}
+
+/// [`check`] on a borrowed debtor.
+pub fn check_view(d: DebtorView<'_>, rules: &ValidationSettings, today: NaiveDate) -> Verdict {
     let mut issues = Vec::new();
-    let iban_country = check_iban(&d.iban, &mut issues);
-    check_bic(d.bic.as_deref(), iban_country, &mut issues);
-    let sepa_name = check_name(&d.name, &mut issues);
-    check_amount(d.amount_minor, &d.currency, rules, &mut issues);
-    check_mandate(d, rules, today, &mut issues);
-    if let Some(email) = d.email.as_deref().filter(|e| !e.is_empty())
+    let iban_country = check_iban(d.iban, &mut issues);
+    check_bic(d.bic, iban_country, &mut issues);
+    let sepa_name = check_name(d.name, &mut issues);
+    check_amount(d.amount_minor, d.currency, rules, &mut issues);
+    check_mandate(&d, rules, today, &mut issues);
+    if let Some(email) = d.email.filter(|e| !e.is_empty())
         && !email_address::EmailAddress::is_valid(email)
     {
         issues.push(err(
@@ -212,7 +263,7 @@ pub fn check(d: &DebtorData, rules: &ValidationSettings, today: NaiveDate) -> Ve
             format!("'{email}' is not an email address"),
         ));
     }
-    if let Some(c) = d.country.as_deref().filter(|c| !c.is_empty())
+    if let Some(c) = d.country.filter(|c| !c.is_empty())
         && !is_iso_country(c)
     {
         issues.push(err(
@@ -230,7 +281,8 @@ pub fn check(d: &DebtorData, rules: &ValidationSettings, today: NaiveDate) -> Ve
 
 /// Returns the IBAN's country when the IBAN is valid.
 fn check_iban<'a>(iban: &'a str, issues: &mut Vec<Issue>) -> Option<&'a str> {
-    let masked = mask_iban(iban);
+    // Masked only for a message: most IBANs are fine.
+    let masked = || mask_iban(iban);
     if iban.len() < 5
         || !iban
             .bytes()
@@ -242,7 +294,8 @@ fn check_iban<'a>(iban: &'a str, issues: &mut Vec<Issue>) -> Option<&'a str> {
             "IBAN_FORMAT",
             "iban",
             format!(
-                "IBAN {masked} is not two letters, two check digits and an account number (A-Z, 0-9)"
+                "IBAN {masked} is not two letters, two check digits and an account number (A-Z, 0-9)",
+                masked = masked()
             ),
         ));
         return None;
@@ -252,7 +305,10 @@ fn check_iban<'a>(iban: &'a str, issues: &mut Vec<Issue>) -> Option<&'a str> {
         issues.push(err(
             "IBAN_COUNTRY",
             "iban",
-            format!("IBAN {masked}: {country} is not a SEPA country"),
+            format!(
+                "IBAN {masked}: {country} is not a SEPA country",
+                masked = masked()
+            ),
         ));
         return None;
     };
@@ -262,7 +318,8 @@ fn check_iban<'a>(iban: &'a str, issues: &mut Vec<Issue>) -> Option<&'a str> {
             "iban",
             format!(
                 "IBAN {masked}: {country} IBANs have {len} characters, this one has {}",
-                iban.len()
+                iban.len(),
+                masked = masked()
             ),
         ));
         return None;
@@ -275,7 +332,10 @@ fn check_iban<'a>(iban: &'a str, issues: &mut Vec<Issue>) -> Option<&'a str> {
             issues.push(err(
                 "IBAN_CHECKSUM",
                 "iban",
-                format!("IBAN {masked}: the check digits do not match (mod 97), a typo is likely"),
+                format!(
+                    "IBAN {masked}: the check digits do not match (mod 97), a typo is likely",
+                    masked = masked()
+                ),
             ));
             None
         }
@@ -283,7 +343,10 @@ fn check_iban<'a>(iban: &'a str, issues: &mut Vec<Issue>) -> Option<&'a str> {
             issues.push(err(
                 "IBAN_FORMAT",
                 "iban",
-                format!("IBAN {masked}: the account part does not follow {country}'s format"),
+                format!(
+                    "IBAN {masked}: the account part does not follow {country}'s format",
+                    masked = masked()
+                ),
             ));
             None
         }
@@ -362,7 +425,7 @@ fn check_name(name: &str, issues: &mut Vec<Issue>) -> Option<String> {
             return None;
         }
         issues.push(Issue {
-            code: "NAME_TRANSLITERATED",
+            code: TRANSLITERATED,
             field: "name",
             severity: Severity::Warning,
             message: format!(
@@ -419,12 +482,12 @@ fn check_amount(minor: i64, currency: &str, rules: &ValidationSettings, issues: 
 }
 
 fn check_mandate(
-    d: &DebtorData,
+    d: &DebtorView<'_>,
     rules: &ValidationSettings,
     today: NaiveDate,
     issues: &mut Vec<Issue>,
 ) {
-    match d.mandate_id.as_deref().filter(|m| !m.is_empty()) {
+    match d.mandate_id.filter(|m| !m.is_empty()) {
         None if rules.require_mandate => issues.push(err(
             "MANDATE_MISSING",
             "mandate_id",
@@ -493,7 +556,19 @@ pub const SEPA_DD_START: NaiveDate = match NaiveDate::from_ymd_opt(2009, 11, 1) 
 };
 
 fn is_iso_country(c: &str) -> bool {
-    ISO_3166.split(' ').any(|x| x == c)
+    // Binary search over the sorted list, three bytes a code ("AD AE ..."): this runs for
+    // every debtor with a country.
+    let (codes, c) = (ISO_3166.as_bytes(), c.as_bytes());
+    let (mut lo, mut hi) = (0, codes.len().div_ceil(3));
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        match codes[mid * 3..mid * 3 + 2].cmp(c) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
 }
 
 /// ISO 3166-1 alpha-2 codes (officially assigned).
@@ -502,6 +577,19 @@ const ISO_3166: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn country_codes_are_found_by_binary_search_over_a_sorted_list() {
+        let codes: Vec<&str> = ISO_3166.split(' ').collect();
+        assert!(
+            codes.windows(2).all(|w| w[0] < w[1]),
+            "ISO_3166 must stay sorted"
+        );
+        assert!(codes.iter().all(|c| c.len() == 2 && is_iso_country(c)));
+        for bad in ["", "D", "DEU", "XX", "de", "AA", "ZZ", "ZX"] {
+            assert!(!is_iso_country(bad), "{bad}");
+        }
+    }
     use crate::testdata::iban_with_check;
 
     fn rules() -> ValidationSettings {

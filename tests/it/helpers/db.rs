@@ -87,6 +87,22 @@ impl TestDb {
         Self { name }
     }
 
+    /// An empty database with no migration applied, for tests of the migrations themselves.
+    pub async fn create_unmigrated() -> Self {
+        let mut conn = admin().await;
+        Self::sweep(&mut conn).await;
+        let name = format!(
+            "fw_t_{}_{}",
+            chrono::Utc::now().timestamp(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        Self { name }
+    }
+
     async fn sweep(conn: &mut PgConnection) {
         let names: Vec<String> =
             sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'fw\\_t\\_%'")
