@@ -7,8 +7,10 @@
 #      own process): wall time, worker and Postgres CPU seconds, worker peak RSS (VmHWM);
 #   4. `psql \copy` of exactly the debtor rows finworker stored into a table shaped like debtors
 #      with its indexes: the Postgres ceiling for this result;
-#   5. the same upload again (--allow-same-file) with 10M debtors already stored;
-#   6. a generated 200k-row XLSX through `finworker upload`, beside a bare calamine read.
+#   5. a generated 200k-row XLSX through `finworker upload` (on emptied tables), beside a bare
+#      calamine read of the same file;
+#   6. with 10M debtors stored: a 1M-row file of other debtors (the generator's next seed;
+#      compared with the empty-table run), then that file again (every row linked, compared).
 # Usage: scripts/bench-upload.sh            ROWS=1000000 BIG_TABLE=10000000 XLSX_ROWS=200000
 # Needs the shared bench venv: python3 -m venv /var/tmp/fw-bench &&
 #   /var/tmp/fw-bench/bin/pip install -r ../shared/bench/requirements.txt
@@ -46,8 +48,11 @@ upload_validated() {
   local t0 t1 pg0 pg1 ms id w hwm
   pg0=$(pg_cpu); t0=$(date +%s%N)
   id=$("$BIN" upload --no-wait "$@" "$f")
-  until [ -n "$(q "SELECT 1 FROM uploads WHERE id = '$id' AND (validated_at IS NOT NULL OR status = 'failed')")" ]; do sleep 0.05; done
-  t1=$(date +%s%N); pg1=$(pg_cpu)
+  # Poll gently (each psql is a process: polling fast would take CPU from the run), and take
+  # the end from the database's own timestamp.
+  until [ -n "$(q "SELECT 1 FROM uploads WHERE id = '$id' AND (validated_at IS NOT NULL OR status = 'failed')")" ]; do sleep 0.5; done
+  pg1=$(pg_cpu)
+  t1=$(q "SELECT (extract(epoch FROM coalesce(validated_at, finished_at)) * 1e9)::bigint FROM uploads WHERE id = '$id'")
   w=$(awk '{print $14+$15}' "/proc/$DAEMON/stat"); hwm=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON/status")
   stop_daemon
   ms=$(( (t1 - t0) / 1000000 ))
@@ -80,7 +85,7 @@ EMPTY_MS=$LAST_MS
 
 # The ceiling: exactly what finworker stored, copied in bare into a debtors-shaped table
 # with debtors' indexes (identity key, (upload_id, row_no), iban_key).
-cols="upload_id, row_no, reference, first_name, last_name, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage, iban_key, previous_debtor_id, changes, valid, sepa_name, issues, raw"
+cols="upload_id, row_no, reference, first_name, last_name, name, email, iban, bic, amount_minor, currency, mandate_id, mandate_date, country, usage, iban_key, previous_debtor_id, changes, valid, sepa_name, issues"
 q "\\copy (SELECT $cols FROM debtors ORDER BY id) TO '$WORK/debtors.tsv'"
 n=$(wc -l <"$WORK/debtors.tsv")
 q "DROP TABLE IF EXISTS ceiling; CREATE TABLE ceiling (LIKE debtors INCLUDING ALL)"
@@ -93,23 +98,8 @@ q "DROP TABLE ceiling"
 awk -v py="$PY_MS" -v fw="$EMPTY_MS" -v c="$CEIL_MS" -v n="$n" -v rows="$ROWS" 'BEGIN {
   printf "  ratio: finworker file→validated is %.2fx the pandas importer (>1 = faster); %.0f%% of the \\copy ceiling rate (%d debtor rows of %d file rows)\n", py/fw, 100*(rows/fw)/(n/c), n, rows }'
 
-echo "== the same upload with $BIG_TABLE debtors already stored"
-# Filler debtors of a completed upload, with random lookup keys like real ones.
-q "INSERT INTO uploads (id, object_key, file_name, status, chunk_rows, finished_at) VALUES
-   ('00000000-0000-0000-0000-00000000f111', 'filler', 'filler', 'completed', 5000, now() - interval '1 day')"
-t0=$(date +%s%N)
-have=$(q "SELECT count(*) FROM debtors")
-q "INSERT INTO debtors (upload_id, row_no, reference, name, iban, amount_minor, currency, iban_key, valid, raw)
-   SELECT '00000000-0000-0000-0000-00000000f111', g, 'F-' || g, 'Filler Debtor', 'DE' || lpad(g::text, 20, '0'), 1000, 'EUR',
-          ('x' || substr(md5(g::text), 1, 16))::bit(64)::bigint, true, '[\"F\"]'
-   FROM generate_series(1, $BIG_TABLE - $have) g"
-q "VACUUM ANALYZE debtors"
-t1=$(date +%s%N)
-echo "  filled to $(q "SELECT count(*) FROM debtors") debtors in $(secs $(( (t1 - t0) / 1000000 ))) s"
-upload_validated "$f" "$ROWS" "finworker upload → validated ($((BIG_TABLE / 1000000))M stored)" --allow-same-file
-awk -v e="$EMPTY_MS" -v b="$LAST_MS" 'BEGIN { printf "  ratio: rate with the big table is %.0f%% of the rate on an empty table\n", 100*e/b }'
-
-echo "== XLSX: finworker upload (to validated) vs a bare calamine read"
+echo "== XLSX: finworker upload (to validated) vs a bare calamine read, on empty tables"
+q "TRUNCATE uploads, upload_chunks, debtors, upload_duplicates, upload_rejects, upload_raw"
 x="$WORK/debtors-$XLSX_ROWS.xlsx"
 "$PY" "$SHARED/gen_debtors.py" --rows "$XLSX_ROWS" --seed 20240601 --format xlsx --out "$x" 2>/dev/null
 echo "  file: $XLSX_ROWS rows, $(( $(stat -c %s "$x") / 1000000 )) MB"
@@ -119,3 +109,25 @@ XLSX_MS=$LAST_MS
 CAL_RATE=$(grep -o '= *[0-9.]* rows/s' "$WORK/xlsx.txt" | head -1 | tr -dc '0-9.')
 awk -v r="$XLSX_ROWS" -v ms="$XLSX_MS" -v c="$CAL_RATE" 'BEGIN {
   printf "  ratio: finworker xlsx file→validated runs at %.0f%% of the bare calamine read rate\n", 100*(r*1000/ms)/c }'
+
+echo "== a file of other debtors with $BIG_TABLE debtors already stored, then the same file again"
+# Filler debtors of a completed upload, with random lookup keys like real ones.
+q "INSERT INTO uploads (id, object_key, file_name, status, chunk_rows, finished_at) VALUES
+   ('00000000-0000-0000-0000-00000000f111', 'filler', 'filler', 'completed', 5000, now() - interval '1 day')"
+t0=$(date +%s%N)
+have=$(q "SELECT count(*) FROM debtors")
+q "INSERT INTO debtors (upload_id, row_no, reference, name, iban, amount_minor, currency, iban_key, valid)
+   SELECT '00000000-0000-0000-0000-00000000f111', g, 'F-' || g, 'Filler Debtor', 'DE' || lpad(g::text, 20, '0'), 1000, 'EUR',
+          ('x' || substr(md5(g::text), 1, 16))::bit(64)::bigint, true
+   FROM generate_series(1, $BIG_TABLE - $have) g"
+q "VACUUM ANALYZE debtors"
+t1=$(date +%s%N)
+echo "  filled to $(q "SELECT count(*) FROM debtors") debtors in $(secs $(( (t1 - t0) / 1000000 ))) s"
+# The same generator, another seed: as many rows, other debtors (the table-size effect alone:
+# the empty-table run above also linked no row).
+f2="$WORK/debtors-$ROWS-b.csv"
+"$PY" "$SHARED/gen_debtors.py" --rows "$ROWS" --seed 20240602 --out "$f2" 2>/dev/null
+upload_validated "$f2" "$ROWS" "finworker upload → validated ($((BIG_TABLE / 1000000))M stored)"
+awk -v e="$EMPTY_MS" -v b="$LAST_MS" 'BEGIN { printf "  ratio: rate with the big table is %.0f%% of the rate on an empty table\n", 100*e/b }'
+# Next cycle's file: every debtor repeats one just stored, so every row is linked and compared.
+upload_validated "$f2" "$ROWS" "the same file again (every row linked)" --allow-same-file

@@ -651,6 +651,87 @@ async fn a_zip_bomb_spreadsheet_fails_without_unpacking_it() {
 }
 
 #[tokio::test]
+async fn a_spreadsheet_part_that_unpacks_beyond_its_declared_size_is_refused() {
+    use std::io::Read;
+    let app = spawn_app().await;
+    // A real workbook, then its sheet replaced by the same XML with 64 MiB of blanks before the
+    // root element, while the archive declares the original size (a zip bomb that lies).
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    for (c, h) in ["Name", "IBAN", "Amount"].iter().enumerate() {
+        ws.write_string(0, c as u16, *h).unwrap();
+    }
+    ws.write_string(1, 0, "Anna").unwrap();
+    ws.write_string(1, 1, "DE89370400440532013000").unwrap();
+    ws.write_number(1, 2, 12.5).unwrap();
+    let honest = wb.save_to_buffer().unwrap();
+    let mut src = zip::ZipArchive::new(std::io::Cursor::new(honest)).unwrap();
+    let sheet = "xl/worksheets/sheet1.xml";
+    let mut out = std::io::Cursor::new(Vec::new());
+    let declared;
+    {
+        let mut z = zip::ZipWriter::new(&mut out);
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        let mut sheet_len = 0;
+        for i in 0..src.len() {
+            let mut e = src.by_index(i).unwrap();
+            let name = e.name().unwrap().to_string();
+            let mut body = Vec::new();
+            e.read_to_end(&mut body).unwrap();
+            z.start_file(name.as_str(), opts).unwrap();
+            if name == sheet {
+                sheet_len = body.len() as u32;
+                let root = body.windows(10).position(|w| w == b"<worksheet").unwrap();
+                z.write_all(&body[..root]).unwrap();
+                let blanks = vec![b' '; 1 << 20];
+                for _ in 0..64 {
+                    z.write_all(&blanks).unwrap();
+                }
+                z.write_all(&body[root..]).unwrap();
+            } else {
+                z.write_all(&body).unwrap();
+            }
+        }
+        z.finish().unwrap();
+        declared = sheet_len;
+    }
+    let mut bytes = out.into_inner();
+    // Declare the original size in the local header (size at 22, name length at 26, name at
+    // 30) and the central directory (24, 28, 46) of the sheet's entry.
+    let patch =
+        |bytes: &mut Vec<u8>, sig: &[u8; 4], size_at: usize, len_at: usize, name_at: usize| {
+            let mut patched = 0;
+            let mut i = 0;
+            while let Some(p) = bytes[i..].windows(4).position(|w| w == sig) {
+                let at = i + p;
+                // The signature may also occur inside compressed data: match the name too.
+                let name_len = bytes
+                    .get(at + len_at..at + len_at + 2)
+                    .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+                let name = bytes.get(at + name_at..at + name_at + name_len);
+                if name == Some(sheet.as_bytes()) {
+                    bytes[at + size_at..at + size_at + 4].copy_from_slice(&declared.to_le_bytes());
+                    patched += 1;
+                }
+                i = at + 4;
+            }
+            assert_eq!(patched, 1);
+        };
+    patch(&mut bytes, b"PK\x03\x04", 22, 26, 30);
+    patch(&mut bytes, b"PK\x01\x02", 24, 28, 46);
+    let rec = ingest(&app, "lying.xlsx", &bytes).await;
+    assert_eq!(rec.status, "failed");
+    assert!(
+        rec.error
+            .as_deref()
+            .unwrap()
+            .contains("unpacks to more than the size it declares"),
+        "{rec:?}"
+    );
+}
+
+#[tokio::test]
 async fn upload_progress_is_served_over_http_with_a_token() {
     let app = spawn_app().await;
     let rec = ingest(

@@ -1,14 +1,15 @@
 //! Spreadsheets through calamine: XLSX streamed cell by cell, XLS and ODS sheet by sheet.
 //!
-//! Zip-based files (XLSX, ODS) are unpacked once into nothing first, counting bytes, so a
-//! zip bomb fails the upload before calamine allocates anything for it. Cells become text
+//! Zip-based files (XLSX, ODS): the sizes the archive declares are checked first, and the
+//! zip reader never unpacks a part beyond its declared size, so a zip bomb fails the upload
+//! before calamine allocates anything for it. Cells become text
 //! the way Excel shows them in "General" format: numbers with 15 significant digits and no
 //! exponent (IBANs and references typed into numeric cells keep their digits), dates as ISO
 //! dates, amounts exactly as displayed.
 
 use std::{
     fs::File,
-    io::{self, BufReader, Read, Seek},
+    io::{BufReader, Read, Seek},
 };
 
 use calamine::{
@@ -24,7 +25,10 @@ use crate::uploads::{ColumnAliases, ColumnMap, FieldKind, staged::RowProblem};
 /// Most entries a spreadsheet archive may have.
 const MAX_ZIP_ENTRIES: usize = 10_000;
 
-/// Unpacks every entry into nothing, failing past `limit` bytes in all; tells XLSX from ODS.
+/// Checks a zip-based spreadsheet before any part is unpacked: the sizes its directory
+/// declares must stay within `limit` in all, and tell XLSX from ODS. A part that unpacks to
+/// more than it declares fails when read (the zip reader stops it at its declared size), so
+/// the declared total bounds what reading the file can unpack.
 pub fn check_zip(file: &mut File, limit: u64) -> Result<Format, FileError> {
     let damaged = |e: &dyn std::fmt::Display| {
         FileError::Unreadable(format!(
@@ -39,20 +43,18 @@ pub fn check_zip(file: &mut File, limit: u64) -> Result<Format, FileError> {
     let mut total: u64 = 0;
     let (mut xlsx, mut ods) = (false, false);
     for i in 0..z.len() {
-        let mut entry = z.by_index(i).map_err(|e| damaged(&e))?;
+        let entry = z.by_index_raw(i).map_err(|e| damaged(&e))?;
         match entry.name().as_deref() {
             Ok("xl/workbook.xml") => xlsx = true,
             Ok("content.xml") => ods = true,
             _ => {}
         }
-        let budget = limit.saturating_sub(total) + 1;
-        let n =
-            io::copy(&mut (&mut entry).take(budget), &mut io::sink()).map_err(|e| damaged(&e))?;
-        total += n;
+        total = total.saturating_add(entry.size());
         if total > limit {
             return Err(FileError::Unpacked { limit });
         }
     }
+    drop(z);
     file.rewind().map_err(|e| damaged(&e))?;
     match (xlsx, ods) {
         (true, _) => Ok(Format::Xlsx),
@@ -350,10 +352,20 @@ pub fn read(
         other => other,
     };
     let damaged = |e: &dyn std::fmt::Display| {
-        Stop::File(FileError::Unreadable(format!(
-            "the {} file cannot be read ({e})",
-            format.as_str().to_uppercase()
-        )))
+        let e = e.to_string();
+        Stop::File(FileError::Unreadable(
+            if e.contains("declared uncompressed size") {
+                format!(
+                    "the {} file is damaged: a part of it unpacks to more than the size it declares (as a zip bomb does); it is refused",
+                    format.as_str().to_uppercase()
+                )
+            } else {
+                format!(
+                    "the {} file cannot be read ({e})",
+                    format.as_str().to_uppercase()
+                )
+            },
+        ))
     };
     let reader = BufReader::new(file);
     match format {
