@@ -1,0 +1,370 @@
+//! The sections of [`super::Settings`]: what can be configured, with defaults in
+//! `config/default.toml`.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::redact;
+
+/// Personal data.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// HMAC key of IBAN lookups (environment only). Needed by workers that import debtors;
+    /// changing it makes stored lookup keys unusable (see docs/uploads.md).
+    #[serde(default, serialize_with = "redact")]
+    pub iban_key: Option<SecretString>,
+}
+
+/// The sweeper (Postgres is the record, Redis only the transport).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweeperSettings {
+    /// Run it (a built-in periodic job, once per tick across processes).
+    pub enabled: bool,
+    /// Time between ticks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A pipeline whose record has not moved for this long is looked at (longer than any
+    /// stage's quiet time: a breaker-deferred verification waits up to vop.breaker_open_max).
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// Uploads looked at per tick.
+    pub batch: i64,
+}
+
+/// Structural checks of debtors.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSettings {
+    /// Highest amount collected, minor units.
+    pub max_amount_minor: i64,
+    /// Currencies collected.
+    pub currencies: Vec<String>,
+    /// A debtor without mandate reference and signature date is invalid.
+    pub require_mandate: bool,
+}
+
+/// VOP/BAV provider access.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VopSettings {
+    /// Verify valid debtors after validation; off = validation ends the pipeline.
+    pub enabled: bool,
+    /// Provider module (`epc`: the EPC-VOP-shaped HTTP API the sandbox speaks).
+    pub provider: String,
+    /// Provider base URL.
+    pub base_url: String,
+    /// Provider API key (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub api_key: Option<SecretString>,
+    /// Requests per second to the provider, shared by every worker process.
+    pub rate_limit: u32,
+    /// Per-request deadline.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts per request on transport errors, timeouts, 5xx and 429.
+    pub request_attempts: u32,
+    /// First delay between attempts (doubles).
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Requests in flight per `vop` job.
+    pub in_flight: usize,
+    /// A `vop` job works this long, then continues in a fresh job.
+    #[serde(with = "humantime_serde")]
+    pub slice: Duration,
+    /// Breaker opens when the success rate falls below this (0..1).
+    pub breaker_min_success_rate: f64,
+    /// ... with at least this many requests in the window.
+    pub breaker_min_requests: u32,
+    /// ... over this window.
+    #[serde(with = "humantime_serde")]
+    pub breaker_window: Duration,
+    /// First open period (doubles on each failed probe, up to breaker_open_max).
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+    /// Longest open period.
+    #[serde(with = "humantime_serde")]
+    pub breaker_open_max: Duration,
+    /// How long a stored answer is reused for the same IBAN and name.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Times a chunk is put off (breaker open, provider down) before its remaining debtors
+    /// are recorded as errors.
+    pub max_deferrals: u32,
+}
+
+/// Reports.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSettings {
+    /// HMAC key of download links (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub link_secret: Option<SecretString>,
+    /// How long a download link works.
+    #[serde(with = "humantime_serde")]
+    pub link_ttl: Duration,
+    /// Base URL finance staff reach the HTTP receiver at (for printed links).
+    pub public_url: String,
+    /// Make a VOP report (XLSX) when an upload's verification ends.
+    pub after_vop: bool,
+}
+
+/// Object storage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `local` or `s3`.
+    pub backend: StorageBackend,
+    /// Folder of the local backend.
+    pub local_root: std::path::PathBuf,
+    /// The S3 backend.
+    pub s3: S3Settings,
+}
+
+/// Which object store.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// A local folder.
+    Local,
+    /// The S3 protocol.
+    S3,
+}
+
+/// S3-protocol storage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Bucket.
+    pub bucket: String,
+    /// Region.
+    pub region: String,
+    /// Endpoint URL; empty for AWS.
+    pub endpoint: String,
+    /// Allow plain http.
+    pub allow_http: bool,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub secret_access_key: Option<SecretString>,
+}
+
+/// Upload ingestion.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSettings {
+    /// Data rows per chunk job.
+    pub chunk_rows: u32,
+    /// Largest accepted file.
+    pub max_bytes: u64,
+    /// Most data rows accepted.
+    pub max_rows: u64,
+    /// Largest total unpacked size of a zip-based spreadsheet.
+    pub max_decompressed_bytes: u64,
+    /// Longest accepted cell in bytes.
+    pub max_field_bytes: usize,
+    /// A staged chunk is closed at this many bytes even short of `chunk_rows`.
+    pub chunk_max_bytes: usize,
+    /// Currency when the file gives none.
+    pub default_currency: String,
+    /// Spool folder for spreadsheets; empty = system temp.
+    pub spool_dir: String,
+    /// Address-space limit of the child process that reads a spreadsheet, bytes.
+    pub reader_memory: u64,
+    /// Time (wall clock and CPU) a spreadsheet reader may take.
+    #[serde(with = "humantime_serde")]
+    pub reader_timeout: Duration,
+    /// Binary run as the spreadsheet reader; empty = this executable (tests point it at
+    /// the built `finworker`).
+    pub reader_binary: String,
+    /// Header aliases per field.
+    pub columns: BTreeMap<crate::uploads::Field, Vec<String>>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `auto`, `json` or `pretty`.
+    pub format: LogFormat,
+    /// EnvFilter directive.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    /// JSON lines.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Redis connection.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// URL without credentials.
+    pub url: String,
+    /// AUTH password (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub password: Option<SecretString>,
+    /// Key namespace.
+    pub prefix: String,
+    /// Per-command response timeout.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// TCP connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connection_timeout: Duration,
+}
+
+/// Postgres connections.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Runtime URL (through PgBouncer).
+    pub url: String,
+    /// Direct URL (migrations).
+    pub direct_url: String,
+    /// Password for both URLs (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub password: Option<SecretString>,
+    /// Pool size through PgBouncer.
+    pub max_connections: u32,
+    /// Wait for a pooled connection.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+/// HTTP receiver.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address.
+    pub bind: String,
+    /// Per-request deadline.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Body size ceiling.
+    pub max_body_bytes: usize,
+    /// Bearer token for the enqueue API (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub api_token: Option<SecretString>,
+    /// Bearer token Prometheus sends to `/metrics` (environment only); without it `/metrics`
+    /// answers 403: it is never open to whoever reaches the port.
+    #[serde(default, serialize_with = "redact")]
+    pub metrics_token: Option<SecretString>,
+    /// Queue-depth and dead-letter gauges are read at most this often, whatever the scrape
+    /// rate: a scrape flood cannot exhaust the connection pool (and through it starve jobs).
+    #[serde(with = "humantime_serde")]
+    pub metrics_refresh: Duration,
+    /// Requests handled at once; more wait their turn.
+    pub max_concurrent_requests: usize,
+}
+
+/// Worker runtime.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Liveness renewal period.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before a process counts as dead.
+    pub missed_heartbeats: u32,
+    /// Idle poll period.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Jobs per fetch round trip.
+    pub fetch_batch: usize,
+    /// Drain deadline on SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Crash redeliveries before a job is dead-lettered as poison.
+    pub max_orphans: u32,
+    /// Write `job_runs`.
+    pub audit: bool,
+    /// Outcomes per settle round trip.
+    pub settle_batch: usize,
+    /// Write `running` rows for executions older than this.
+    #[serde(with = "humantime_serde")]
+    pub audit_running_after: Duration,
+    /// Idempotency-key retention.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// Allow `test_job`.
+    pub allow_test_jobs: bool,
+    /// Back-pressure threshold per queue.
+    pub max_queue_depth: u64,
+}
+
+impl WorkerSettings {
+    /// How long a process may be silent before its jobs are taken back.
+    pub fn lease(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats
+    }
+}
+
+/// Settings of one queue.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Parallel jobs per process.
+    pub concurrency: usize,
+    /// Attempts before dead-letter.
+    pub max_attempts: u32,
+    /// Per-attempt deadline.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// First retry delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+/// Optional per-queue overrides of [`QueueSettings`].
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueOverrides {
+    /// See [`QueueSettings::concurrency`].
+    pub concurrency: Option<usize>,
+    /// See [`QueueSettings::max_attempts`].
+    pub max_attempts: Option<u32>,
+    /// See [`QueueSettings::timeout`].
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// See [`QueueSettings::backoff_base`].
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_base: Option<Duration>,
+    /// See [`QueueSettings::backoff_max`].
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_max: Option<Duration>,
+}
+
+/// One periodic job.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CronEntry {
+    /// Unique name; part of each tick's idempotency key.
+    pub name: String,
+    /// Cron expression with seconds, evaluated in UTC.
+    pub schedule: String,
+    /// Job type to enqueue.
+    pub job_type: String,
+    /// Payload of each enqueued job.
+    #[serde(default = "empty_object")]
+    pub payload: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
