@@ -1,0 +1,270 @@
+//! The grammar of the command line (clap): every command and its arguments.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{bench, demo};
+
+/// finworker: background jobs for SEPA direct-debit collection.
+#[derive(Debug, Parser)]
+#[command(name = "finworker", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: workers and the HTTP receiver.
+    Run(RunArgs),
+    /// Apply database migrations (direct connection, not PgBouncer).
+    Migrate,
+    /// Enqueue one job: `finworker enqueue noop '{}'` or `... noop @payload.json`.
+    Enqueue(EnqueueArgs),
+    /// Configuration commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Inspect and repair jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Depth of every queue: waiting, scheduled, in flight, failed, oldest waiting.
+    Queues,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run the demo pipeline end to end and print what happened.
+    Demo(demo::DemoArgs),
+    /// Store a local debtor file, enqueue its upload job and follow it to the end.
+    Upload(UploadArgs),
+    /// Inspect uploads.
+    #[command(subcommand)]
+    Uploads(UploadsCommand),
+    /// Generate test data.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Serve the sandbox provider (simulated VOP/BAV API) until Ctrl-C.
+    Sandbox(SandboxArgs),
+    /// Reports: create, show, and print signed download links.
+    #[command(subcommand)]
+    Reports(ReportsCommand),
+    /// Internal: read a spreadsheet from stdin under memory and CPU limits and write its rows
+    /// as JSON lines (the upload job runs it; see src/jobs/upload/isolated.rs).
+    #[command(hide = true)]
+    SheetReader(crate::jobs::upload::isolated::ReaderArgs),
+    /// Regenerate the producer contract in jobs/ from the payload types.
+    Schemas {
+        /// Folder to write into.
+        #[arg(long, default_value = "jobs")]
+        dir: PathBuf,
+    },
+}
+
+/// `run` flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Do not serve HTTP.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Do not run workers (HTTP only).
+    #[arg(long)]
+    pub no_workers: bool,
+    /// Only these queues (comma-separated job types).
+    #[arg(long, value_delimiter = ',')]
+    pub queues: Vec<String>,
+}
+
+/// `enqueue` arguments.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Job type.
+    pub job_type: String,
+    /// JSON payload, or @path to a file holding it.
+    pub payload: String,
+    /// Idempotency key: a repeat within the retention window returns the first job's id.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Run no earlier than this from now (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
+}
+
+/// `upload` arguments.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The CSV / XLSX / XLS / ODS file.
+    pub file: PathBuf,
+    /// File name to record (defaults to the file's own).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Sheet of a workbook (defaults to the first).
+    #[arg(long)]
+    pub sheet: Option<String>,
+    /// Import the file even if an earlier upload had exactly the same content (refused
+    /// otherwise, naming that upload).
+    #[arg(long)]
+    pub allow_same_file: bool,
+    /// Print the upload id and return at once.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the final record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `uploads` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UploadsCommand {
+    /// Status, progress (chunks, rows/s, ETA), totals and the first rejected rows.
+    Show {
+        /// Upload id.
+        id: uuid::Uuid,
+        /// Rejected rows to list.
+        #[arg(long, default_value_t = 20)]
+        rejects: i64,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `sandbox` flags: the starting knobs (PUT /_sandbox/config changes them later).
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:9300")]
+    pub bind: String,
+    /// Added to every answer.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Share of calls failing (0..1), spread evenly.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// How injected failures look: 503 or timeout.
+    #[arg(long, default_value = "503")]
+    pub error_mode: String,
+    /// Requests/s accepted from all clients together (0 = unlimited); more get 429.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit: u32,
+    /// Bearer key required from clients.
+    #[arg(long, env = "FINWORKER_SANDBOX_API_KEY")]
+    pub api_key: Option<String>,
+}
+
+/// `reports` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReportsCommand {
+    /// Enqueue a VOP report of an upload (or a date range), wait for it, print its link.
+    Create {
+        /// The upload.
+        #[arg(long)]
+        upload: Option<uuid::Uuid>,
+        /// First check date (YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Last check date (inclusive).
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        /// csv or xlsx.
+        #[arg(long, default_value = "xlsx")]
+        format: String,
+    },
+    /// A report's status.
+    Show {
+        /// Report id.
+        id: uuid::Uuid,
+    },
+    /// Print a signed download link (valid for reports.link_ttl, or --ttl).
+    Link {
+        /// Report id.
+        id: uuid::Uuid,
+        /// How long the link works.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+}
+
+/// `gen` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GenCommand {
+    /// A debtor file (CSV or XLSX) with duplicates and malformed rows; prints its summary.
+    Debtors(crate::testdata::DebtorArgs),
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted) and warnings.
+    Check,
+}
+
+/// `jobs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Everything known about one job: its state in Redis, its runs, its dead-letter entry.
+    Show {
+        /// Job id.
+        id: String,
+    },
+    /// List dead-lettered jobs.
+    Failed {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Put dead-lettered jobs back in their queue with fresh attempts.
+    Retry {
+        /// Job id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every dead job of --queue.
+        #[arg(long, requires = "queue")]
+        all: bool,
+        /// Queue for --all.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Delete dead-lettered jobs.
+    Purge {
+        /// Purge the dead-letter store (the only store purged; required for clarity).
+        #[arg(long, required = true)]
+        failed: bool,
+        /// Only jobs that failed longer ago than this (e.g. 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Really delete.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Enqueue and process no-op jobs through the real Redis; prints rates beside redis-benchmark.
+    Queue(bench::QueueBenchArgs),
+    /// Read every cell of an XLSX with calamine alone (the reference for upload figures).
+    XlsxRead {
+        /// The workbook.
+        file: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+}

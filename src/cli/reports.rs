@@ -1,0 +1,79 @@
+//! `finworker reports …`: finance downloads from the command line.
+
+use std::time::Duration;
+
+use super::{ReportsCommand, load};
+use crate::{jobs, startup};
+
+pub(super) async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
+    let ctx = startup::build_context(load().await?).await?;
+    match cmd {
+        ReportsCommand::Create {
+            upload,
+            from,
+            to,
+            format,
+        } => {
+            let Some(format) = crate::reports::Format::parse(&format) else {
+                anyhow::bail!("--format {format}: use csv or xlsx");
+            };
+            if upload.is_none() && from.is_none() && to.is_none() {
+                anyhow::bail!("give --upload or --from/--to");
+            }
+            let id = jobs::vop_report::enqueue(
+                &ctx,
+                jobs::VopReport {
+                    report_id: None,
+                    upload_id: upload,
+                    from,
+                    to,
+                    format,
+                },
+            )
+            .await?;
+            eprintln!("report {id} enqueued; waiting for workers");
+            loop {
+                match crate::reports::get(&ctx.db, id).await? {
+                    Some(r) if r.status == "ready" => break,
+                    Some(r) if r.status == "failed" => {
+                        anyhow::bail!("report {id} failed: {}", r.error.unwrap_or_default())
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+            println!("{}", report_link(&ctx, id, None)?);
+        }
+        ReportsCommand::Show { id } => {
+            let r = crate::reports::get(&ctx.db, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no report {id}"))?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        ReportsCommand::Link { id, ttl } => {
+            let r = crate::reports::get(&ctx.db, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no report {id}"))?;
+            if r.status != "ready" {
+                eprintln!(
+                    "note: report {id} is {}; the link works once it is ready",
+                    r.status
+                );
+            }
+            println!("{}", report_link(&ctx, id, ttl)?);
+        }
+    }
+    Ok(())
+}
+
+/// A signed link to a report, valid for `ttl` (default `reports.link_ttl`).
+pub fn report_link(
+    ctx: &crate::context::AppContext,
+    id: uuid::Uuid,
+    ttl: Option<Duration>,
+) -> anyhow::Result<String> {
+    crate::reports::signed_link(&ctx.settings.reports, id, ttl)
+        .map(|(url, _)| url)
+        .ok_or_else(|| {
+            anyhow::anyhow!("reports.link_secret is not set (FINWORKER__REPORTS__LINK_SECRET)")
+        })
+}
