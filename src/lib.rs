@@ -23,4 +23,5 @@ pub mod storage;
 pub mod telemetry;
 pub mod testdata;
 pub mod uploads;
+pub mod validation;
 pub mod vop;

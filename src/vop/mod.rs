@@ -359,7 +359,7 @@ pub fn worst_case(s: &crate::config::VopSettings) -> Duration {
 
 /// The cache key of a name: transliterated, lower case, single spaces.
 pub fn name_key(name: &str) -> String {
-    crate::jobs::validation::rules::transliterate(name).to_lowercase()
+    crate::validation::transliterate(name).to_lowercase()
 }
 
 #[cfg(test)]

@@ -260,11 +260,11 @@ async fn validation_records_every_finding_per_debtor_and_counts_the_upload() {
     assert_eq!(sepa, "Jorg Weiss");
     assert_eq!(sugg.as_deref(), Some("Jorg Weiss"));
     // The view words the transliteration (not stored: sepa_name carries it) as the rules do.
-    let data = finworker::jobs::validation::rules::DebtorData {
+    let data = finworker::validation::DebtorData {
         name: "Jörg Weiß".into(),
         ..Default::default()
     };
-    let rules = finworker::jobs::validation::rules::check(
+    let rules = finworker::validation::check(
         &data,
         &finworker::config::ValidationSettings {
             max_amount_minor: 1_000_000,

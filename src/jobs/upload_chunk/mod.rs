@@ -3,7 +3,7 @@
 //!
 //! - The split already decided each row: a debtor (typed), a duplicate of an earlier row of
 //!   the same file, or a reject. Here, in parallel across chunks, each debtor is validated
-//!   ([`rules::check`]), given its keyed IBAN hash, and linked to the debtor it repeats from
+//!   ([`rules::check`](crate::validation::check)), given its keyed IBAN hash, and linked to the debtor it repeats from
 //!   an earlier upload (`previous_debtor_id`, with what changed). Then three binary COPYs:
 //!   debtors, duplicates, rejects, and the chunk's raw rows as one `upload_raw` value.
 //! - Linking: a row repeats the latest debtor with the same IBAN and reference (IBAN alone
@@ -27,7 +27,6 @@ use uuid::Uuid;
 use crate::{
     context::AppContext,
     db::Tx,
-    jobs::validation::rules,
     pgcopy::BinaryCopy,
     queue::{
         engine::NewJob,
@@ -38,6 +37,7 @@ use crate::{
         convert::Debtor,
         staged::{self, RowKind},
     },
+    validation as rules,
 };
 
 /// Payload of `upload_chunk`: which chunk of which upload. The chunk's staged object and

@@ -2,9 +2,7 @@
 //!
 //! This job fans out: one `validation_chunk` per chunk of the upload (the same row ranges
 //! the import used), so a million debtors are checked by many jobs at once. The chunk that
-//! finishes the upload starts verification (`vop`). The checks are in [`rules`].
-
-pub mod rules;
+//! finishes the upload starts verification (`vop`). The checks are in [`crate::validation`].
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

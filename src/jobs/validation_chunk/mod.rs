@@ -3,7 +3,7 @@
 //! whose debtors were imported unchecked (by a version that validated in a second pass).
 //!
 //! - Reads the chunk's unchecked debtors by index range, checks them in memory
-//!   ([`rules::check`]), then writes `valid`, `sepa_name` and `issues` onto each.
+//!   ([`rules::check`](crate::validation::check)), then writes `valid`, `sepa_name` and `issues` onto each.
 //! - Exactly once: the chunk row is locked and stamped `validated_at` in that transaction;
 //!   a redelivered job sees the stamp and only makes sure the next stage started.
 //! - The chunk that validates the upload's last chunk stamps the upload and fans out the
@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::validation::rules::{self, DebtorData};
+use crate::validation::{self as rules, DebtorData};
 use crate::{
     context::AppContext,
     queue::job::{Job, JobContext, JobError},

@@ -1,4 +1,6 @@
 //! Structural SEPA checks of one debtor. Pure functions: no I/O, microseconds per debtor.
+//! Shared: the import validates with them, the `validation` job re-checks debtors stored
+//! unchecked, and verification compares names through [`transliterate`].
 //!
 //! Every finding has a stable code (the API of this module: reports and clients match on
 //! it), the field it concerns, a message for people and, where one exists, a suggestion.
