@@ -1,5 +1,5 @@
 //! The command line: the daemon and its operations commands, in one binary. The grammar is
-//! in [`args`]; what the commands of each area do, in their own modules.
+//! in `args.rs`; what the commands of each area do, in their own modules.
 
 mod args;
 mod job_ops;
