@@ -39,6 +39,8 @@ pub struct ProviderLabels {
 pub struct BreakerLabels {
     /// Provider module.
     pub provider: String,
+    /// Account at the provider (`default` when it has one).
+    pub account: String,
 }
 
 /// Labels of breaker transitions.
@@ -46,6 +48,8 @@ pub struct BreakerLabels {
 pub struct TransitionLabels {
     /// Provider module.
     pub provider: String,
+    /// Account at the provider.
+    pub account: String,
     /// open | half_open | closed.
     pub to: String,
 }

@@ -4,21 +4,24 @@
 //!   API of `docs/sandbox.md`. A second provider is a new module plus one match arm in
 //!   [`Verifier::from_settings`].
 //! - [`Verifier`] wraps a provider with what protects it and us: the shared rate limit
-//!   ([`limiter`]), the circuit breaker ([`breaker`]), timeouts and retries on transport
+//!   ([`crate::guard::limiter`]), the circuit breaker ([`crate::guard::breaker`]), timeouts and retries on transport
 //!   errors, 5xx and 429 only.
 //! - The answer cache lives in Postgres (`vop_cache`), read and written by the `vop` job in
 //!   batches.
 
-pub mod breaker;
 pub mod epc;
-pub mod limiter;
 
 use std::{sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::VopSettings, metrics::Metrics, queue::engine::Engine};
+use crate::{
+    config::VopSettings,
+    guard::{BreakerPolicy, GuardKey, breaker::Breaker, limiter::SharedLimiter},
+    metrics::Metrics,
+    queue::engine::Engine,
+};
 
 /// Name-check outcome (EPC categories).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,8 +225,8 @@ pub enum CheckError {
 #[derive(Debug, Clone)]
 pub struct Verifier {
     provider: Arc<dyn Provider>,
-    limiter: limiter::SharedLimiter,
-    breaker: breaker::Breaker,
+    limiter: SharedLimiter,
+    breaker: Breaker,
     settings: Arc<VopSettings>,
     metrics: Arc<Metrics>,
 }
@@ -249,8 +252,9 @@ impl Verifier {
         queue: &Engine,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let limiter = limiter::SharedLimiter::new(queue, provider.name(), settings.rate_limit);
-        let breaker = breaker::Breaker::new(provider.name(), settings, metrics.clone());
+        let key = GuardKey::single(provider.name());
+        let limiter = SharedLimiter::new(queue, &key, settings.rate_limit);
+        let breaker = Breaker::new(key, &breaker_policy(settings), metrics.clone());
         Self {
             provider,
             limiter,
@@ -266,7 +270,7 @@ impl Verifier {
     }
 
     /// The breaker (state for metrics and tests).
-    pub fn breaker(&self) -> &breaker::Breaker {
+    pub fn breaker(&self) -> &Breaker {
         &self.breaker
     }
 
@@ -349,6 +353,17 @@ impl Verifier {
 }
 
 /// See [`Verifier::worst_case`].
+/// The breaker policy of `[vop]`.
+pub fn breaker_policy(s: &VopSettings) -> BreakerPolicy {
+    BreakerPolicy {
+        min_success_rate: s.breaker_min_success_rate,
+        min_requests: s.breaker_min_requests,
+        window: s.breaker_window,
+        open_for: s.breaker_open_for,
+        open_max: s.breaker_open_max,
+    }
+}
+
 pub fn worst_case(s: &crate::config::VopSettings) -> Duration {
     let attempts = s.request_attempts.max(1);
     let backoffs: Duration = (1..attempts)

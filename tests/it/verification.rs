@@ -722,7 +722,7 @@ async fn the_breaker_opens_under_60_percent_errors_and_jobs_finish_after_the_out
     for to in ["open", "half_open", "closed"] {
         assert!(
             metrics.contains(&format!(
-                "finworker_breaker_transitions_total{{provider=\"epc\",to=\"{to}\"}}"
+                "finworker_breaker_transitions_total{{provider=\"epc\",account=\"default\",to=\"{to}\"}}"
             )),
             "{to}: {metrics}"
         );

@@ -1,4 +1,4 @@
-//! The provider's rate limit, held across every worker process.
+//! A provider account's rate limit, held across every worker process.
 //!
 //! Providers count requests from all our processes together, so a per-process limiter
 //! (governor alone) would let N processes send N times the limit. Each request therefore
@@ -13,6 +13,7 @@ use std::{num::NonZeroU32, sync::Arc, time::Duration};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use redis::{Script, aio::ConnectionManager};
 
+use super::GuardKey;
 use crate::queue::engine::Engine;
 
 /// A rate limit shared through Redis. Cheap to clone.
@@ -35,12 +36,17 @@ impl std::fmt::Debug for SharedLimiter {
 }
 
 impl SharedLimiter {
-    /// `rate` requests per second for `provider`, in the queue's Redis namespace.
-    pub fn new(queue: &Engine, provider: &str, rate: u32) -> Self {
+    /// `rate` requests per second to one provider account, in the queue's Redis namespace.
+    pub fn new(queue: &Engine, key: &GuardKey, rate: u32) -> Self {
         let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
         Self {
             conn: queue.connection(),
-            key: format!("{}:ratelimit:{provider}", queue.prefix()),
+            key: format!(
+                "{}:ratelimit:{}:{}",
+                queue.prefix(),
+                key.provider,
+                key.account
+            ),
             // Paced at 98% of the limit: network jitter bunches some requests on arrival, and
             // the provider counts arrivals.
             spacing_us: 1_000_000 * 50 / (u64::from(rate.get()) * 49),

@@ -1,4 +1,4 @@
-//! The circuit breaker in front of a provider: failsafe's state machine with a
+//! The circuit breaker in front of a provider account: failsafe's state machine with a
 //! success-rate-over-window policy and exponential open periods.
 //!
 //! - Counts transport errors, timeouts, 5xx and 429 as failures; answers (any VOP result)
@@ -22,10 +22,8 @@ use failsafe::{
     failure_policy::{self, SuccessRateOverTimeWindow},
 };
 
-use crate::{
-    config::VopSettings,
-    metrics::{BreakerLabels, Metrics, TransitionLabels},
-};
+use super::{BreakerPolicy, GuardKey};
+use crate::metrics::{BreakerLabels, Metrics, TransitionLabels};
 
 const CLOSED: u8 = 0;
 const HALF_OPEN: u8 = 1;
@@ -33,7 +31,7 @@ const OPEN: u8 = 2;
 
 #[derive(Debug)]
 struct Shared {
-    provider: &'static str,
+    key: GuardKey,
     state: AtomicU8,
     opened_at: std::sync::Mutex<Option<Instant>>,
     open_for: Duration,
@@ -55,13 +53,15 @@ impl Instrument {
         s.metrics
             .breaker_state
             .get_or_create(&BreakerLabels {
-                provider: s.provider.to_string(),
+                provider: s.key.provider.to_string(),
+                account: s.key.account.clone(),
             })
             .set(i64::from(to));
         s.metrics
             .breaker_transitions
             .get_or_create(&TransitionLabels {
-                provider: s.provider.to_string(),
+                provider: s.key.provider.to_string(),
+                account: s.key.account.clone(),
                 to: label.to_string(),
             })
             .inc();
@@ -76,15 +76,17 @@ impl failsafe::Instrument for Instrument {
         self.0.opens.fetch_add(1, Ordering::SeqCst);
         self.transit(OPEN, "open");
         tracing::warn!(
-            provider = self.0.provider,
-            "circuit breaker opened: the provider's failure rate is over the limit; verification is put off"
+            provider = self.0.key.provider,
+            account = %self.0.key.account,
+            "circuit breaker opened: the provider's failure rate is over the limit; calls are put off"
         );
     }
 
     fn on_half_open(&self) {
         self.transit(HALF_OPEN, "half_open");
         tracing::info!(
-            provider = self.0.provider,
+            provider = self.0.key.provider,
+            account = %self.0.key.account,
             "circuit breaker half-open: sending a probe"
         );
     }
@@ -93,7 +95,8 @@ impl failsafe::Instrument for Instrument {
         self.0.opens.store(0, Ordering::SeqCst);
         self.transit(CLOSED, "closed");
         tracing::info!(
-            provider = self.0.provider,
+            provider = self.0.key.provider,
+            account = %self.0.key.account,
             "circuit breaker closed: the provider answers again"
         );
     }
@@ -101,7 +104,7 @@ impl failsafe::Instrument for Instrument {
 
 type Machine = StateMachine<SuccessRateOverTimeWindow<backoff::Exponential>, Instrument>;
 
-/// The breaker of one provider. Cheap to clone.
+/// The breaker of one provider account. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Breaker {
     machine: Machine,
@@ -152,23 +155,24 @@ impl Drop for Permit<'_> {
 }
 
 impl Breaker {
-    /// A closed breaker configured from `[vop]`.
-    pub fn new(provider: &'static str, s: &VopSettings, metrics: Arc<Metrics>) -> Self {
+    /// A closed breaker.
+    pub fn new(key: GuardKey, policy: &BreakerPolicy, metrics: Arc<Metrics>) -> Self {
+        let s = policy;
         let shared = Arc::new(Shared {
-            provider,
+            key,
             state: AtomicU8::new(CLOSED),
             opened_at: std::sync::Mutex::new(None),
-            open_for: s.breaker_open_for,
-            open_max: s.breaker_open_max,
+            open_for: s.open_for,
+            open_max: s.open_max,
             opens: std::sync::atomic::AtomicU32::new(0),
             probing: AtomicBool::new(false),
             metrics,
         });
         let policy = failure_policy::success_rate_over_time_window(
-            s.breaker_min_success_rate,
-            s.breaker_min_requests,
-            s.breaker_window,
-            backoff::exponential(s.breaker_open_for, s.breaker_open_max),
+            s.min_success_rate,
+            s.min_requests,
+            s.window,
+            backoff::exponential(s.open_for, s.open_max),
         );
         let machine = Config::new()
             .failure_policy(policy)
@@ -237,23 +241,20 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    fn settings() -> VopSettings {
-        let s: crate::config::Settings =
-            crate::config::Settings::load_from(std::path::Path::new("config"), &[]).unwrap();
-        VopSettings {
-            breaker_min_success_rate: 0.5,
-            breaker_min_requests: 10,
-            breaker_window: Duration::from_secs(1),
-            breaker_open_for: Duration::from_secs(1),
-            breaker_open_max: Duration::from_secs(2),
-            ..s.vop
+    fn settings() -> BreakerPolicy {
+        BreakerPolicy {
+            min_success_rate: 0.5,
+            min_requests: 10,
+            window: Duration::from_secs(1),
+            open_for: Duration::from_secs(1),
+            open_max: Duration::from_secs(2),
         }
     }
 
     #[test]
     fn opens_on_a_low_success_rate_probes_once_and_closes_on_success() {
         let metrics = Arc::new(Metrics::new());
-        let b = Breaker::new("test", &settings(), metrics.clone());
+        let b = Breaker::new(GuardKey::single("test"), &settings(), metrics.clone());
         // The policy judges only after a full window of traffic.
         let start = Instant::now();
         while b.state() == "closed" && start.elapsed() < Duration::from_secs(5) {
@@ -283,15 +284,19 @@ mod tests {
         assert_eq!(b.state(), "closed");
         let text = metrics.render();
         assert!(
-            text.contains("finworker_breaker_transitions_total{provider=\"test\",to=\"open\"} 2"),
+            text.contains("finworker_breaker_transitions_total{provider=\"test\",account=\"default\",to=\"open\"} 2"),
             "{text}"
         );
-        assert!(text.contains("finworker_breaker_state{provider=\"test\"} 0"));
+        assert!(text.contains("finworker_breaker_state{provider=\"test\",account=\"default\"} 0"));
     }
 
     #[test]
     fn no_match_answers_and_refusals_never_open_it() {
-        let b = Breaker::new("test", &settings(), Arc::new(Metrics::new()));
+        let b = Breaker::new(
+            GuardKey::single("test"),
+            &settings(),
+            Arc::new(Metrics::new()),
+        );
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(1500) {
             b.permit().unwrap().success();
