@@ -262,7 +262,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Enqueues jobs; atomic per chunk of [`PUSH_CHUNK`], chunks pipelined.
+    /// Enqueues jobs; atomic per chunk of `PUSH_CHUNK` jobs, chunks pipelined.
     pub async fn push(
         &self,
         jobs: &[NewJob],

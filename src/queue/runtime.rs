@@ -3,7 +3,7 @@
 //! audit rows and cron, and the lease keeper on a thread of its own.
 //!
 //! Life of a job in this process:
-//! fetch (Lua, batch) → held map → apalis worker → [`execute`] (timeout, panic catch,
+//! fetch (Lua, batch) → held map → apalis worker → `execute` (timeout, panic catch,
 //! retry decision) → completion channel → settler: Postgres first (job_runs, dead_jobs),
 //! then Redis (one Lua call per batch). Because Postgres is written before Redis forgets
 //! the job, a crash in between reruns the job rather than losing its record.

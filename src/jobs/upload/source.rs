@@ -149,7 +149,7 @@ pub enum SourceRow {
         row_no: u32,
         /// Set when the reader already knows the row is bad.
         problem: Option<RowProblem>,
-        /// Values in [`Field::ALL`] order.
+        /// Values in [`Field::ALL`](crate::uploads::Field::ALL) order.
         values: [String; 14],
         /// Every cell as text, in file column order (kept for audit).
         raw: Vec<String>,
