@@ -6,7 +6,6 @@ mod job_ops;
 mod reports;
 
 pub use args::*;
-pub use reports::report_link;
 
 use std::time::Duration;
 

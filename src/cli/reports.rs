@@ -66,7 +66,7 @@ pub(super) async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
 }
 
 /// A signed link to a report, valid for `ttl` (default `reports.link_ttl`).
-pub fn report_link(
+fn report_link(
     ctx: &crate::context::AppContext,
     id: uuid::Uuid,
     ttl: Option<Duration>,

@@ -94,10 +94,8 @@ impl ChunkWriter {
             raw: &'a [String],
             kind: &'a RowKind,
         }
-        let buf = std::mem::take(&mut self.buf);
         // Serialising plain data into a Vec cannot fail.
-        self.buf = postcard::to_extend(&Ref { row_no, raw, kind }, buf)
-            .unwrap_or_else(|_| unreachable!("postcard into a Vec is infallible"));
+        let _ = postcard::to_io(&Ref { row_no, raw, kind }, &mut self.buf);
     }
 
     /// Rows so far.

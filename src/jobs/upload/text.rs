@@ -79,11 +79,11 @@ impl Lines {
         (quoted, column)
     }
 
-    fn pop(&mut self) -> Option<(u64, u64, u64)> {
-        let e = self.ends.pop_front()?;
-        self.passed += 1;
-        self.delims_passed = e.2;
-        Some(e)
+    fn pop(&mut self) {
+        if let Some((_, _, delims)) = self.ends.pop_front() {
+            self.passed += 1;
+            self.delims_passed = delims;
+        }
     }
 
     /// 1-based line of a byte offset; offsets must not go backwards.

@@ -484,31 +484,26 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
         // Another copy of this job got here first.
         return Ok(Outcome::Skipped);
     }
-    let mut stored = (0u64, 0u64, 0u64);
-    if prepared.debtors.rows() > 0 {
-        stored.0 = tx
-            .copy_in(
-                &format!("COPY debtors ({DEBTOR_COLUMNS}) FROM STDIN WITH (FORMAT binary)"),
-                &prepared.debtors.finish(),
-            )
-            .await?;
-    }
-    if prepared.duplicates.rows() > 0 {
-        stored.1 = tx
-            .copy_in(
-                "COPY upload_duplicates (upload_id, row_no, first_row) FROM STDIN WITH (FORMAT binary)",
-                &prepared.duplicates.finish(),
-            )
-            .await?;
-    }
-    if prepared.rejects.rows() > 0 {
-        stored.2 = tx
-            .copy_in(
-                "COPY upload_rejects (upload_id, row_no, column_name, field, reason, value) FROM STDIN WITH (FORMAT binary)",
-                &prepared.rejects.finish(),
-            )
-            .await?;
-    }
+    let stored = (
+        copy(
+            &mut tx,
+            &format!("debtors ({DEBTOR_COLUMNS})"),
+            prepared.debtors,
+        )
+        .await?,
+        copy(
+            &mut tx,
+            "upload_duplicates (upload_id, row_no, first_row)",
+            prepared.duplicates,
+        )
+        .await?,
+        copy(
+            &mut tx,
+            "upload_rejects (upload_id, row_no, column_name, field, reason, value)",
+            prepared.rejects,
+        )
+        .await?,
+    );
     tx.execute(
         sqlx::query(
             "INSERT INTO upload_raw (upload_id, first_row, last_row, rows) VALUES ($1, $2, $3, $4)",
@@ -578,6 +573,18 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     tx.commit().await?;
     tracing::debug!(upload_id = %id, chunk_no, ?c, "chunk imported");
     Ok(outcome)
+}
+
+/// Binary COPY of `rows` into `target` ("table (columns)"); nothing to send, nothing sent.
+async fn copy(tx: &mut Tx, target: &str, rows: BinaryCopy) -> Result<u64, crate::db::DbError> {
+    if rows.rows() == 0 {
+        return Ok(0);
+    }
+    tx.copy_in(
+        &format!("COPY {target} FROM STDIN WITH (FORMAT binary)"),
+        &rows.finish(),
+    )
+    .await
 }
 
 /// Marks the upload completed and validated, after checking that every row is accounted
