@@ -49,6 +49,11 @@ async fn a_100k_row_pipeline_survives_its_redis_namespace_being_flushed_twice() 
         Duration::from_secs(240),
         "verification to be under way",
         || async {
+            // A pipeline that ended early would only time out here: say why at once.
+            let r = uploads::get(&app.ctx.db, id).await.unwrap();
+            if let Some(r) = r.filter(|r| r.status == "failed") {
+                panic!("the upload failed: {:?} ({r:?})", r.error);
+            }
             let n = app
                 .scalar(&format!(
                     "SELECT count(*) FROM vop_results WHERE upload_id = '{id}'"
