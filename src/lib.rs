@@ -6,6 +6,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod demo;
+pub mod gateway;
 pub mod guard;
 pub mod http;
 pub mod iban;

@@ -222,10 +222,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 outage_until_ms: None,
                 rate_limit: a.rate_limit,
                 api_key: a.api_key,
+                genesis_duplicates: a.genesis_duplicates,
+                ..crate::sandbox::Knobs::default()
             };
             let (addr, _sandbox, handle) = crate::sandbox::serve(&a.bind, knobs, token).await?;
             println!(
-                "sandbox provider listening on http://{addr} (knobs: /_sandbox/config, calls: /_sandbox/calls)"
+                "sandbox provider listening on http://{addr} (knobs: /_sandbox/config, calls: /_sandbox/calls, gateway ledger: /_sandbox/ledger)"
             );
             handle.await?;
             Ok(())

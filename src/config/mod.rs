@@ -39,6 +39,16 @@ pub const SECRET_KEYS: &[&str] = &[
     "privacy.iban_key",
 ];
 
+/// Is `key` (dotted, lower case) a secret? The fixed [`SECRET_KEYS`] plus every gateway
+/// account's password (`gateway.accounts.<name>.password`).
+pub fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
+        || key
+            .strip_prefix("gateway.accounts.")
+            .and_then(|rest| rest.strip_suffix(".password"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('.'))
+}
+
 /// Errors while loading or checking configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -98,6 +108,10 @@ pub struct Settings {
     pub sweeper: SweeperSettings,
     /// Personal data.
     pub privacy: PrivacySettings,
+    /// Payment gateways and their merchant accounts.
+    pub gateway: GatewaySettings,
+    /// Billing runs and their rules.
+    pub billing: BillingSettings,
 }
 
 pub(crate) fn redact<S: serde::Serializer>(
@@ -134,10 +148,24 @@ impl Settings {
             }
             files = files.merge(Toml::file_exact(path));
         }
-        for key in SECRET_KEYS {
+        let account_passwords: Vec<String> = files
+            .find_value("gateway.accounts")
+            .ok()
+            .and_then(|v| v.into_dict())
+            .map(|d| {
+                d.keys()
+                    .map(|name| format!("gateway.accounts.{name}.password"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in SECRET_KEYS
+            .iter()
+            .copied()
+            .chain(account_passwords.iter().map(String::as_str))
+        {
             if files.contains(key) {
                 return Err(ConfigError::Invalid {
-                    key: (*key).into(),
+                    key: key.into(),
                     message: format!(
                         "is a secret: set it in the environment ({}), not in a file",
                         env_var_name(key)
@@ -158,7 +186,7 @@ impl Settings {
                 .join(".")
                 .to_lowercase();
             // Secrets stay strings even when they look like numbers.
-            let value: figment::value::Value = if SECRET_KEYS.contains(&key.as_str()) {
+            let value: figment::value::Value = if is_secret_key(&key) {
                 v.as_str().into()
             } else {
                 v.parse().unwrap_or_else(|_| v.as_str().into())

@@ -368,3 +368,163 @@ pub struct CronEntry {
 fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
+
+/// Payment gateways: shared call settings and the merchant accounts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// A debit call's answer is waited for this long; after it the debit is `unknown`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// TCP connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A debit the gateway has no record of is sent again (same transaction_id) only once its
+    /// last send's deadline is this far in the past: a request still travelling is never doubled.
+    #[serde(with = "humantime_serde")]
+    pub resend_after: Duration,
+    /// First reconcile of a `pending`/`pending_async` debit after its answer (doubles per try,
+    /// up to `reconcile_max_interval`).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// Longest wait between two reconciles of one debit.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_max_interval: Duration,
+    /// `notification_url` sent with each debit; empty: none.
+    pub notification_url: String,
+    /// Dynamic descriptor merchant name (≤ 25 characters); empty: none.
+    pub descriptor_name: String,
+    /// Dynamic descriptor city (≤ 13 characters); empty: none.
+    pub descriptor_city: String,
+    /// Text shown to the debtor; `{reference}` is replaced by the debtor's reference.
+    pub usage: String,
+    /// Merchant accounts by name (lower case letters, digits, `_`).
+    #[serde(default)]
+    pub accounts: BTreeMap<String, GatewayAccountSettings>,
+}
+
+/// One merchant account at a gateway. The password comes from the environment only:
+/// `FINWORKER__GATEWAY__ACCOUNTS__<NAME>__PASSWORD`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayAccountSettings {
+    /// Gateway module (`genesis`).
+    #[serde(default = "default_gateway")]
+    pub gateway: String,
+    /// Base URL, e.g. `https://staging.gate.emerchantpay.net`.
+    pub endpoint: String,
+    /// Terminal token (last path segment of every call).
+    pub terminal_token: String,
+    /// API username.
+    pub username: String,
+    /// API password (environment only).
+    #[serde(default, serialize_with = "redact")]
+    pub password: Option<SecretString>,
+    /// Currency the account collects.
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// Requests per second, all worker processes together.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// Breaker: opens below this success rate over the window...
+    #[serde(default = "default_success_rate")]
+    pub breaker_min_success_rate: f64,
+    /// ... with at least this many calls in it...
+    #[serde(default = "default_min_requests")]
+    pub breaker_min_requests: u32,
+    /// ... over this window.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub breaker_window: Duration,
+    /// First open period (doubles on each failed probe).
+    #[serde(default = "default_open_for", with = "humantime_serde")]
+    pub breaker_open_for: Duration,
+    /// Longest open period.
+    #[serde(default = "default_open_max", with = "humantime_serde")]
+    pub breaker_open_max: Duration,
+    /// Most the account may debit in one calendar month (UTC), minor units; unset: no cap.
+    #[serde(default)]
+    pub monthly_cap_minor: Option<i64>,
+    /// A disabled account starts no debit.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_gateway() -> String {
+    "genesis".into()
+}
+fn default_currency() -> String {
+    "EUR".into()
+}
+fn default_rate_limit() -> u32 {
+    50
+}
+fn default_success_rate() -> f64 {
+    0.5
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_open_for() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_open_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Billing runs and the rules that decide who may be debited.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingSettings {
+    /// Debtors one claim transaction takes.
+    pub claim_size: u32,
+    /// Debit calls in flight per `billing_batch` job.
+    pub in_flight: usize,
+    /// `billing_batch` jobs a run fans out into (any number of processes share them).
+    pub batch_jobs: u32,
+    /// A batch job hands over to a fresh one after this long (keeps jobs short for deploys).
+    #[serde(with = "humantime_serde")]
+    pub slice: Duration,
+    /// An IBAN with a submitted, pending, unknown or approved debit younger than this is not
+    /// debited again.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// VOP name-check results that exclude a debtor.
+    pub vop_exclude: Vec<String>,
+    /// BAV account-check results that exclude a debtor.
+    pub bav_exclude: Vec<String>,
+    /// Bill due recurring profiles every `recurring_interval` (once across processes).
+    pub recurring: bool,
+    /// Time between recurring-billing ticks.
+    #[serde(with = "humantime_serde")]
+    pub recurring_interval: Duration,
+    /// Billing models by name. `legacy` bills each debtor line once at its amount; the others
+    /// bill their profile's amount every cycle.
+    pub models: BTreeMap<String, ModelSettings>,
+}
+
+/// One billing model.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Lowest amount of the model's band, minor units (unset: any).
+    #[serde(default)]
+    pub min_minor: Option<i64>,
+    /// Highest amount of the band, minor units (unset: any).
+    #[serde(default)]
+    pub max_minor: Option<i64>,
+    /// Next bill this many days after a submitted debit.
+    #[serde(default)]
+    pub cycle_days: Option<u32>,
+    /// ... or this many months.
+    #[serde(default)]
+    pub cycle_months: Option<u32>,
+    /// Most a profile of this model is ever charged, minor units (unset: no cap).
+    #[serde(default)]
+    pub lifetime_cap_minor: Option<i64>,
+}

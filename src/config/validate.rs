@@ -166,12 +166,115 @@ impl Settings {
         if self.vop.breaker_open_max < self.vop.breaker_open_for {
             return bad("vop.breaker_open_max", "must be >= vop.breaker_open_for");
         }
+        self.validate_billing()?;
         if let Err((key, message)) = crate::uploads::ColumnAliases::check(&self.upload.columns) {
             return bad(&key, &message);
         }
         for (i, c) in self.cron.iter().enumerate() {
             if let Err(e) = c.schedule.parse::<cron::Schedule>() {
                 return bad(&format!("cron[{i}].schedule"), &e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_billing(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        };
+        let g = &self.gateway;
+        if g.request_timeout.is_zero() || g.connect_timeout.is_zero() {
+            return bad("gateway.request_timeout".into(), "must be above zero");
+        }
+        if g.descriptor_name.chars().count() > 25 {
+            return bad(
+                "gateway.descriptor_name".into(),
+                "is longer than 25 characters",
+            );
+        }
+        if g.descriptor_city.chars().count() > 13 {
+            return bad(
+                "gateway.descriptor_city".into(),
+                "is longer than 13 characters",
+            );
+        }
+        for (name, a) in &g.accounts {
+            let key = |k: &str| format!("gateway.accounts.{name}.{k}");
+            if name.is_empty()
+                || name.len() > 40
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return bad(
+                    format!("gateway.accounts.{name}"),
+                    "account names are 1-40 lower-case letters, digits or `_`",
+                );
+            }
+            if a.gateway != "genesis" {
+                return bad(key("gateway"), "unknown gateway (known: \"genesis\")");
+            }
+            if !(a.endpoint.starts_with("https://") || a.endpoint.starts_with("http://")) {
+                return bad(key("endpoint"), "must be an http(s) URL");
+            }
+            if a.terminal_token.is_empty() || a.username.is_empty() {
+                return bad(
+                    key("terminal_token"),
+                    "terminal_token and username must be set",
+                );
+            }
+            if a.currency.len() != 3 {
+                return bad(key("currency"), "must be a 3-letter ISO 4217 code");
+            }
+            if a.rate_limit == 0 {
+                return bad(key("rate_limit"), "must be at least 1");
+            }
+            if a.monthly_cap_minor.is_some_and(|c| c <= 0) {
+                return bad(key("monthly_cap_minor"), "must be above zero (or unset)");
+            }
+            if !(0.0..=1.0).contains(&a.breaker_min_success_rate) {
+                return bad(key("breaker_min_success_rate"), "must be between 0 and 1");
+            }
+            if a.breaker_window < Duration::from_secs(1)
+                || a.breaker_open_for < Duration::from_secs(1)
+            {
+                return bad(
+                    key("breaker_window"),
+                    "breaker_window and breaker_open_for must be at least 1s",
+                );
+            }
+            if a.breaker_open_max < a.breaker_open_for {
+                return bad(key("breaker_open_max"), "must be >= breaker_open_for");
+            }
+        }
+        let b = &self.billing;
+        if b.claim_size == 0 || b.in_flight == 0 || b.batch_jobs == 0 {
+            return bad(
+                "billing.claim_size".into(),
+                "claim_size, in_flight and batch_jobs must be at least 1",
+            );
+        }
+        if !b.models.contains_key("legacy") {
+            return bad(
+                "billing.models.legacy".into(),
+                "the legacy model must exist",
+            );
+        }
+        for (name, m) in &b.models {
+            let key = |k: &str| format!("billing.models.{name}.{k}");
+            if name != "legacy" && m.cycle_days.is_none() && m.cycle_months.is_none() {
+                return bad(
+                    key("cycle_days"),
+                    "a recurring model needs cycle_days or cycle_months",
+                );
+            }
+            if let (Some(lo), Some(hi)) = (m.min_minor, m.max_minor)
+                && lo > hi
+            {
+                return bad(key("min_minor"), "must be <= max_minor");
             }
         }
         Ok(())

@@ -6,6 +6,7 @@
 //! Genesis gateway simulator of the billing work is one more module). Knobs and the call
 //! log are under `/_sandbox/`. Behaviour is documented in `docs/sandbox.md`.
 
+pub mod genesis;
 pub mod vop;
 
 use std::{
@@ -48,6 +49,15 @@ pub struct Knobs {
     pub rate_limit: u32,
     /// Bearer key the API requires; none = open.
     pub api_key: Option<String>,
+    /// Genesis: a repeated transaction_id is `"refuse"`d (error 450) or — the worst case a
+    /// client must survive — `"accept"`ed as a second debit.
+    pub genesis_duplicates: String,
+    /// Genesis: the Basic-auth password required; none = any credentials.
+    pub genesis_password: Option<String>,
+    /// Genesis: a `pending_async` debit settles this many milliseconds after it was taken.
+    pub genesis_async_ms: u64,
+    /// Genesis: how long an "accepted then timeout" debit keeps the caller waiting.
+    pub genesis_hang_ms: u64,
 }
 
 impl Default for Knobs {
@@ -59,6 +69,10 @@ impl Default for Knobs {
             outage_until_ms: None,
             rate_limit: 0,
             api_key: None,
+            genesis_duplicates: "refuse".into(),
+            genesis_password: None,
+            genesis_async_ms: 2000,
+            genesis_hang_ms: 60_000,
         }
     }
 }
@@ -120,6 +134,7 @@ struct Inner {
     calls: Mutex<Vec<Call>>,
     counter: AtomicU64,
     limiter: Mutex<Option<(u32, Arc<DefaultDirectRateLimiter>)>>,
+    genesis: Mutex<genesis::Book>,
 }
 
 /// Shared sandbox state. Cheap to clone.
@@ -143,6 +158,7 @@ impl Sandbox {
             calls: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
             limiter: Mutex::new(None),
+            genesis: Mutex::new(genesis::Book::default()),
         }))
     }
 
@@ -158,6 +174,10 @@ impl Sandbox {
     /// Replaces the knobs.
     pub fn set_knobs(&self, k: Knobs) {
         *self.0.knobs.lock().unwrap_or_else(|p| p.into_inner()) = k;
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn record(&self, path: &str, status: u16, iban: Option<&str>) {
@@ -277,6 +297,7 @@ impl Sandbox {
             .route("/_sandbox/config", get(get_knobs).put(put_knobs))
             .route("/_sandbox/calls", get(get_calls).delete(delete_calls))
             .merge(vop::routes())
+            .merge(genesis::routes())
             .layer(axum::middleware::from_fn(tag_client))
             .with_state(self.clone())
     }

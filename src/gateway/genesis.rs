@@ -1,0 +1,360 @@
+//! Gateway module `genesis`: the emerchantpay Genesis XML API (payments.md §1), the subset
+//! billing needs: `sdd_sale`, single reconcile by `transaction_id`, `void`.
+//!
+//! POST of a `text/xml` body with HTTP Basic auth to `<endpoint>/process/<terminal_token>/`
+//! (debits, voids) and `<endpoint>/reconcile/<terminal_token>/`. No retries here.
+
+use futures::{FutureExt, future::BoxFuture};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::{Answer, CallError, Debit, Gateway, Lookup};
+use crate::config::{GatewayAccountSettings, GatewaySettings};
+
+/// Answers above this size are not read (a gateway answer is a few hundred bytes).
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// Codes of a reconcile that found no transaction (payments.md §1.6: 410 reference not found,
+/// 460 referenced transaction not found).
+const NOT_FOUND_CODES: [i32; 2] = [410, 460];
+
+/// reqwest client of one Genesis terminal.
+pub struct GenesisClient {
+    http: reqwest::Client,
+    process_url: String,
+    reconcile_url: String,
+    username: String,
+    password: Option<SecretString>,
+    notification_url: Option<String>,
+    descriptor: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for GenesisClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The terminal token is part of the URLs: not printed.
+        f.debug_struct("GenesisClient")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename = "payment_transaction")]
+struct SaleXml<'a> {
+    transaction_type: &'static str,
+    transaction_id: &'a str,
+    usage: &'a str,
+    amount: i64,
+    currency: &'a str,
+    iban: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customer_email: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mandate_reference: Option<&'a str>,
+    billing_address: AddressXml<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dynamic_descriptor_params: Option<DescriptorXml<'a>>,
+}
+
+#[derive(Serialize)]
+struct AddressXml<'a> {
+    first_name: &'a str,
+    last_name: &'a str,
+    country: &'a str,
+}
+
+#[derive(Serialize)]
+struct DescriptorXml<'a> {
+    merchant_name: &'a str,
+    merchant_city: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "payment_transaction")]
+struct VoidXml<'a> {
+    transaction_type: &'static str,
+    transaction_id: &'a str,
+    usage: &'a str,
+    reference_id: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "reconcile")]
+struct ReconcileXml<'a> {
+    transaction_id: &'a str,
+}
+
+/// `payment_response`, every field optional (an error answer may carry only four).
+#[derive(Debug, Deserialize, Default)]
+struct ResponseXml {
+    status: Option<String>,
+    unique_id: Option<String>,
+    transaction_id: Option<String>,
+    code: Option<String>,
+    message: Option<String>,
+    technical_message: Option<String>,
+    amount: Option<String>,
+}
+
+/// Serialises a request body with its XML declaration.
+pub fn to_xml<T: Serialize>(body: &T) -> Result<String, CallError> {
+    let inner = quick_xml::se::to_string(body)
+        .map_err(|e| CallError::Refused(format!("cannot build the request: {e}")))?;
+    Ok(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{inner}"
+    ))
+}
+
+/// Reads a `payment_response` (or any root holding its fields).
+pub fn parse_answer(xml: &str) -> Result<Answer, String> {
+    let r: ResponseXml = quick_xml::de::from_str(xml).map_err(|e| e.to_string())?;
+    let status = r.status.ok_or("the answer has no status")?;
+    let num = |v: &Option<String>, what: &str| -> Result<Option<i64>, String> {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<i64>()
+                    .map_err(|_| format!("{what} `{s}` is not an integer"))
+            })
+            .transpose()
+    };
+    Ok(Answer {
+        status: status.trim().to_string(),
+        unique_id: r.unique_id.filter(|s| !s.is_empty()),
+        transaction_id: r.transaction_id.filter(|s| !s.is_empty()),
+        code: num(&r.code, "code")?.and_then(|c| i32::try_from(c).ok()),
+        message: r.message,
+        technical_message: r.technical_message,
+        amount_minor: num(&r.amount, "amount")?,
+    })
+}
+
+impl GenesisClient {
+    /// A client of account `name`.
+    pub fn new(
+        name: &str,
+        a: &GatewayAccountSettings,
+        s: &GatewaySettings,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(s.request_timeout)
+            .connect_timeout(s.connect_timeout)
+            .user_agent(format!(
+                "finworker/{} pid/{} account/{name}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ))
+            .pool_max_idle_per_host(256)
+            .build()?;
+        let base = a.endpoint.trim_end_matches('/');
+        let descriptor = (!s.descriptor_name.is_empty()).then(|| {
+            (
+                super::sepa_text(&s.descriptor_name, 25),
+                super::sepa_text(&s.descriptor_city, 13),
+            )
+        });
+        Ok(Self {
+            http,
+            process_url: format!("{base}/process/{}/", a.terminal_token),
+            reconcile_url: format!("{base}/reconcile/{}/", a.terminal_token),
+            username: a.username.clone(),
+            password: a.password.clone(),
+            notification_url: (!s.notification_url.is_empty()).then(|| s.notification_url.clone()),
+            descriptor,
+        })
+    }
+
+    async fn post(&self, url: &str, body: String) -> Result<Answer, CallError> {
+        let resp = self
+            .http
+            .post(url)
+            .basic_auth(
+                &self.username,
+                self.password.as_ref().map(|p| p.expose_secret()),
+            )
+            .header(reqwest::header::CONTENT_TYPE, "text/xml")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    CallError::Unknown("no answer within gateway.request_timeout".into())
+                } else {
+                    CallError::Unknown(format!("transport: {e}"))
+                }
+            })?;
+        let status = resp.status();
+        let bytes = read_capped(resp).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        if status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429 {
+            return Err(CallError::Unknown(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                snippet(&text)
+            )));
+        }
+        if status.is_client_error() {
+            return Err(CallError::Refused(format!(
+                "HTTP {}: {}",
+                status.as_u16(),
+                snippet(&text)
+            )));
+        }
+        parse_answer(&text).map_err(|e| CallError::Unknown(format!("unreadable answer: {e}")))
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, CallError> {
+    let mut out = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if out.len() + c.len() > MAX_ANSWER_BYTES {
+                    return Err(CallError::Unknown("answer larger than 1 MiB".into()));
+                }
+                out.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(out),
+            // The connection dropped mid-answer: the request may have been processed.
+            Err(e) => return Err(CallError::Unknown(format!("answer cut short: {e}"))),
+        }
+    }
+}
+
+fn snippet(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+impl Gateway for GenesisClient {
+    fn name(&self) -> &'static str {
+        "genesis"
+    }
+
+    fn sale<'a>(&'a self, d: &'a Debit) -> BoxFuture<'a, Result<Answer, CallError>> {
+        async move {
+            let body = to_xml(&SaleXml {
+                transaction_type: "sdd_sale",
+                transaction_id: &d.transaction_id,
+                usage: &d.usage,
+                amount: d.amount_minor,
+                currency: &d.currency,
+                iban: &d.iban,
+                bic: d.bic.as_deref(),
+                customer_email: d.email.as_deref(),
+                mandate_reference: d.mandate_reference.as_deref(),
+                billing_address: AddressXml {
+                    first_name: &d.first_name,
+                    last_name: &d.last_name,
+                    country: &d.country,
+                },
+                notification_url: self.notification_url.as_deref(),
+                dynamic_descriptor_params: self.descriptor.as_ref().map(|(n, c)| DescriptorXml {
+                    merchant_name: n,
+                    merchant_city: c,
+                }),
+            })?;
+            self.post(&self.process_url, body).await
+        }
+        .boxed()
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        transaction_id: &'a str,
+    ) -> BoxFuture<'a, Result<Lookup, CallError>> {
+        async move {
+            let body = to_xml(&ReconcileXml { transaction_id })?;
+            let a = self.post(&self.reconcile_url, body).await?;
+            if a.status == "error" && a.code.is_some_and(|c| NOT_FOUND_CODES.contains(&c)) {
+                return Ok(Lookup::NotFound);
+            }
+            Ok(Lookup::Found(a))
+        }
+        .boxed()
+    }
+
+    fn void<'a>(
+        &'a self,
+        void_transaction_id: &'a str,
+        unique_id: &'a str,
+    ) -> BoxFuture<'a, Result<Answer, CallError>> {
+        async move {
+            let body = to_xml(&VoidXml {
+                transaction_type: "void",
+                transaction_id: void_transaction_id,
+                usage: "void",
+                reference_id: unique_id,
+            })?;
+            self.post(&self.process_url, body).await
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sale_is_the_documented_xml_with_minor_units_and_escaping() {
+        let xml = to_xml(&SaleXml {
+            transaction_type: "sdd_sale",
+            transaction_id: "fw-1",
+            usage: "Invoice <4711> & co",
+            amount: 1999,
+            currency: "EUR",
+            iban: "DE89370400440532013000",
+            bic: None,
+            customer_email: None,
+            mandate_reference: Some("M-1"),
+            billing_address: AddressXml {
+                first_name: "Erika",
+                last_name: "Mustermann",
+                country: "DE",
+            },
+            notification_url: None,
+            dynamic_descriptor_params: None,
+        })
+        .unwrap();
+        assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<payment_transaction><transaction_type>sdd_sale</transaction_type><transaction_id>fw-1</transaction_id>"), "{xml}");
+        assert!(
+            xml.contains("<amount>1999</amount><currency>EUR</currency>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<usage>Invoice &lt;4711&gt; &amp; co</usage>"),
+            "{xml}"
+        );
+        assert!(xml.contains("<billing_address><first_name>Erika</first_name><last_name>Mustermann</last_name><country>DE</country></billing_address>"), "{xml}");
+        assert!(
+            !xml.contains("<bic>"),
+            "empty optional elements are left out: {xml}"
+        );
+    }
+
+    #[test]
+    fn answers_are_read_including_bare_error_answers() {
+        let a = parse_answer(
+            "<?xml version=\"1.0\"?><payment_response><transaction_type>sdd_sale</transaction_type>\
+             <status>approved</status><unique_id>abc123</unique_id><transaction_id>fw-1</transaction_id>\
+             <amount>1999</amount><currency>EUR</currency></payment_response>",
+        )
+        .unwrap();
+        assert_eq!(a.status, "approved");
+        assert_eq!(a.unique_id.as_deref(), Some("abc123"));
+        assert_eq!(a.amount_minor, Some(1999));
+        let e = parse_answer(
+            "<payment_response><status>error</status><code>460</code><message>not found</message>\
+             <technical_message>Transaction not found</technical_message></payment_response>",
+        )
+        .unwrap();
+        assert_eq!((e.status.as_str(), e.code), ("error", Some(460)));
+        assert!(parse_answer("<payment_response><code>1</code></payment_response>").is_err());
+        assert!(parse_answer("not xml at all").is_err());
+    }
+}

@@ -1,0 +1,489 @@
+//! The Genesis gateway simulator: `sdd_sale`, `void` and single reconcile, over the same XML
+//! and Basic auth as the real gateway, with deterministic outcomes chosen by the amount's
+//! last two digits (see `docs/sandbox.md`), and a ledger of every debit it accepted
+//! (`GET /_sandbox/ledger`) so tests count debits per debtor.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::{Gate, Sandbox};
+
+/// One transaction the simulated gateway holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// Our id, as sent.
+    pub transaction_id: String,
+    /// The simulator's id.
+    pub unique_id: String,
+    /// `sdd_sale` or `void`.
+    pub transaction_type: String,
+    /// IBAN as sent (sandbox data only).
+    pub iban: String,
+    /// Minor units.
+    pub amount_minor: i64,
+    /// Currency.
+    pub currency: String,
+    /// Terminal token of the call.
+    pub terminal: String,
+    /// Status now.
+    pub status: String,
+    /// Milliseconds since the sandbox started.
+    pub at_ms: u64,
+    #[serde(skip)]
+    settle: Option<(Instant, &'static str)>,
+}
+
+/// `GET /_sandbox/ledger`: every debit the gateway accepted (a declined or refused request
+/// is not a debit), in arrival order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ledger {
+    /// The debits.
+    pub debits: Vec<Entry>,
+}
+
+impl Ledger {
+    /// Debits per IBAN.
+    pub fn per_iban(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for d in &self.debits {
+            *m.entry(d.iban.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// The simulator's books.
+#[derive(Debug, Default)]
+pub struct Book {
+    entries: Vec<Entry>,
+    by_tx: HashMap<String, usize>,
+    by_unique: HashMap<String, usize>,
+    seq: AtomicU64,
+}
+
+impl Book {
+    fn settle(&mut self, i: usize) -> &Entry {
+        let e = &mut self.entries[i];
+        if let Some((at, to)) = e.settle
+            && Instant::now() >= at
+        {
+            e.status = to.to_string();
+            e.settle = None;
+        }
+        &self.entries[i]
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct RequestXml {
+    transaction_type: Option<String>,
+    transaction_id: Option<String>,
+    unique_id: Option<String>,
+    reference_id: Option<String>,
+    amount: Option<String>,
+    currency: Option<String>,
+    iban: Option<String>,
+}
+
+/// What an amount asks the simulator to do (its last two digits in minor units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Approved at once.
+    Approved,
+    /// Declined, code 500, insufficient funds (AM04).
+    DeclinedFunds,
+    /// Declined by risk, code 696, IBAN blacklisted.
+    DeclinedRisk,
+    /// `pending_async`, approved `genesis_async_ms` later (seen by reconcile).
+    AsyncApproved,
+    /// Error code 330, nothing debited.
+    Error,
+    /// Accepted (debited), then no answer for `genesis_hang_ms`.
+    AcceptedTimeout,
+    /// Accepted, then the connection drops mid-answer.
+    AcceptedDrop,
+    /// Accepted, then HTTP 500.
+    Accepted5xx,
+    /// `pending_async`, declined later.
+    AsyncDeclined,
+}
+
+impl Outcome {
+    /// The outcome an amount asks for.
+    pub fn of(amount_minor: i64) -> Self {
+        match amount_minor.rem_euclid(100) {
+            1 => Self::DeclinedFunds,
+            2 => Self::DeclinedRisk,
+            3 => Self::AsyncApproved,
+            4 => Self::Error,
+            5 => Self::AcceptedTimeout,
+            6 => Self::AcceptedDrop,
+            7 => Self::Accepted5xx,
+            8 => Self::AsyncDeclined,
+            _ => Self::Approved,
+        }
+    }
+}
+
+pub(super) fn routes() -> Router<Sandbox> {
+    Router::new()
+        .route("/process/{token}/", post(process))
+        .route("/process/{token}", post(process))
+        .route("/reconcile/{token}/", post(reconcile))
+        .route("/reconcile/{token}", post(reconcile))
+        .route("/_sandbox/ledger", get(ledger).delete(clear_ledger))
+}
+
+fn xml(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/xml")], body).into_response()
+}
+
+fn esc(s: &str) -> String {
+    quick_xml::escape::escape(s).into_owned()
+}
+
+fn answer(e: &Entry, code: Option<i32>, message: Option<&str>) -> String {
+    let mut s = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<payment_response><transaction_type>{}</transaction_type>\
+         <status>{}</status><unique_id>{}</unique_id><transaction_id>{}</transaction_id>\
+         <amount>{}</amount><currency>{}</currency><mode>test</mode>",
+        esc(&e.transaction_type),
+        esc(&e.status),
+        esc(&e.unique_id),
+        esc(&e.transaction_id),
+        e.amount_minor,
+        esc(&e.currency)
+    );
+    if let Some(c) = code {
+        s.push_str(&format!("<code>{c}</code>"));
+    }
+    if let Some(m) = message {
+        s.push_str(&format!(
+            "<message>{}</message><technical_message>{}</technical_message>",
+            esc(m),
+            esc(m)
+        ));
+    }
+    s.push_str("</payment_response>");
+    s
+}
+
+fn error_answer(code: i32, message: &str, transaction_id: Option<&str>) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<payment_response><status>error</status>{}<code>{code}</code>\
+         <message>{}</message><technical_message>{}</technical_message></payment_response>",
+        transaction_id
+            .map(|t| format!("<transaction_id>{}</transaction_id>", esc(t)))
+            .unwrap_or_default(),
+        esc(message),
+        esc(message)
+    )
+}
+
+/// Basic auth present, and right when `genesis_password` is set.
+fn authorised(s: &Sandbox, headers: &HeaderMap) -> bool {
+    let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(v) else {
+        return false;
+    };
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    match s.knobs().genesis_password {
+        Some(p) => raw.split_once(':').is_some_and(|(_, pw)| pw == p),
+        None => true,
+    }
+}
+
+fn unauthorised() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"Genesis\"")],
+        "401 Unauthorized",
+    )
+        .into_response()
+}
+
+async fn process(
+    State(s): State<Sandbox>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/process/{token}/");
+    if !authorised(&s, &headers) {
+        s.served(&path, 401, None);
+        return unauthorised();
+    }
+    let Ok(req) = quick_xml::de::from_str::<RequestXml>(&String::from_utf8_lossy(&body)) else {
+        s.served(&path, 200, None);
+        return xml(
+            StatusCode::OK,
+            error_answer(350, "XML could not be parsed", None),
+        );
+    };
+    if let Gate::Fail(r) = s.gate(&path, None, req.iban.as_deref()).await {
+        return r;
+    }
+    let k = s.knobs();
+    let Some(tx_id) = req
+        .transaction_id
+        .clone()
+        .filter(|t| !t.is_empty() && t.len() <= 255)
+    else {
+        s.served(&path, 200, req.iban.as_deref());
+        return xml(
+            StatusCode::OK,
+            error_answer(320, "transaction_id is missing", None),
+        );
+    };
+    let kind = req.transaction_type.clone().unwrap_or_default();
+    if kind == "void" {
+        return void(&s, &path, &tx_id, req.reference_id.as_deref(), &token);
+    }
+    if kind != "sdd_sale" {
+        s.served(&path, 200, None);
+        return xml(
+            StatusCode::OK,
+            error_answer(310, "invalid transaction type", Some(&tx_id)),
+        );
+    }
+    let (Some(amount), Some(iban)) = (
+        req.amount
+            .as_deref()
+            .and_then(|a| a.trim().parse::<i64>().ok())
+            .filter(|a| *a > 0),
+        req.iban.clone().filter(|i| i.len() >= 15),
+    ) else {
+        s.served(&path, 200, req.iban.as_deref());
+        return xml(
+            StatusCode::OK,
+            error_answer(
+                330,
+                "amount or iban missing or in the wrong format",
+                Some(&tx_id),
+            ),
+        );
+    };
+    let outcome = Outcome::of(amount);
+    let entry = {
+        let mut book = s.genesis();
+        if let Some(&i) = book.by_tx.get(&tx_id)
+            && k.genesis_duplicates != "accept"
+        {
+            let first = book.entries[i].unique_id.clone();
+            drop(book);
+            s.served(&path, 200, Some(&iban));
+            return xml(
+                StatusCode::OK,
+                error_answer(
+                    450,
+                    &format!("transaction doublet detected, transaction blocked (first: {first})"),
+                    Some(&tx_id),
+                ),
+            );
+        }
+        if outcome == Outcome::Error {
+            drop(book);
+            s.served(&path, 200, Some(&iban));
+            return xml(
+                StatusCode::OK,
+                error_answer(
+                    330,
+                    "argument in wrong format (sandbox outcome 04)",
+                    Some(&tx_id),
+                ),
+            );
+        }
+        let n = book.seq.fetch_add(1, Ordering::SeqCst);
+        let later = Instant::now() + Duration::from_millis(k.genesis_async_ms);
+        let (status, settle) = match outcome {
+            Outcome::DeclinedFunds | Outcome::DeclinedRisk => ("declined", None),
+            Outcome::AsyncApproved => ("pending_async", Some((later, "approved"))),
+            Outcome::AsyncDeclined => ("pending_async", Some((later, "declined"))),
+            _ => ("approved", None),
+        };
+        let e = Entry {
+            transaction_id: tx_id.clone(),
+            unique_id: format!("sbx{n:029x}"),
+            transaction_type: "sdd_sale".into(),
+            iban: iban.clone(),
+            amount_minor: amount,
+            currency: req.currency.clone().unwrap_or_else(|| "EUR".into()),
+            terminal: token.clone(),
+            status: status.into(),
+            at_ms: s.elapsed_ms(),
+            settle,
+        };
+        let i = book.entries.len();
+        book.by_tx.insert(tx_id.clone(), i);
+        book.by_unique.insert(e.unique_id.clone(), i);
+        book.entries.push(e.clone());
+        e
+    };
+    match outcome {
+        Outcome::DeclinedFunds => {
+            s.served(&path, 200, Some(&iban));
+            xml(
+                StatusCode::OK,
+                answer(&entry, Some(500), Some("insufficient funds (AM04)")),
+            )
+        }
+        Outcome::DeclinedRisk => {
+            s.served(&path, 200, Some(&iban));
+            xml(
+                StatusCode::OK,
+                answer(&entry, Some(696), Some("IBAN blacklisted")),
+            )
+        }
+        Outcome::AcceptedTimeout => {
+            s.served(&path, 504, Some(&iban));
+            tokio::time::sleep(Duration::from_millis(k.genesis_hang_ms)).await;
+            xml(StatusCode::OK, answer(&entry, None, None))
+        }
+        Outcome::AcceptedDrop => {
+            s.served(&path, 0, Some(&iban));
+            // Headers go out, then the body fails: the client sees the connection cut mid-answer.
+            let stream = futures::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other("sandbox: connection dropped"))
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/xml")
+                .body(Body::from_stream(stream))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        Outcome::Accepted5xx => {
+            s.served(&path, 500, Some(&iban));
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+        _ => {
+            s.served(&path, 200, Some(&iban));
+            xml(StatusCode::OK, answer(&entry, None, None))
+        }
+    }
+}
+
+fn void(s: &Sandbox, path: &str, tx_id: &str, reference: Option<&str>, token: &str) -> Response {
+    let mut book = s.genesis();
+    let Some(&i) = reference.and_then(|r| book.by_unique.get(r)) else {
+        drop(book);
+        s.served(path, 200, None);
+        return xml(
+            StatusCode::OK,
+            error_answer(410, "reference transaction not found", Some(tx_id)),
+        );
+    };
+    let status = book.settle(i).status.clone();
+    if !(status == "approved" || status == "pending_async") {
+        drop(book);
+        s.served(path, 200, None);
+        return xml(
+            StatusCode::OK,
+            error_answer(
+                400,
+                &format!("workflow error: cannot void a {status} transaction"),
+                Some(tx_id),
+            ),
+        );
+    }
+    book.entries[i].status = "voided".into();
+    book.entries[i].settle = None;
+    let n = book.seq.fetch_add(1, Ordering::SeqCst);
+    let orig = book.entries[i].clone();
+    drop(book);
+    s.served(path, 200, Some(&orig.iban));
+    let e = Entry {
+        transaction_id: tx_id.to_string(),
+        unique_id: format!("sbx{n:029x}"),
+        transaction_type: "void".into(),
+        status: "approved".into(),
+        terminal: token.to_string(),
+        ..orig
+    };
+    xml(StatusCode::OK, answer(&e, None, None))
+}
+
+async fn reconcile(
+    State(s): State<Sandbox>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/reconcile/{token}/");
+    if !authorised(&s, &headers) {
+        s.served(&path, 401, None);
+        return unauthorised();
+    }
+    let req =
+        quick_xml::de::from_str::<RequestXml>(&String::from_utf8_lossy(&body)).unwrap_or_default();
+    if let Gate::Fail(r) = s.gate(&path, None, None).await {
+        return r;
+    }
+    let found = {
+        let mut book = s.genesis();
+        let i = req
+            .transaction_id
+            .as_deref()
+            .and_then(|t| book.by_tx.get(t).copied())
+            .or_else(|| {
+                req.unique_id
+                    .as_deref()
+                    .and_then(|u| book.by_unique.get(u).copied())
+            });
+        i.map(|i| book.settle(i).clone())
+    };
+    s.served(&path, 200, None);
+    match found {
+        Some(e) => xml(StatusCode::OK, answer(&e, None, None)),
+        None => xml(
+            StatusCode::OK,
+            error_answer(460, "transaction not found", req.transaction_id.as_deref()),
+        ),
+    }
+}
+
+async fn ledger(State(s): State<Sandbox>) -> Json<Ledger> {
+    Json(s.ledger())
+}
+
+async fn clear_ledger(State(s): State<Sandbox>) -> StatusCode {
+    *s.genesis() = Book::default();
+    StatusCode::NO_CONTENT
+}
+
+impl Sandbox {
+    fn genesis(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.0.genesis.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every debit accepted so far (settled to their current status).
+    pub fn ledger(&self) -> Ledger {
+        let mut book = self.genesis();
+        let n = book.entries.len();
+        let debits = (0..n)
+            .map(|i| book.settle(i).clone())
+            .filter(|e| e.transaction_type == "sdd_sale" && e.status != "declined")
+            .collect();
+        Ledger { debits }
+    }
+}
