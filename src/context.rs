@@ -32,6 +32,8 @@ pub struct AppContext {
     pub storage: Storage,
     /// The VOP/BAV provider behind its rate limit and breaker.
     pub vop: crate::vop::Verifier,
+    /// Gateway accounts, each behind its shared rate limit and breaker.
+    pub accounts: crate::billing::accounts::Accounts,
     /// Keyed IBAN hashing (`privacy.iban_key`); `None` when the key is not configured.
     pub iban: Option<crate::iban::IbanHasher>,
 }

@@ -200,6 +200,20 @@ impl Tx {
         Ok(r)
     }
 
+    /// Exactly one row.
+    pub async fn fetch_one<'q, O>(
+        &mut self,
+        q: QueryAs<'q, Postgres, O, PgArguments>,
+    ) -> Result<O, DbError>
+    where
+        O: Send + Unpin + for<'r> FromRow<'r, PgRow>,
+    {
+        self.busy = true;
+        let r = q.persistent(false).fetch_one(self.conn()).await?;
+        self.busy = false;
+        Ok(r)
+    }
+
     /// At most one row.
     pub async fn fetch_optional<'q, O>(
         &mut self,

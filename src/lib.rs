@@ -1,6 +1,7 @@
 //! finworker: the background-job daemon for SEPA direct-debit collection.
 
 pub mod bench;
+pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod context;

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub breaker_state: Family<BreakerLabels, Gauge>,
     /// Breaker transitions per provider and target state.
     pub breaker_transitions: Family<TransitionLabels, Counter>,
+    /// Billing runs paused because their account's breaker opened.
+    pub billing_pauses: Counter,
 }
 
 impl Default for Metrics {
@@ -152,7 +154,13 @@ impl Metrics {
             vop_cache_hits: Counter::default(),
             breaker_state: Family::default(),
             breaker_transitions: Family::default(),
+            billing_pauses: Counter::default(),
         };
+        r.register(
+            "billing_run_pauses",
+            "Billing runs paused because their gateway account's circuit breaker opened",
+            m.billing_pauses.clone(),
+        );
         r.register("jobs_started", "Job attempts started", m.started.clone());
         r.register(
             "jobs_succeeded",

@@ -88,7 +88,14 @@ pub async fn build_context(settings: Settings) -> anyhow::Result<AppContext> {
     let metrics = Arc::new(Metrics::new());
     let vop = crate::vop::Verifier::from_settings(&settings.vop, &queue, metrics.clone())
         .context("building the VOP provider client")?;
+    let accounts = crate::billing::accounts::Accounts::from_settings(
+        &settings.gateway,
+        &queue,
+        metrics.clone(),
+    )
+    .context("building the gateway account clients")?;
     Ok(AppContext {
+        accounts,
         db,
         queue,
         metrics,
@@ -140,6 +147,14 @@ impl App {
                 Ok(0) => {}
                 Ok(n) => info!(debtors = n, "gave stored debtors their IBAN lookup key"),
                 Err(e) => warn!(error = %e, "could not fill stored debtors' IBAN lookup keys"),
+            }
+        }
+        if !ctx.settings.gateway.accounts.is_empty() {
+            match crate::billing::accounts::sync(&ctx.db, &ctx.settings.gateway).await {
+                Ok(n) => info!(accounts = n, "gateway accounts synced"),
+                Err(e) => {
+                    warn!(error = %e, "could not sync gateway accounts (each run syncs them again)")
+                }
             }
         }
         match ctx.queue.durability_warnings().await {

@@ -1,6 +1,8 @@
 //! One module per job type: payload, handler, tests. Registering a new job is one line in
 //! [`registry`].
 
+pub mod billing;
+pub mod billing_batch;
 mod noop;
 pub mod sweeper;
 mod test_job;
@@ -11,6 +13,8 @@ pub mod validation_chunk;
 pub mod vop;
 pub mod vop_report;
 
+pub use billing::Billing;
+pub use billing_batch::BillingBatch;
 pub use noop::Noop;
 pub use sweeper::Sweeper;
 pub use test_job::TestJob;
@@ -26,6 +30,8 @@ use crate::queue::registry::Registry;
 /// Every job type this binary runs.
 pub fn registry() -> Registry {
     Registry::new()
+        .add::<Billing>()
+        .add::<BillingBatch>()
         .add::<Noop>()
         .add::<Sweeper>()
         .add::<TestJob>()

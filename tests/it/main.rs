@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod billing;
 mod cli;
 mod crash;
 mod deployment;

@@ -1,0 +1,667 @@
+//! One debit's life: claimed (attempt committed before any call), sent outside any
+//! transaction through the account's guards, its outcome recorded in a new fenced
+//! transaction; an attempt without a trusted outcome is reconciled by its transaction_id and
+//! sent again (same id) only when the gateway has no record of it and the last send's
+//! deadline is `gateway.resend_after` in the past.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{BillingError, accounts::Account, rules, state};
+use crate::{
+    context::AppContext,
+    db::Tx,
+    gateway::{self, Answer, CallError, Debit, Lookup, Settled},
+    queue::fence::Fence,
+};
+
+/// A claimed debit, ready to send.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The attempt.
+    pub attempt_id: i64,
+    /// What to send.
+    pub debit: Debit,
+    /// When it was claimed: it is sent within `gateway.request_timeout` of this or released.
+    pub claimed: Instant,
+}
+
+/// What a claim found.
+#[derive(Debug)]
+pub enum Claimed {
+    /// Debits to send (possibly none when every claimed item was excluded).
+    Debits(Vec<Claim>),
+    /// No item is queued any more.
+    Empty,
+    /// The run is not running (paused, cancelled, completed): `status`.
+    Halted(String),
+}
+
+/// How the last send or reconcile went, for the caller's bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Recorded this status.
+    Recorded(&'static str),
+    /// No call was made (breaker open, rate limiter unreachable, draining): released.
+    NotSent,
+}
+
+/// Records items' fates: `(item_no, state, reason, detail)`.
+pub async fn decide(
+    tx: &mut Tx,
+    run: Uuid,
+    decided: &[(i32, &'static str, Option<String>, Option<String>)],
+) -> Result<(), BillingError> {
+    if decided.is_empty() {
+        return Ok(());
+    }
+    let nos: Vec<i32> = decided.iter().map(|d| d.0).collect();
+    let states: Vec<&str> = decided.iter().map(|d| d.1).collect();
+    let reasons: Vec<Option<&str>> = decided.iter().map(|d| d.2.as_deref()).collect();
+    let details: Vec<Option<&str>> = decided.iter().map(|d| d.3.as_deref()).collect();
+    tx.execute(
+        sqlx::query(
+            "UPDATE billing_items i SET state = t.s, reason = t.r, detail = t.x, decided_at = now() \
+             FROM unnest($2::int4[], $3::text[], $4::text[], $5::text[]) AS t(n, s, r, x) \
+             WHERE i.run_id = $1 AND i.item_no = t.n",
+        )
+        .bind(run)
+        .bind(&nos)
+        .bind(&states)
+        .bind(&reasons)
+        .bind(&details),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The account's monthly cap and what this month has committed (locks the account's month row
+/// until the transaction ends).
+pub async fn month_state(tx: &mut Tx, account: &str) -> Result<(Option<i64>, i64), BillingError> {
+    let (cap,): (Option<i64>,) = tx
+        .fetch_one(
+            sqlx::query_as("SELECT monthly_cap_minor FROM gateway_accounts WHERE name = $1")
+                .bind(account),
+        )
+        .await?;
+    tx.execute(
+        sqlx::query(
+            "INSERT INTO account_month_totals (account, month) \
+             VALUES ($1, date_trunc('month', now() AT TIME ZONE 'UTC')::date) ON CONFLICT DO NOTHING",
+        )
+        .bind(account),
+    )
+    .await?;
+    let (used,): (i64,) = tx
+        .fetch_one(
+            sqlx::query_as(
+                "SELECT committed_minor FROM account_month_totals \
+                 WHERE account = $1 AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date FOR UPDATE",
+            )
+            .bind(account),
+        )
+        .await?;
+    Ok((cap, used))
+}
+
+/// Claims up to `billing.claim_size` queued items of a running run: re-checks every rule with
+/// the profiles locked, applies the run's and the account's caps, and commits one attempt per
+/// admitted debtor (status `submitted`, deterministic transaction_id) before anything is sent.
+pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Claimed, BillingError> {
+    let s = &app.settings;
+    let mut tx = app.db.begin().await?;
+    let Some((status, account, skip_cb, cap, committed)): Option<(
+        String,
+        String,
+        bool,
+        Option<i64>,
+        i64,
+    )> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT status, account, skip_chargeback_check, cap_minor, committed_minor \
+                 FROM billing_runs WHERE id = $1 FOR UPDATE",
+            )
+            .bind(run_id),
+        )
+        .await?
+    else {
+        return Err(BillingError::NoRun(run_id));
+    };
+    if status != "running" {
+        tx.commit().await?;
+        return Ok(Claimed::Halted(status));
+    }
+    let nos: Vec<i32> = tx
+        .fetch_all(
+            sqlx::query_as::<_, (i32,)>(
+                "SELECT item_no FROM billing_items WHERE run_id = $1 AND state = 'queued' \
+                 ORDER BY item_no LIMIT $2 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(run_id)
+            .bind(i64::from(s.billing.claim_size)),
+        )
+        .await?
+        .into_iter()
+        .map(|(n,)| n)
+        .collect();
+    if nos.is_empty() {
+        tx.commit().await?;
+        return Ok(Claimed::Empty);
+    }
+    // The profiles are locked in id order (no deadlock between claims): the cool-down and
+    // one-live-debit checks below cannot race another claim of the same IBAN.
+    tx.execute(
+        sqlx::query(
+            "SELECT 1 FROM debtor_profiles WHERE id IN \
+             (SELECT profile_id FROM billing_items WHERE run_id = $1 AND item_no = ANY($2)) ORDER BY id FOR UPDATE",
+        )
+        .bind(run_id)
+        .bind(&nos),
+    )
+    .await?;
+    let (enabled, currency): (bool, String) = tx
+        .fetch_one(
+            sqlx::query_as(
+                "SELECT enabled, currency FROM gateway_accounts WHERE name = $1 FOR UPDATE",
+            )
+            .bind(&account),
+        )
+        .await?;
+    if !enabled {
+        tx.execute(
+            sqlx::query(
+                "UPDATE billing_runs SET status = 'paused', paused_by = 'ops', \
+                 pause_reason = 'the gateway account is disabled', updated_at = now() WHERE id = $1",
+            )
+            .bind(run_id),
+        )
+        .await?;
+        tracing::error!(run_id = %run_id, account = %account, "billing run paused: its gateway account is disabled");
+        fence.check(&mut tx).await?;
+        tx.commit().await?;
+        return Ok(Claimed::Halted("paused".into()));
+    }
+    let (month_cap, mut month_used) = month_state(&mut tx, &account).await?;
+    let cands = rules::load(&mut tx, s, run_id, &nos).await?;
+    let mut decided = Vec::new();
+    let mut admitted: Vec<(&rules::Candidate, Debit)> = Vec::new();
+    let mut run_committed = committed;
+    for c in &cands {
+        if let Some((r, d)) = c.exclusion(s, &currency, skip_cb) {
+            decided.push((c.item_no, "excluded", Some(r.to_string()), Some(d)));
+        } else if cap.is_some_and(|cap| run_committed + c.amount_minor > cap) {
+            decided.push((
+                c.item_no,
+                "excluded",
+                Some("run_cap".into()),
+                Some("the run's cap is reached".into()),
+            ));
+        } else if month_cap.is_some_and(|cap| month_used + c.amount_minor > cap) {
+            decided.push((
+                c.item_no,
+                "excluded",
+                Some("account_monthly_cap".into()),
+                Some(format!(
+                    "the account's monthly cap of {} is reached",
+                    crate::money::format_minor(month_cap.unwrap_or(0))
+                )),
+            ));
+        } else {
+            run_committed += c.amount_minor;
+            month_used += c.amount_minor;
+            admitted.push((c, c.debit(s)));
+        }
+    }
+    let window =
+        chrono::Duration::from_std(s.gateway.request_timeout * 2 + s.gateway.connect_timeout)
+            .unwrap_or_else(|_| chrono::Duration::minutes(2));
+    let mut claims = Vec::new();
+    if !admitted.is_empty() {
+        let items: Vec<i32> = admitted.iter().map(|(c, _)| c.item_no).collect();
+        let debtors: Vec<Option<i64>> = admitted.iter().map(|(c, _)| c.debtor_id).collect();
+        let profiles: Vec<Option<i64>> = admitted.iter().map(|(c, _)| c.profile_id).collect();
+        let models: Vec<String> = admitted
+            .iter()
+            .map(|(c, _)| c.model.clone().unwrap_or_default())
+            .collect();
+        let cycles: Vec<&str> = admitted.iter().map(|(c, _)| c.cycle.as_str()).collect();
+        let amounts: Vec<i64> = admitted.iter().map(|(c, _)| c.amount_minor).collect();
+        let txids: Vec<&str> = admitted
+            .iter()
+            .map(|(_, d)| d.transaction_id.as_str())
+            .collect();
+        let hashes: Vec<String> = admitted.iter().map(|(_, d)| d.request_hash()).collect();
+        // ON CONFLICT DO NOTHING covers the partial unique index: a debtor whose slot is
+        // taken after all is excluded below, never debited twice.
+        let rows: Vec<(i64, i32)> = tx
+            .fetch_all(
+                sqlx::query_as(
+                    "INSERT INTO billing_attempts (run_id, item_no, debtor_id, profile_id, account, model, cycle, amount_minor, \
+                     currency, transaction_id, status, request_hash, sent_at, send_deadline, next_reconcile_at) \
+                     SELECT $1, t.n, t.d, t.p, $2, t.m, t.c, t.a, $3, t.x, 'submitted', t.h, now(), now() + $4::interval, now() + $4::interval \
+                     FROM unnest($5::int4[], $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[]) \
+                     AS t(n, d, p, m, c, a, x, h) ON CONFLICT DO NOTHING RETURNING id, item_no",
+                )
+                .bind(run_id)
+                .bind(&account)
+                .bind(&currency)
+                .bind(window)
+                .bind(&items)
+                .bind(&debtors)
+                .bind(&profiles)
+                .bind(&models)
+                .bind(&cycles)
+                .bind(&amounts)
+                .bind(&txids)
+                .bind(&hashes),
+            )
+            .await?;
+        let by_item: std::collections::HashMap<i32, i64> =
+            rows.into_iter().map(|(id, n)| (n, id)).collect();
+        let now = Instant::now();
+        let mut added = 0i64;
+        for (c, d) in admitted {
+            match by_item.get(&c.item_no) {
+                Some(&id) => {
+                    added += c.amount_minor;
+                    claims.push(Claim {
+                        attempt_id: id,
+                        debit: d,
+                        claimed: now,
+                    });
+                }
+                None => decided.push((
+                    c.item_no,
+                    "excluded",
+                    Some("in_flight".into()),
+                    Some("another debit of this profile and cycle exists".into()),
+                )),
+            }
+        }
+        tx.execute(
+            sqlx::query(
+                "UPDATE billing_items i SET state = 'attempted', attempt_id = a.id, decided_at = now() \
+                 FROM billing_attempts a WHERE i.run_id = $1 AND a.run_id = $1 AND a.item_no = i.item_no AND a.id = ANY($2)",
+            )
+            .bind(run_id)
+            .bind(claims.iter().map(|c| c.attempt_id).collect::<Vec<_>>()),
+        )
+        .await?;
+        tx.execute(
+            sqlx::query("UPDATE billing_runs SET committed_minor = committed_minor + $2, updated_at = now() WHERE id = $1")
+                .bind(run_id)
+                .bind(added),
+        )
+        .await?;
+        tx.execute(
+            sqlx::query(
+                "UPDATE account_month_totals SET committed_minor = committed_minor + $2 \
+                 WHERE account = $1 AND month = date_trunc('month', now() AT TIME ZONE 'UTC')::date",
+            )
+            .bind(&account)
+            .bind(added),
+        )
+        .await?;
+    }
+    decide(&mut tx, run_id, &decided).await?;
+    fence.check(&mut tx).await?;
+    tx.commit().await?;
+    Ok(Claimed::Debits(claims))
+}
+
+/// What one call produced.
+#[derive(Debug)]
+pub enum Sent {
+    /// The gateway answered.
+    Answer(Answer),
+    /// No trusted answer.
+    Failed(CallError),
+    /// No call was made.
+    NotSent(String),
+}
+
+/// Sends one claimed debit through the account's breaker and rate limit. Never retries.
+pub async fn send(account: &Account, claim: &Claim, window: Duration) -> Sent {
+    if claim.claimed.elapsed() > window {
+        return Sent::NotSent("not sent within its send window".into());
+    }
+    let Some(permit) = account.breaker.permit() else {
+        return Sent::NotSent(format!("the {} circuit breaker is open", account.name));
+    };
+    if let Err(e) = account.limiter.acquire().await {
+        permit.abandon();
+        return Sent::NotSent(format!("rate limiter unreachable: {e}"));
+    }
+    if claim.claimed.elapsed() > window {
+        permit.abandon();
+        return Sent::NotSent("not sent within its send window".into());
+    }
+    match account.gateway.sale(&claim.debit).await {
+        Ok(a) => {
+            if gateway::settle(&a) == Settled::Unknown {
+                permit.failure();
+            } else {
+                permit.success();
+            }
+            Sent::Answer(a)
+        }
+        Err(e) => {
+            permit.failure();
+            Sent::Failed(e)
+        }
+    }
+}
+
+/// Records sends' outcomes in one fenced transaction; unsent debits are released (their
+/// attempt removed, their item queued again: no call was made, and the next claim makes the
+/// identical attempt).
+pub async fn record(
+    app: &AppContext,
+    fence: &Fence,
+    results: &[(i64, Sent)],
+) -> Result<Vec<Outcome>, BillingError> {
+    let mut tx = app.db.begin().await?;
+    let mut out = Vec::with_capacity(results.len());
+    for (id, sent) in results {
+        let o = match sent {
+            Sent::Answer(a) => {
+                let to = match gateway::settle(a) {
+                    Settled::Known(s) => s,
+                    Settled::Unknown => "unknown",
+                };
+                state::apply(
+                    &mut tx,
+                    &app.settings,
+                    *id,
+                    &["submitted"],
+                    to,
+                    Some(a),
+                    None,
+                )
+                .await?;
+                Outcome::Recorded(to)
+            }
+            Sent::Failed(CallError::Unknown(reason)) => {
+                state::apply(
+                    &mut tx,
+                    &app.settings,
+                    *id,
+                    &["submitted"],
+                    "unknown",
+                    None,
+                    Some(reason),
+                )
+                .await?;
+                Outcome::Recorded("unknown")
+            }
+            Sent::Failed(CallError::Refused(reason)) => {
+                state::apply(
+                    &mut tx,
+                    &app.settings,
+                    *id,
+                    &["submitted"],
+                    "error",
+                    None,
+                    Some(reason),
+                )
+                .await?;
+                Outcome::Recorded("error")
+            }
+            Sent::NotSent(_) => {
+                unsend(&mut tx, *id).await?;
+                Outcome::NotSent
+            }
+        };
+        out.push(o);
+    }
+    fence.check(&mut tx).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[derive(sqlx::FromRow)]
+struct Released {
+    run_id: Option<Uuid>,
+    item_no: Option<i32>,
+    account: String,
+    created_at: DateTime<Utc>,
+    amount_minor: i64,
+}
+
+async fn unsend(tx: &mut Tx, id: i64) -> Result<(), BillingError> {
+    let row: Option<Released> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "DELETE FROM billing_attempts WHERE id = $1 AND status = 'submitted' AND sends = 1 \
+                 RETURNING run_id, item_no, account, created_at, amount_minor",
+            )
+            .bind(id),
+        )
+        .await?;
+    if let Some(r) = row {
+        if let (Some(run), Some(item)) = (r.run_id, r.item_no) {
+            tx.execute(
+                sqlx::query(
+                    "UPDATE billing_items SET state = 'queued', attempt_id = NULL, decided_at = NULL \
+                     WHERE run_id = $1 AND item_no = $2",
+                )
+                .bind(run)
+                .bind(item),
+            )
+            .await?;
+        }
+        state::release(tx, r.run_id, &r.account, r.created_at, r.amount_minor).await?;
+    }
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct Due {
+    id: i64,
+    transaction_id: String,
+    status: String,
+    account: String,
+    send_deadline: DateTime<Utc>,
+    sends: i32,
+    reconcile_count: i32,
+}
+
+/// Reconciles up to `limit` attempts whose reconcile is due (of one run, or any). Returns how
+/// many were looked at.
+pub async fn reconcile_due(
+    app: &AppContext,
+    fence: &Fence,
+    run: Option<Uuid>,
+    limit: i64,
+) -> Result<usize, BillingError> {
+    let g = &app.settings.gateway;
+    let mut tx = app.db.begin().await?;
+    let due: Vec<Due> = tx
+        .fetch_all(
+            sqlx::query_as::<_, Due>(
+                "SELECT id, transaction_id, status, account, send_deadline, sends, reconcile_count FROM billing_attempts \
+                 WHERE status IN ('submitted', 'unknown', 'pending', 'pending_async') AND next_reconcile_at <= now() \
+                 AND ($1::uuid IS NULL OR run_id = $1) ORDER BY next_reconcile_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(run)
+            .bind(limit),
+        )
+        .await?;
+    for d in &due {
+        let step = g
+            .reconcile_interval
+            .saturating_mul(
+                2u32.saturating_pow(u32::try_from(d.reconcile_count.clamp(0, 20)).unwrap_or(20)),
+            )
+            .min(g.reconcile_max_interval);
+        tx.execute(
+            sqlx::query(
+                "UPDATE billing_attempts SET reconcile_count = reconcile_count + 1, last_reconciled_at = now(), \
+                 next_reconcile_at = now() + $2::interval WHERE id = $1",
+            )
+            .bind(d.id)
+            .bind(chrono::Duration::from_std(step).unwrap_or_else(|_| chrono::Duration::minutes(1))),
+        )
+        .await?;
+    }
+    fence.check(&mut tx).await?;
+    tx.commit().await?;
+    for d in &due {
+        let Some(account) = app.accounts.get(&d.account) else {
+            tracing::error!(attempt_id = d.id, account = %d.account, "cannot reconcile: the account is no longer configured");
+            continue;
+        };
+        let Some(permit) = account.breaker.permit() else {
+            continue;
+        };
+        if account.limiter.acquire().await.is_err() {
+            permit.abandon();
+            continue;
+        }
+        let lookup = account.gateway.reconcile(&d.transaction_id).await;
+        match &lookup {
+            Ok(_) => permit.success(),
+            Err(_) => permit.failure(),
+        }
+        match lookup {
+            Ok(Lookup::Found(a)) => {
+                if let Settled::Known(to) = gateway::settle(&a) {
+                    let mut tx = app.db.begin().await?;
+                    state::apply(
+                        &mut tx,
+                        &app.settings,
+                        d.id,
+                        state::OPEN,
+                        to,
+                        Some(&a),
+                        None,
+                    )
+                    .await?;
+                    fence.check(&mut tx).await?;
+                    tx.commit().await?;
+                    tracing::info!(attempt_id = d.id, from = %d.status, to, "debit reconciled");
+                }
+            }
+            Ok(Lookup::NotFound) if matches!(d.status.as_str(), "submitted" | "unknown") => {
+                let resend_at = d.send_deadline
+                    + chrono::Duration::from_std(g.resend_after)
+                        .unwrap_or_else(|_| chrono::Duration::minutes(15));
+                if Utc::now() >= resend_at {
+                    resend(app, fence, &account, d).await?;
+                } else {
+                    let mut tx = app.db.begin().await?;
+                    tx.execute(
+                        sqlx::query(
+                            "UPDATE billing_attempts SET next_reconcile_at = $2 WHERE id = $1 AND status IN ('submitted', 'unknown')",
+                        )
+                        .bind(d.id)
+                        .bind(resend_at),
+                    )
+                    .await?;
+                    fence.check(&mut tx).await?;
+                    tx.commit().await?;
+                }
+            }
+            Ok(Lookup::NotFound) => {
+                tracing::error!(attempt_id = d.id, status = %d.status, "the gateway has no record of a debit it answered: left for a person");
+            }
+            Err(e) => {
+                tracing::warn!(attempt_id = d.id, error = %e, "reconcile failed; tried again later")
+            }
+        }
+    }
+    Ok(due.len())
+}
+
+/// Sends a debit the gateway has no record of again, with the same transaction_id and the
+/// same content. The new send is committed first (status `submitted`, a new deadline).
+async fn resend(
+    app: &AppContext,
+    fence: &Fence,
+    account: &Account,
+    d: &Due,
+) -> Result<(), BillingError> {
+    let g = &app.settings.gateway;
+    let mut tx = app.db.begin().await?;
+    let fields: Option<(rules::DebtorFields, i64, String, String)> =
+        load_debit_fields(&mut tx, d.id).await?;
+    let Some((fields, amount, currency, hash)) = fields else {
+        tx.commit().await?;
+        return Ok(());
+    };
+    let debit = fields.debit(&app.settings, d.transaction_id.clone(), amount, &currency);
+    if debit.request_hash() != hash {
+        tracing::error!(
+            attempt_id = d.id,
+            "not resent: the debit would differ from the one first sent; left for a person"
+        );
+        tx.commit().await?;
+        return Ok(());
+    }
+    let window = chrono::Duration::from_std(g.request_timeout * 2 + g.connect_timeout)
+        .unwrap_or_else(|_| chrono::Duration::minutes(2));
+    let bumped = tx
+        .execute(
+            sqlx::query(
+                "UPDATE billing_attempts SET status = 'submitted', sends = sends + 1, sent_at = now(), \
+                 send_deadline = now() + $3::interval, next_reconcile_at = now() + $3::interval, updated_at = now() \
+                 WHERE id = $1 AND status IN ('submitted', 'unknown') AND sends = $2",
+            )
+            .bind(d.id)
+            .bind(d.sends)
+            .bind(window),
+        )
+        .await?;
+    fence.check(&mut tx).await?;
+    tx.commit().await?;
+    if bumped == 0 {
+        return Ok(());
+    }
+    tracing::warn!(
+        attempt_id = d.id,
+        sends = d.sends + 1,
+        "the gateway has no record of this debit: sending it again under the same transaction_id"
+    );
+    let claim = Claim {
+        attempt_id: d.id,
+        debit,
+        claimed: Instant::now(),
+    };
+    let sent = send(account, &claim, g.request_timeout * 2).await;
+    let sent = match sent {
+        // Already committed as a send: if no call could be made, it stays `submitted` and is
+        // reconciled again (never released: a row with sends > 1 is kept).
+        Sent::NotSent(r) => Sent::Failed(CallError::Unknown(format!("not sent: {r}"))),
+        other => other,
+    };
+    record(app, fence, &[(d.id, sent)]).await?;
+    Ok(())
+}
+
+async fn load_debit_fields(
+    tx: &mut Tx,
+    attempt_id: i64,
+) -> Result<Option<(rules::DebtorFields, i64, String, String)>, BillingError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        fields: rules::DebtorFields,
+        amount_minor: i64,
+        currency: String,
+        request_hash: String,
+    }
+    let r: Option<Row> = tx
+        .fetch_optional(
+            sqlx::query_as::<_, Row>(&format!(
+                "SELECT {}, a.amount_minor, a.currency, a.request_hash FROM billing_attempts a \
+                 JOIN debtors d ON d.id = a.debtor_id WHERE a.id = $1",
+                rules::DEBTOR_COLUMNS
+            ))
+            .bind(attempt_id),
+        )
+        .await?;
+    Ok(r.map(|r| (r.fields, r.amount_minor, r.currency, r.request_hash)))
+}

@@ -1,0 +1,303 @@
+//! `billing_batch` (ProcessBillingChunkJob): works one billing run with the others of its run,
+//! in any number of processes. Each loop claims debtors (`FOR UPDATE SKIP LOCKED`, every rule
+//! re-checked, attempts committed), sends them through the account's breaker and shared rate
+//! limit, and records outcomes as they come.
+//!
+//! - The account's breaker open: unsent debits are released, the run is `paused` (reason
+//!   logged at error level), the job snoozes until the breaker lets a probe through, then the
+//!   run resumes by itself. No attempt is spent.
+//! - Paused by an operator or cancelled: the job ends (`billing resume` starts new ones).
+//! - After `billing.slice`, or when the process drains, it stops claiming, lets its calls
+//!   finish, and snoozes (a continuation without spending an attempt).
+//! - No debtor left: it reconciles the run's unresolved debits and completes the run; while
+//!   some wait for their reconcile, it snoozes until the next is due.
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    billing::{
+        accounts::{self, Account},
+        debit::{self, Claimed, Sent},
+        run,
+    },
+    context::AppContext,
+    queue::{
+        engine::NewJob,
+        job::{Job, JobContext, JobError},
+    },
+};
+
+/// Payload of `billing_batch`: one of a run's workers.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BillingBatch {
+    /// The run.
+    pub run_id: Uuid,
+    /// Which of the run's `billing.batch_jobs` this is.
+    pub slot: u32,
+    /// The fan-out this job belongs to (each resume or re-drive is a new one).
+    pub generation: u32,
+}
+
+impl Job for BillingBatch {
+    const NAME: &'static str = "billing_batch";
+
+    fn example() -> Self {
+        BillingBatch {
+            run_id: Uuid::from_u128(0x0196f1c2_7d1e_7c3a_9f00_5b2a7e0e4a12),
+            slot: 0,
+            generation: 1,
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        work(&ctx, self.run_id).await
+    }
+}
+
+/// Enqueues a new generation of the run's batch jobs.
+pub async fn fan_out(app: &AppContext, run_id: Uuid) -> anyhow::Result<u32> {
+    let mut tx = app.db.begin().await?;
+    let (generation,): (i32,) = tx
+        .fetch_one(
+            sqlx::query_as(
+                "UPDATE billing_runs SET batches = batches + 1, updated_at = now() WHERE id = $1 RETURNING batches",
+            )
+            .bind(run_id),
+        )
+        .await?;
+    tx.commit().await?;
+    let generation = u32::try_from(generation).unwrap_or(0);
+    let jobs: Vec<NewJob> = (0..app.settings.billing.batch_jobs)
+        .map(|slot| {
+            let b = BillingBatch {
+                run_id,
+                slot,
+                generation,
+            };
+            Ok(NewJob {
+                idempotency_key: Some(format!("billing_batch:{run_id}:{generation}:{slot}")),
+                ..NewJob::new(BillingBatch::NAME, serde_json::to_string(&b)?)
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    app.queue
+        .push(&jobs, app.settings.worker.idempotency_ttl)
+        .await?;
+    Ok(generation)
+}
+
+fn retry(e: impl Into<anyhow::Error>) -> JobError {
+    JobError::Retryable(e.into())
+}
+
+async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
+    let app = &ctx.app;
+    let s = &app.settings;
+    let Some(r) = run::get(&app.db, run_id).await.map_err(retry)? else {
+        return Err(JobError::permanent(format!("no billing run {run_id}")));
+    };
+    let Some(account) = app.accounts.get(&r.account) else {
+        return Err(JobError::snooze(
+            Duration::from_secs(60),
+            format!(
+                "gateway account `{}` is not configured in this process",
+                r.account
+            ),
+        ));
+    };
+    let started = Instant::now();
+    let window = s.gateway.request_timeout;
+    let mut queue: VecDeque<debit::Claim> = VecDeque::new();
+    let mut flying: tokio::task::JoinSet<(i64, Sent)> = tokio::task::JoinSet::new();
+    let mut exhausted = false;
+    let mut halted: Option<String> = None;
+    let mut breaker_open = false;
+    loop {
+        let stopping = ctx.shutdown.is_cancelled() || started.elapsed() > s.billing.slice;
+        if !stopping && !breaker_open && halted.is_none() && !exhausted {
+            if let Some(wait) = accounts::breaker_wait(&account) {
+                let _ = wait;
+                breaker_open = true;
+            } else {
+                resume_after_breaker(app, run_id).await?;
+                if queue.len() < s.billing.in_flight {
+                    match debit::claim(app, &ctx.fence, run_id)
+                        .await
+                        .map_err(crate::jobs::billing::to_job_error)?
+                    {
+                        Claimed::Debits(c) => queue.extend(c),
+                        Claimed::Empty => exhausted = true,
+                        Claimed::Halted(st) => halted = Some(st),
+                    }
+                }
+            }
+        }
+        let give_up = stopping || breaker_open || halted.is_some();
+        while flying.len() < s.billing.in_flight {
+            let Some(c) = queue.pop_front() else { break };
+            if give_up {
+                flying.spawn(async move {
+                    (c.attempt_id, Sent::NotSent("stopped before sending".into()))
+                });
+            } else {
+                let account: Arc<Account> = account.clone();
+                flying.spawn(async move {
+                    let sent = debit::send(&account, &c, window).await;
+                    (c.attempt_id, sent)
+                });
+            }
+        }
+        if flying.is_empty() {
+            if queue.is_empty() && (give_up || exhausted) {
+                break;
+            }
+            continue;
+        }
+        // Outcomes are written as they arrive, several per transaction when several arrived.
+        let mut done = Vec::new();
+        if let Some(r) = flying.join_next().await {
+            done.push(r.map_err(retry)?);
+        }
+        let gather_until = Instant::now() + Duration::from_millis(10);
+        while done.len() < 64 {
+            match flying.try_join_next() {
+                Some(r) => done.push(r.map_err(retry)?),
+                None if !flying.is_empty() && Instant::now() < gather_until && queue.is_empty() => {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                None => break,
+            }
+        }
+        if done
+            .iter()
+            .any(|(_, s)| matches!(s, Sent::NotSent(r) if r.contains("circuit breaker")))
+        {
+            breaker_open = true;
+        }
+        debit::record(app, &ctx.fence, &done)
+            .await
+            .map_err(crate::jobs::billing::to_job_error)?;
+    }
+    if breaker_open {
+        let wait = accounts::breaker_wait(&account).unwrap_or(Duration::from_millis(500));
+        pause_for_breaker(app, run_id, &r.account).await?;
+        return Err(JobError::snooze(
+            wait,
+            format!("gateway account `{}` circuit breaker is open", r.account),
+        ));
+    }
+    if let Some(st) = halted {
+        if st == "paused" {
+            let by: Option<(Option<String>,)> = app
+                .db
+                .begin()
+                .await
+                .map_err(retry)?
+                .fetch_optional(
+                    sqlx::query_as("SELECT paused_by FROM billing_runs WHERE id = $1").bind(run_id),
+                )
+                .await
+                .map_err(retry)?;
+            if matches!(by, Some((Some(ref b),)) if b == "breaker") {
+                return Err(JobError::snooze(
+                    Duration::from_millis(500),
+                    "run paused by the breaker",
+                ));
+            }
+        }
+        tracing::info!(run_id = %run_id, status = %st, "billing batch ends: the run is not running");
+        return Ok(());
+    }
+    if !exhausted {
+        // Slice over or draining: continue in the same job later, no attempt spent.
+        return Err(JobError::snooze(Duration::ZERO, "billing batch continues"));
+    }
+    // Nothing left to claim: settle what is unresolved, then complete.
+    debit::reconcile_due(app, &ctx.fence, Some(run_id), 200)
+        .await
+        .map_err(crate::jobs::billing::to_job_error)?;
+    if run::complete_if_done(app, &ctx.fence, run_id)
+        .await
+        .map_err(crate::jobs::billing::to_job_error)?
+    {
+        return Ok(());
+    }
+    let wait = next_due(app, run_id).await?;
+    Err(JobError::snooze(
+        wait,
+        "waiting to reconcile the run's unresolved debits",
+    ))
+}
+
+async fn next_due(app: &AppContext, run_id: Uuid) -> Result<Duration, JobError> {
+    let mut tx = app.db.begin().await.map_err(retry)?;
+    let (secs,): (Option<f64>,) = tx
+        .fetch_one(
+            sqlx::query_as(
+                "SELECT extract(epoch FROM min(next_reconcile_at) - now())::float8 FROM billing_attempts \
+                 WHERE run_id = $1 AND status IN ('submitted', 'unknown')",
+            )
+            .bind(run_id),
+        )
+        .await
+        .map_err(retry)?;
+    // The sweeper looks at runs whose record has not moved: a waiting run is alive.
+    tx.execute(
+        sqlx::query("UPDATE billing_runs SET updated_at = now() WHERE id = $1").bind(run_id),
+    )
+    .await
+    .map_err(retry)?;
+    tx.commit().await.map_err(retry)?;
+    Ok(Duration::from_secs_f64(
+        secs.unwrap_or(1.0).clamp(0.2, 30.0),
+    ))
+}
+
+async fn pause_for_breaker(app: &AppContext, run_id: Uuid, account: &str) -> Result<(), JobError> {
+    let mut tx = app.db.begin().await.map_err(retry)?;
+    let n = tx
+        .execute(
+            sqlx::query(
+                "UPDATE billing_runs SET status = 'paused', paused_by = 'breaker', \
+                 pause_reason = 'the gateway account''s circuit breaker is open', updated_at = now() \
+                 WHERE id = $1 AND status = 'running'",
+            )
+            .bind(run_id),
+        )
+        .await
+        .map_err(retry)?;
+    tx.commit().await.map_err(retry)?;
+    if n > 0 {
+        app.metrics.billing_pauses.inc();
+        tracing::error!(run_id = %run_id, account, "billing run paused: the gateway account's circuit breaker is open; it resumes by itself when the gateway answers again");
+    }
+    Ok(())
+}
+
+async fn resume_after_breaker(app: &AppContext, run_id: Uuid) -> Result<(), JobError> {
+    let mut tx = app.db.begin().await.map_err(retry)?;
+    let n = tx
+        .execute(
+            sqlx::query(
+                "UPDATE billing_runs SET status = 'running', paused_by = NULL, pause_reason = NULL, updated_at = now() \
+                 WHERE id = $1 AND status = 'paused' AND paused_by = 'breaker'",
+            )
+            .bind(run_id),
+        )
+        .await
+        .map_err(retry)?;
+    tx.commit().await.map_err(retry)?;
+    if n > 0 {
+        tracing::info!(run_id = %run_id, "billing run resumed: the gateway account's breaker lets calls through again");
+    }
+    Ok(())
+}
