@@ -49,7 +49,7 @@ impl Accounts {
                 account: name.clone(),
             };
             let limiter = SharedLimiter::new(queue, &key, a.rate_limit);
-            let breaker = Breaker::new(key, &breaker_policy(a), metrics.clone());
+            let breaker = Breaker::shared(key, &breaker_policy(a), metrics.clone(), queue);
             m.insert(
                 name.clone(),
                 Arc::new(Account {
@@ -175,10 +175,8 @@ pub async fn list(db: &Db) -> Result<Vec<AccountRow>, DbError> {
     Ok(rows)
 }
 
-/// How long to wait before an account's breaker lets a call through again (zero: now).
-pub fn breaker_wait(a: &Account) -> Option<Duration> {
-    match a.breaker.state() {
-        "open" => Some(a.breaker.retry_in()),
-        _ => None,
-    }
+/// How long to wait before an account's breaker (any process's) lets a call through again;
+/// `None`: calls may go out now.
+pub async fn breaker_wait(a: &Account) -> Option<Duration> {
+    a.breaker.shared_wait().await
 }

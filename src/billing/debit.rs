@@ -328,7 +328,7 @@ pub async fn send(account: &Account, claim: &Claim, window: Duration) -> Sent {
     if claim.claimed.elapsed() > window {
         return Sent::NotSent("not sent within its send window".into());
     }
-    let Some(permit) = account.breaker.permit() else {
+    let Some(permit) = account.breaker.permit_shared().await else {
         return Sent::NotSent(format!("the {} circuit breaker is open", account.name));
     };
     if let Err(e) = account.limiter.acquire().await {
@@ -514,7 +514,7 @@ pub async fn reconcile_due(
             tracing::error!(attempt_id = d.id, account = %d.account, "cannot reconcile: the account is no longer configured");
             continue;
         };
-        let Some(permit) = account.breaker.permit() else {
+        let Some(permit) = account.breaker.permit_shared().await else {
             continue;
         };
         if account.limiter.acquire().await.is_err() {

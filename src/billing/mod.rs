@@ -12,6 +12,7 @@
 //! `docs/billing.md`.
 
 pub mod accounts;
+pub mod blacklist;
 pub mod debit;
 pub mod models;
 pub mod rules;

@@ -641,3 +641,22 @@ pub async fn control(db: &Db, id: Uuid, action: &str) -> Result<RunRow, BillingE
     tx.commit().await?;
     get(db, id).await?.ok_or(BillingError::NoRun(id))
 }
+
+/// Runs not over whose record has not moved for `stale_after` (their jobs may be gone from
+/// Redis): the sweeper re-drives them.
+pub async fn stale(db: &Db, stale_after: std::time::Duration, limit: i64) -> Result<Vec<RunRow>, BillingError> {
+    let mut tx = db.begin().await?;
+    let rows = tx
+        .fetch_all(
+            sqlx::query_as::<_, RunRow>(&format!(
+                "SELECT {RUN_COLUMNS} FROM billing_runs \
+                 WHERE (status IN ('pending', 'running') OR (status = 'paused' AND paused_by = 'breaker')) \
+                 AND updated_at < now() - $1::interval ORDER BY updated_at LIMIT $2"
+            ))
+            .bind(chrono::Duration::from_std(stale_after).unwrap_or_else(|_| chrono::Duration::minutes(5)))
+            .bind(limit),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(rows)
+}

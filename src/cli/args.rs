@@ -50,6 +50,15 @@ pub enum Command {
     /// Reports: create, show, and print signed download links.
     #[command(subcommand)]
     Reports(ReportsCommand),
+    /// Gateway merchant accounts (configured in [gateway.accounts.<name>]).
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Billing runs: start, list, show, pause, resume, cancel.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+    /// The blacklist: IBANs, names, e-mails and BICs that are never debited.
+    #[command(subcommand)]
+    Blacklist(BlacklistCommand),
     /// Internal: read a spreadsheet from stdin under memory and CPU limits and write its rows
     /// as JSON lines (the upload job runs it; see src/jobs/upload/isolated.rs).
     #[command(hide = true)]
@@ -270,4 +279,99 @@ mod tests {
     fn verify_cli() {
         Cli::command().debug_assert();
     }
+}
+
+/// `accounts` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AccountsCommand {
+    /// Every account: gateway, endpoint, currency, rate limit, monthly cap and what this month
+    /// has committed (the password is shown only as the variable it is read from).
+    List {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `billing` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// Start a run: bill an upload's debtors through one account.
+    Start {
+        /// The upload (imported and validated).
+        #[arg(long)]
+        upload: uuid::Uuid,
+        /// The gateway account.
+        #[arg(long)]
+        account: String,
+        /// Billing model of the run.
+        #[arg(long, default_value = "legacy")]
+        model: String,
+        /// Report what would be billed and why the rest is excluded; debit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Bill IBANs that had a chargeback too.
+        #[arg(long)]
+        skip_chargeback_check: bool,
+        /// Most the run may debit in total, minor units.
+        #[arg(long)]
+        cap_minor: Option<i64>,
+        /// Return once enqueued instead of following the run to its end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Recent runs.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// A run: status, counts and amounts by outcome and by exclusion reason.
+    Show {
+        /// The run.
+        run: uuid::Uuid,
+    },
+    /// Hold a run's claims (debits in flight finish).
+    Pause {
+        /// The run.
+        run: uuid::Uuid,
+    },
+    /// Let a paused run go on.
+    Resume {
+        /// The run.
+        run: uuid::Uuid,
+    },
+    /// End a run for good: debtors not yet claimed are excluded as `cancelled`.
+    Cancel {
+        /// The run.
+        run: uuid::Uuid,
+    },
+}
+
+/// `blacklist` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BlacklistCommand {
+    /// Add an entry (exactly one of --iban, --name, --email, --bic).
+    Add {
+        /// An IBAN (stored as its keyed hash only).
+        #[arg(long)]
+        iban: Option<String>,
+        /// A debtor name.
+        #[arg(long)]
+        name: Option<String>,
+        /// An e-mail address.
+        #[arg(long)]
+        email: Option<String>,
+        /// A BIC.
+        #[arg(long)]
+        bic: Option<String>,
+        /// Match every value starting with this one (names, e-mails, BICs).
+        #[arg(long)]
+        prefix: bool,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Every entry (IBANs appear as hashes).
+    List,
 }

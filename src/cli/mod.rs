@@ -2,6 +2,7 @@
 //! in `args.rs`; what the commands of each area do, in their own modules.
 
 mod args;
+mod billing;
 mod job_ops;
 mod reports;
 
@@ -233,6 +234,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reports(cmd) => reports::reports_command(cmd).await,
+        Command::Accounts(cmd) => billing::accounts_command(cmd).await,
+        Command::Billing(cmd) => billing::billing_command(cmd).await,
+        Command::Blacklist(cmd) => billing::blacklist_command(cmd).await,
         Command::Schemas { dir } => {
             for f in schema::write(&jobs::registry(), &dir)? {
                 println!("{}", dir.join(f).display());

@@ -5,7 +5,11 @@
 //!   and 4xx refusals as successes: a refusal says our request was wrong, not that the
 //!   provider is down.
 //! - Half-open lets one probe through at a time; its outcome closes or re-opens.
-//! - Per process: each worker process learns the provider's health from its own calls.
+//! - Shared by every process ([`Breaker::shared`]): a process whose breaker opens publishes
+//!   it in Redis, and every process asks Redis (at most every 200 ms) before a call, so all
+//!   see it open together. When the open period ends, one process wins the probe (`SET NX`);
+//!   its success closes the breaker for all, its failure opens it again for twice as long.
+//!   Redis unreachable: each process falls back to its own breaker.
 //! - Transitions are logged and exported (`finworker_breaker_state`,
 //!   `finworker_breaker_transitions`).
 
@@ -40,6 +44,74 @@ struct Shared {
     opens: std::sync::atomic::AtomicU32,
     probing: AtomicBool,
     metrics: Arc<Metrics>,
+    remote: Option<Remote>,
+}
+
+/// The Redis side of a shared breaker.
+#[derive(Debug)]
+struct Remote {
+    conn: redis::aio::ConnectionManager,
+    /// `<prefix>:breaker:<provider>:<account>`; `:open`, `:trial`, `:probe`, `:opens` below it.
+    key: String,
+    /// What Redis said last, and when it was asked.
+    seen: std::sync::Mutex<(Instant, RemoteState)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RemoteState {
+    Closed,
+    /// Open for this much longer (from when it was seen).
+    Open(Duration),
+    /// The open period ended; a probe decides.
+    Trial,
+}
+
+const REMOTE_POLL: Duration = Duration::from_millis(200);
+
+impl Shared {
+    /// Publishes an open breaker (this process's opened, or a shared probe failed): the open
+    /// period doubles with each consecutive open, across processes.
+    fn publish_open(self: &Arc<Self>) {
+        let Some(r) = &self.remote else { return };
+        let (mut conn, key) = (r.conn.clone(), r.key.clone());
+        let (base, max) = (self.open_for, self.open_max);
+        if let Ok(mut seen) = r.seen.lock() {
+            *seen = (Instant::now(), RemoteState::Open(base));
+        }
+        tokio::spawn(async move {
+            let n: u32 = redis::cmd("INCR")
+                .arg(format!("{key}:opens"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(1);
+            let period = (base * 2u32.saturating_pow(n.clamp(1, 20) - 1)).min(max);
+            let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+            let _: Result<(), _> = redis::pipe()
+                .cmd("SET").arg(format!("{key}:open")).arg(1).arg("PX").arg(ms).ignore()
+                .cmd("SET").arg(format!("{key}:trial")).arg(1).arg("PX").arg(ms + 60_000).ignore()
+                .cmd("PEXPIRE").arg(format!("{key}:opens")).arg(ms + 3_600_000).ignore()
+                .cmd("DEL").arg(format!("{key}:probe")).ignore()
+                .query_async(&mut conn)
+                .await;
+        });
+    }
+
+    /// A shared probe succeeded: closed for every process.
+    fn publish_closed(self: &Arc<Self>) {
+        let Some(r) = &self.remote else { return };
+        let (mut conn, key) = (r.conn.clone(), r.key.clone());
+        if let Ok(mut seen) = r.seen.lock() {
+            *seen = (Instant::now(), RemoteState::Closed);
+        }
+        tokio::spawn(async move {
+            let _: Result<(), _> = redis::cmd("DEL")
+                .arg(format!("{key}:trial"))
+                .arg(format!("{key}:probe"))
+                .arg(format!("{key}:opens"))
+                .query_async(&mut conn)
+                .await;
+        });
+    }
 }
 
 /// Logs and exports transitions.
@@ -75,6 +147,7 @@ impl failsafe::Instrument for Instrument {
         *self.0.opened_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.0.opens.fetch_add(1, Ordering::SeqCst);
         self.transit(OPEN, "open");
+        self.0.publish_open();
         tracing::warn!(
             provider = self.0.key.provider,
             account = %self.0.key.account,
@@ -116,6 +189,8 @@ pub struct Breaker {
 pub struct Permit<'a> {
     breaker: &'a Breaker,
     probe: bool,
+    /// This call is the probe of a shared breaker's trial.
+    shared_probe: bool,
     done: bool,
 }
 
@@ -123,12 +198,23 @@ impl Permit<'_> {
     /// The provider answered.
     pub fn success(mut self) {
         self.breaker.machine.on_success();
+        if self.shared_probe {
+            self.breaker.shared.publish_closed();
+            tracing::info!(
+                provider = self.breaker.shared.key.provider,
+                account = %self.breaker.shared.key.account,
+                "shared circuit breaker closed: the probe succeeded"
+            );
+        }
         self.finish();
     }
 
     /// The provider failed (transport, timeout, 5xx, 429).
     pub fn failure(mut self) {
         self.breaker.machine.on_error();
+        if self.shared_probe {
+            self.breaker.shared.publish_open();
+        }
         self.finish();
     }
 
@@ -139,6 +225,14 @@ impl Permit<'_> {
 
     fn finish(&mut self) {
         self.done = true;
+        if self.shared_probe
+            && let Some(r) = &self.breaker.shared.remote
+        {
+            let (mut conn, key) = (r.conn.clone(), format!("{}:probe", r.key));
+            tokio::spawn(async move {
+                let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
+            });
+        }
         if self.probe {
             self.breaker.shared.probing.store(false, Ordering::SeqCst);
         }
@@ -155,10 +249,35 @@ impl Drop for Permit<'_> {
 }
 
 impl Breaker {
-    /// A closed breaker.
+    /// A closed breaker of this process only.
     pub fn new(key: GuardKey, policy: &BreakerPolicy, metrics: Arc<Metrics>) -> Self {
+        Self::build(key, policy, metrics, None)
+    }
+
+    /// A breaker shared by every process through Redis (see the module docs).
+    pub fn shared(
+        key: GuardKey,
+        policy: &BreakerPolicy,
+        metrics: Arc<Metrics>,
+        queue: &crate::queue::engine::Engine,
+    ) -> Self {
+        let remote = Remote {
+            conn: queue.connection(),
+            key: format!("{}:breaker:{}:{}", queue.prefix(), key.provider, key.account),
+            seen: std::sync::Mutex::new((Instant::now() - REMOTE_POLL * 2, RemoteState::Closed)),
+        };
+        Self::build(key, policy, metrics, Some(remote))
+    }
+
+    fn build(
+        key: GuardKey,
+        policy: &BreakerPolicy,
+        metrics: Arc<Metrics>,
+        remote: Option<Remote>,
+    ) -> Self {
         let s = policy;
         let shared = Arc::new(Shared {
+            remote,
             key,
             state: AtomicU8::new(CLOSED),
             opened_at: std::sync::Mutex::new(None),
@@ -200,8 +319,81 @@ impl Breaker {
         Some(Permit {
             breaker: self,
             probe,
+            shared_probe: false,
             done: false,
         })
+    }
+
+    /// What Redis says about the shared breaker (asked at most every 200 ms).
+    async fn remote_state(&self) -> RemoteState {
+        let Some(r) = &self.shared.remote else {
+            return RemoteState::Closed;
+        };
+        let (at, st) = *r.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if at.elapsed() < REMOTE_POLL {
+            return match st {
+                RemoteState::Open(left) => match left.checked_sub(at.elapsed()) {
+                    Some(l) if !l.is_zero() => RemoteState::Open(l),
+                    _ => RemoteState::Trial,
+                },
+                other => other,
+            };
+        }
+        let mut conn = r.conn.clone();
+        let asked: Result<(i64, i64), _> = redis::pipe()
+            .cmd("PTTL")
+            .arg(format!("{}:open", r.key))
+            .cmd("EXISTS")
+            .arg(format!("{}:trial", r.key))
+            .query_async(&mut conn)
+            .await;
+        let st = match asked {
+            Ok((ttl, _)) if ttl > 0 => RemoteState::Open(Duration::from_millis(ttl.unsigned_abs())),
+            Ok((_, 1)) => RemoteState::Trial,
+            Ok(_) => RemoteState::Closed,
+            // Redis unreachable: this process's own breaker decides.
+            Err(_) => RemoteState::Closed,
+        };
+        *r.seen.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), st);
+        st
+    }
+
+    /// A permit when a call may go out now, asking the shared state first: `None` while any
+    /// process's breaker holds it open, or while another process probes.
+    pub async fn permit_shared(&self) -> Option<Permit<'_>> {
+        match self.remote_state().await {
+            RemoteState::Closed => self.permit(),
+            RemoteState::Open(_) => None,
+            RemoteState::Trial => {
+                let r = self.shared.remote.as_ref()?;
+                let mut conn = r.conn.clone();
+                let won: Option<String> = redis::cmd("SET")
+                    .arg(format!("{}:probe", r.key))
+                    .arg(std::process::id())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()
+                    .flatten();
+                won.map(|_| Permit {
+                    breaker: self,
+                    probe: false,
+                    shared_probe: true,
+                    done: false,
+                })
+            }
+        }
+    }
+
+    /// How long until a call may go out, when none may now (any process's breaker open).
+    pub async fn shared_wait(&self) -> Option<Duration> {
+        match self.remote_state().await {
+            RemoteState::Open(left) => Some(left.max(self.retry_in().min(left))),
+            _ if self.state() == "open" => Some(self.retry_in()),
+            _ => None,
+        }
     }
 
     /// `closed`, `half_open` or `open`.

@@ -32,6 +32,25 @@ impl Job for Sweeper {
             let stage = crate::pipeline::redrive(app, *id).await?;
             tracing::info!(upload_id = %id, stage = stage.as_str(), "sweeper looked at a stale upload");
         }
+        // Billing runs live in Postgres too: one whose jobs Redis lost is driven again (its
+        // batches claim with SKIP LOCKED, so a job that was not lost after all does no harm).
+        let runs = crate::billing::run::stale(&app.db, s.stale_after, s.batch)
+            .await
+            .map_err(super::billing::to_job_error)?;
+        for r in runs {
+            if r.status == "pending" {
+                super::billing::restart_selection(app, &r).await?;
+            } else {
+                super::billing_batch::fan_out(app, r.id).await?;
+            }
+            app.metrics
+                .sweeper_redrives
+                .get_or_create(&crate::metrics::QueueLabels {
+                    queue: "billing".into(),
+                })
+                .inc();
+            tracing::info!(run_id = %r.id, status = %r.status, "sweeper re-drove a stale billing run");
+        }
         Ok(())
     }
 }

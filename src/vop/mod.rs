@@ -254,7 +254,7 @@ impl Verifier {
     ) -> Self {
         let key = GuardKey::single(provider.name());
         let limiter = SharedLimiter::new(queue, &key, settings.rate_limit);
-        let breaker = Breaker::new(key, &breaker_policy(settings), metrics.clone());
+        let breaker = Breaker::shared(key, &breaker_policy(settings), metrics.clone(), queue);
         Self {
             provider,
             limiter,
@@ -298,7 +298,7 @@ impl Verifier {
                 tokio::time::sleep(self.settings.retry_backoff * 2u32.saturating_pow(attempt - 1))
                     .await;
             }
-            let Some(permit) = self.breaker.permit() else {
+            let Some(permit) = self.breaker.permit_shared().await else {
                 self.count("rejected_by_breaker");
                 return Err(CheckError::Unavailable {
                     reason: format!("{name} circuit breaker is open"),

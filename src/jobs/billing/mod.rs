@@ -139,3 +139,37 @@ pub async fn enqueue(app: &AppContext, mut job: Billing) -> anyhow::Result<Uuid>
     .await?;
     Ok(id)
 }
+
+/// Re-enqueues the `billing` job of a run whose selection has not finished (a resumed or
+/// re-driven run): the job continues where the selection stopped.
+pub async fn restart_selection(
+    app: &AppContext,
+    r: &crate::billing::run::RunRow,
+) -> anyhow::Result<()> {
+    let Some(upload_id) = r.upload_id else {
+        return Ok(());
+    };
+    let job = Billing {
+        upload_id,
+        account: r.account.clone(),
+        model: r.model.clone(),
+        dry_run: r.dry_run,
+        skip_chargeback_check: r.skip_chargeback_check,
+        cap_minor: r.cap_minor,
+        run_id: Some(r.id),
+        requested_by: if r.source == "cli" {
+            RequestedBy::Cli
+        } else {
+            RequestedBy::Api
+        },
+    };
+    app.enqueue(
+        &job,
+        EnqueueOptions {
+            idempotency_key: Some(format!("billing:{}:{}", r.id, uuid::Uuid::now_v7())),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(())
+}

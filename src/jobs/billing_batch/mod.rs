@@ -124,8 +124,7 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
     loop {
         let stopping = ctx.shutdown.is_cancelled() || started.elapsed() > s.billing.slice;
         if !stopping && !breaker_open && halted.is_none() && !exhausted {
-            if let Some(wait) = accounts::breaker_wait(&account) {
-                let _ = wait;
+            if accounts::breaker_wait(&account).await.is_some() {
                 breaker_open = true;
             } else {
                 resume_after_breaker(app, run_id).await?;
@@ -188,7 +187,9 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
             .map_err(crate::jobs::billing::to_job_error)?;
     }
     if breaker_open {
-        let wait = accounts::breaker_wait(&account).unwrap_or(Duration::from_millis(500));
+        let wait = accounts::breaker_wait(&account)
+            .await
+            .unwrap_or(Duration::from_millis(500));
         pause_for_breaker(app, run_id, &r.account).await?;
         return Err(JobError::snooze(
             wait,
