@@ -190,7 +190,7 @@ pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Clai
     let mut admitted: Vec<(&rules::Candidate, Debit)> = Vec::new();
     let mut run_committed = committed;
     for c in &cands {
-        if let Some((r, d)) = c.exclusion(s, &currency, skip_cb) {
+        if let Some((r, d)) = c.exclusion(s, &currency, skip_cb, false) {
             decided.push((c.item_no, "excluded", Some(r.to_string()), Some(d)));
         } else if cap.is_some_and(|cap| run_committed + c.amount_minor > cap) {
             decided.push((

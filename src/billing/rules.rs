@@ -160,6 +160,7 @@ impl Candidate {
         settings: &Settings,
         account_currency: &str,
         skip_chargeback_check: bool,
+        dry_run: bool,
     ) -> Option<(&'static str, String)> {
         let yes = |b: Option<bool>| b == Some(true);
         if self.debtor_id.is_none() || self.debtor.iban.is_none() {
@@ -175,14 +176,18 @@ impl Candidate {
             ));
         }
         let model = self.model.as_deref().unwrap_or("legacy");
-        let Some(profile_model) = self.profile_model.as_deref() else {
-            return Some(("no_profile", "the debtor has no profile".into()));
-        };
-        if let Some(r) = super::models::conflict(profile_model, model) {
-            return Some((r, format!("profile is {profile_model}, row is {model}")));
-        }
-        if !yes(self.active) {
-            return Some(("profile_inactive", "the profile is deactivated".into()));
+        match self.profile_model.as_deref() {
+            Some(profile_model) => {
+                if let Some(r) = super::models::conflict(profile_model, model) {
+                    return Some((r, format!("profile is {profile_model}, row is {model}")));
+                }
+                if !yes(self.active) {
+                    return Some(("profile_inactive", "the profile is deactivated".into()));
+                }
+            }
+            // A dry run does not create profiles: a new IBAN's would be fresh.
+            None if dry_run => {}
+            None => return Some(("no_profile", "the debtor has no profile".into())),
         }
         if yes(self.bl_iban) {
             return Some(("blacklisted_iban", "the IBAN is blacklisted".into()));

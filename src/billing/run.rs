@@ -461,7 +461,12 @@ async fn evaluate_all(app: &AppContext, fence: &Fence, run: &RunRow) -> Result<(
         let cands = rules::load(&mut tx, &app.settings, run.id, &nos).await?;
         let mut decided: Vec<(i32, &'static str, Option<String>, Option<String>)> = Vec::new();
         for c in &cands {
-            match c.exclusion(&app.settings, &account_currency, run.skip_chargeback_check) {
+            match c.exclusion(
+                &app.settings,
+                &account_currency,
+                run.skip_chargeback_check,
+                run.dry_run,
+            ) {
                 Some((r, d)) => decided.push((c.item_no, "excluded", Some(r.to_string()), Some(d))),
                 None if run.dry_run => {
                     let (cap, used) = month.unwrap_or((None, 0));
@@ -644,7 +649,11 @@ pub async fn control(db: &Db, id: Uuid, action: &str) -> Result<RunRow, BillingE
 
 /// Runs not over whose record has not moved for `stale_after` (their jobs may be gone from
 /// Redis): the sweeper re-drives them.
-pub async fn stale(db: &Db, stale_after: std::time::Duration, limit: i64) -> Result<Vec<RunRow>, BillingError> {
+pub async fn stale(
+    db: &Db,
+    stale_after: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<RunRow>, BillingError> {
     let mut tx = db.begin().await?;
     let rows = tx
         .fetch_all(

@@ -87,10 +87,25 @@ impl Shared {
             let period = (base * 2u32.saturating_pow(n.clamp(1, 20) - 1)).min(max);
             let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
             let _: Result<(), _> = redis::pipe()
-                .cmd("SET").arg(format!("{key}:open")).arg(1).arg("PX").arg(ms).ignore()
-                .cmd("SET").arg(format!("{key}:trial")).arg(1).arg("PX").arg(ms + 60_000).ignore()
-                .cmd("PEXPIRE").arg(format!("{key}:opens")).arg(ms + 3_600_000).ignore()
-                .cmd("DEL").arg(format!("{key}:probe")).ignore()
+                .cmd("SET")
+                .arg(format!("{key}:open"))
+                .arg(1)
+                .arg("PX")
+                .arg(ms)
+                .ignore()
+                .cmd("SET")
+                .arg(format!("{key}:trial"))
+                .arg(1)
+                .arg("PX")
+                .arg(ms + 60_000)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(format!("{key}:opens"))
+                .arg(ms + 3_600_000)
+                .ignore()
+                .cmd("DEL")
+                .arg(format!("{key}:probe"))
+                .ignore()
                 .query_async(&mut conn)
                 .await;
         });
@@ -263,7 +278,12 @@ impl Breaker {
     ) -> Self {
         let remote = Remote {
             conn: queue.connection(),
-            key: format!("{}:breaker:{}:{}", queue.prefix(), key.provider, key.account),
+            key: format!(
+                "{}:breaker:{}:{}",
+                queue.prefix(),
+                key.provider,
+                key.account
+            ),
             seen: std::sync::Mutex::new((Instant::now() - REMOTE_POLL * 2, RemoteState::Closed)),
         };
         Self::build(key, policy, metrics, Some(remote))
@@ -390,8 +410,9 @@ impl Breaker {
     /// How long until a call may go out, when none may now (any process's breaker open).
     pub async fn shared_wait(&self) -> Option<Duration> {
         match self.remote_state().await {
-            RemoteState::Open(left) => Some(left.max(self.retry_in().min(left))),
-            _ if self.state() == "open" => Some(self.retry_in()),
+            RemoteState::Open(left) => Some(left),
+            // Asking failsafe moves an open breaker whose period ended to half-open.
+            _ if !self.machine.is_call_permitted() => Some(self.retry_in()),
             _ => None,
         }
     }

@@ -292,3 +292,576 @@ async fn each_gateway_outcome_is_recorded_and_nothing_is_debited_twice() {
         "{retried:?}"
     );
 }
+
+/// A debtor file with full control of each row: (reference, name, IBAN, BIC, amount, mandate,
+/// e-mail).
+fn rich_csv(rows: &[(&str, &str, String, &str, i64, &str, &str)]) -> Vec<u8> {
+    let mut out =
+        String::from("reference;name;iban;bic;amount_minor;mandate_id;mandate_date;email\n");
+    for (r, name, iban, bic, amount, mandate, email) in rows {
+        let date = if mandate.is_empty() { "" } else { "2024-01-15" };
+        out.push_str(&format!(
+            "{r};{name};{iban};{bic};{amount};{mandate};{date};{email}\n"
+        ));
+    }
+    out.into_bytes()
+}
+
+async fn validated(app: &TestApp, bytes: &[u8]) -> Uuid {
+    let rec = ingest(app, "debtors.csv", bytes).await;
+    assert_eq!(rec.status, "completed", "{rec:?}");
+    eventually(Duration::from_secs(60), "upload validated", || async {
+        finworker::uploads::get(&app.ctx.db, rec.id)
+            .await
+            .unwrap()
+            .filter(|r| r.validated_at.is_some())
+            .map(|_| ())
+    })
+    .await;
+    rec.id
+}
+
+async fn attempt_id(app: &TestApp, reference: &str) -> i64 {
+    let mut c = app.db.connect().await;
+    sqlx::query_scalar(
+        "SELECT a.id FROM billing_attempts a JOIN debtors d ON d.id = a.debtor_id WHERE d.reference = $1 ORDER BY a.id LIMIT 1",
+    )
+    .bind(reference)
+    .fetch_one(&mut c)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn every_exclusion_rule_is_checked_and_every_excluded_debtor_stored_with_its_reason() {
+    use finworker::billing::blacklist::{self, Entry};
+    let sb = sandbox(sandbox_knobs()).await;
+    let app = spawn_app_with(|s| billing(s, &sb)).await;
+    // First run: X1 and X2 are debited.
+    let first = validated(
+        &app,
+        &rich_csv(&[
+            (
+                "X1",
+                "Xaver Eins",
+                iban(101),
+                "",
+                1500,
+                "M-X1",
+                "x1@example.com",
+            ),
+            (
+                "X2",
+                "Xaver Zwei",
+                iban(102),
+                "",
+                1500,
+                "M-X2",
+                "x2@example.com",
+            ),
+        ]),
+    )
+    .await;
+    let run1 = start_run(&app, first, "main", "legacy").await;
+    wait_run(&app, run1, Duration::from_secs(30)).await;
+    // X2's debit comes back as a chargeback.
+    let x2 = attempt_id(&app, "X2").await;
+    let mut tx = app.ctx.db.begin().await.unwrap();
+    finworker::billing::state::apply(
+        &mut tx,
+        &app.ctx.settings,
+        x2,
+        &["approved"],
+        "chargebacked",
+        None,
+        Some("AC04"),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // The blacklist, before the second run.
+    for (e, prefix) in [
+        (
+            Entry::Iban(format!(" {} ", iban(110).to_lowercase())),
+            false,
+        ),
+        (Entry::Name("ERIKA blacklisted".into()), false),
+        (Entry::Email("Bl@Example.com".into()), false),
+        (Entry::Bic("NOBA".into()), true),
+    ] {
+        assert!(
+            blacklist::add(&app.ctx, &e, prefix, "fraud", "test")
+                .await
+                .unwrap()
+        );
+    }
+    let second = validated(
+        &app,
+        &rich_csv(&[
+            (
+                "OK",
+                "Olga Okay",
+                iban(120),
+                "",
+                1500,
+                "M-OK",
+                "ok@example.com",
+            ),
+            (
+                "INVALID",
+                "Ina Valid",
+                iban(121),
+                "",
+                1500,
+                "",
+                "inv@example.com",
+            ),
+            (
+                "BL_IBAN",
+                "Bert Iban",
+                iban(110),
+                "",
+                1500,
+                "M-3",
+                "b1@example.com",
+            ),
+            (
+                "BL_NAME",
+                "Erika Blacklisted",
+                iban(111),
+                "",
+                1500,
+                "M-4",
+                "b2@example.com",
+            ),
+            (
+                "BL_EMAIL",
+                "Emil Mail",
+                iban(112),
+                "",
+                1500,
+                "M-5",
+                "bl@example.com",
+            ),
+            (
+                "BL_BIC",
+                "Bic Bank",
+                iban(113),
+                "NOBADEFFXXX",
+                1500,
+                "M-6",
+                "b4@example.com",
+            ),
+            (
+                "COOL",
+                "Xaver Eins",
+                iban(101),
+                "",
+                1600,
+                "M-7",
+                "x1@example.com",
+            ),
+            (
+                "CB",
+                "Xaver Zwei",
+                iban(102),
+                "",
+                1600,
+                "M-8",
+                "x2@example.com",
+            ),
+            (
+                "NOMATCH",
+                "Nora Nomatch",
+                iban(114),
+                "",
+                1500,
+                "M-9",
+                "nm@example.com",
+            ),
+            (
+                "CLOSED",
+                "Carl Closed",
+                iban(115),
+                "",
+                1500,
+                "M-10",
+                "cc@example.com",
+            ),
+        ]),
+    )
+    .await;
+    // VOP/BAV results (the policy excludes no_match and closed accounts by default).
+    let mut c = app.db.connect().await;
+    for (r, vop, bav) in [
+        ("NOMATCH", "no_match", "valid"),
+        ("CLOSED", "match", "closed"),
+        ("OK", "close_match", "valid"),
+    ] {
+        sqlx::query(
+            "INSERT INTO vop_results (debtor_id, upload_id, provider, vop_result, bav_result, checked_at) \
+             SELECT id, upload_id, 'epc', $2, $3, now() FROM debtors WHERE upload_id = $1 AND reference = $4",
+        )
+        .bind(second)
+        .bind(vop)
+        .bind(bav)
+        .bind(r)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+    let run2 = start_run(&app, second, "main", "legacy").await;
+    let r = wait_run(&app, run2, Duration::from_secs(30)).await;
+    let ex = exclusions(&app, run2).await;
+    let want: BTreeMap<String, String> = [
+        ("INVALID", "invalid"),
+        ("BL_IBAN", "blacklisted_iban"),
+        ("BL_NAME", "blacklisted_name"),
+        ("BL_EMAIL", "blacklisted_email"),
+        ("BL_BIC", "blacklisted_bic"),
+        ("COOL", "cooldown"),
+        ("CB", "profile_inactive"),
+        ("NOMATCH", "vop_excluded"),
+        ("CLOSED", "vop_excluded"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(ex, want);
+    assert_eq!(
+        attempts(&app, run2).await.keys().collect::<Vec<_>>(),
+        ["OK"]
+    );
+    let totals = r.totals.unwrap();
+    assert_eq!(
+        totals["excluded_by_reason"]["vop_excluded"]["count"], 2,
+        "{totals}"
+    );
+    assert_eq!(totals["by_state"]["excluded"]["count"], 9, "{totals}");
+    // The ledger: X1, X2 and OK only.
+    let per = ledger(&sb).await.per_iban();
+    assert_eq!(per.len(), 3, "{per:?}");
+    assert_eq!(per.get(&iban(120)), Some(&1));
+    // With the chargeback check skipped, CB's profile is still deactivated by the chargeback:
+    // a chargeback's profile is never billed again by this model.
+    let mut c = app.db.connect().await;
+    let active: bool = sqlx::query_scalar(
+        "SELECT p.active FROM debtor_profiles p JOIN billing_attempts a ON a.profile_id = p.id WHERE a.id = $1",
+    )
+    .bind(x2)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert!(!active, "a chargeback deactivates the profile");
+}
+
+#[tokio::test]
+async fn a_profile_keeps_its_billing_model_and_conflicting_rows_are_skipped_with_a_reason() {
+    let sb = sandbox(sandbox_knobs()).await;
+    let app = spawn_app_with(|s| billing(s, &sb)).await;
+    // L: a legacy profile; F: a flywheel profile (2.99 EUR).
+    let first = validated(
+        &app,
+        &rich_csv(&[
+            ("L", "Lea Legacy", iban(201), "", 15000, "M-L", ""),
+            ("F", "Fritz Flywheel", iban(202), "", 299, "M-F", ""),
+        ]),
+    )
+    .await;
+    let r1 = start_run(&app, first, "main", "flywheel").await;
+    wait_run(&app, r1, Duration::from_secs(30)).await;
+    let mut c = app.db.connect().await;
+    let models: Vec<(String, i64, bool)> = sqlx::query_as(
+        "SELECT billing_model, billing_amount_minor, coalesce(next_bill_at > now() + interval '89 days', false) FROM debtor_profiles ORDER BY billing_model",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        models,
+        [
+            ("flywheel".to_string(), 299, true),
+            ("legacy".to_string(), 15000, false)
+        ],
+        "a 150.00 row of a flywheel run is legacy; the flywheel profile is due again in 90 days"
+    );
+    // Next file: L's IBAN in the flywheel band, F's IBAN in the recovery band.
+    let second = validated(
+        &app,
+        &rich_csv(&[
+            ("L2", "Lea Legacy", iban(201), "", 299, "M-L2", ""),
+            ("F2", "Fritz Flywheel", iban(202), "", 4999, "M-F2", ""),
+        ]),
+    )
+    .await;
+    let r2 = start_run(&app, second, "main", "flywheel").await;
+    wait_run(&app, r2, Duration::from_secs(30)).await;
+    let ex = exclusions(&app, r2).await;
+    assert_eq!(
+        ex.get("L2").map(String::as_str),
+        Some("existing_legacy_iban"),
+        "{ex:?}"
+    );
+    assert_eq!(
+        ex.get("F2").map(String::as_str),
+        Some("billing_model_conflict"),
+        "{ex:?}"
+    );
+    let unchanged: Vec<String> =
+        sqlx::query_scalar("SELECT billing_model FROM debtor_profiles ORDER BY id")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(
+        unchanged,
+        ["legacy", "flywheel"],
+        "a profile's model never changes silently"
+    );
+}
+
+#[tokio::test]
+async fn a_debtor_blacklisted_while_the_run_is_underway_is_not_debited() {
+    use finworker::billing::blacklist::{self, Entry};
+    let sb = sandbox(Knobs {
+        latency_ms: 100,
+        ..sandbox_knobs()
+    })
+    .await;
+    let app = spawn_app_with(|s| {
+        billing(s, &sb);
+        s.billing.claim_size = 2;
+        s.billing.in_flight = 1;
+        s.billing.batch_jobs = 1;
+    })
+    .await;
+    let rows: Vec<(String, String, i64)> = (0..12u32)
+        .map(|k| (format!("M{k:02}"), iban(300 + k), 1000))
+        .collect();
+    let upload = validated_upload(&app, &rows).await;
+    let run = start_run(&app, upload, "main", "legacy").await;
+    eventually(Duration::from_secs(20), "first debit made", || async {
+        (sb.sandbox.calls().count("/process/") >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        blacklist::add(
+            &app.ctx,
+            &Entry::Iban(iban(311)),
+            false,
+            "reported stolen",
+            "test"
+        )
+        .await
+        .unwrap()
+    );
+    let r = wait_run(&app, run, Duration::from_secs(30)).await;
+    assert_eq!(r.status, "completed");
+    let ex = exclusions(&app, run).await;
+    assert_eq!(
+        ex.get("M11").map(String::as_str),
+        Some("blacklisted_iban"),
+        "{ex:?}"
+    );
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    let per = ledger(&sb).await.per_iban();
+    assert_eq!(per.get(&iban(311)), None);
+    assert_eq!(per.len(), 11);
+}
+
+#[tokio::test]
+async fn two_runs_on_two_accounts_with_overlapping_debtors_debit_each_debtor_once() {
+    let sb = sandbox(Knobs {
+        latency_ms: 20,
+        ..sandbox_knobs()
+    })
+    .await;
+    let app = spawn_app_with(|s| {
+        billing(s, &sb);
+        s.gateway
+            .accounts
+            .insert("second".into(), account(&sb, "t-second"));
+        s.billing.claim_size = 3;
+    })
+    .await;
+    // 30 IBANs; the two files share 10 (different references, different amounts).
+    let a: Vec<(String, String, i64)> = (0..20u32)
+        .map(|k| (format!("A{k}"), iban(400 + k), 1000))
+        .collect();
+    let b: Vec<(String, String, i64)> = (10..30u32)
+        .map(|k| (format!("B{k}"), iban(400 + k), 1100))
+        .collect();
+    let ua = validated_upload(&app, &a).await;
+    let ub = validated_upload(&app, &b).await;
+    let (ra, rb) = tokio::join!(
+        start_run(&app, ua, "main", "legacy"),
+        start_run(&app, ub, "second", "legacy")
+    );
+    wait_run(&app, ra, Duration::from_secs(60)).await;
+    wait_run(&app, rb, Duration::from_secs(60)).await;
+    let l = ledger(&sb).await;
+    let per = l.per_iban();
+    assert_eq!(per.len(), 30, "every IBAN debited: {per:?}");
+    assert!(per.values().all(|n| *n == 1), "one debit per IBAN: {per:?}");
+    let terminals: std::collections::BTreeSet<&str> =
+        l.debits.iter().map(|d| d.terminal.as_str()).collect();
+    assert_eq!(terminals.len(), 2, "both accounts billed");
+    // Each shared IBAN was excluded by exactly one of the runs, with a reason.
+    let (ea, eb) = (exclusions(&app, ra).await, exclusions(&app, rb).await);
+    assert_eq!(ea.len() + eb.len(), 10, "{ea:?} {eb:?}");
+    assert!(
+        ea.values()
+            .chain(eb.values())
+            .all(|r| r == "cooldown" || r == "in_flight"),
+        "{ea:?} {eb:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_what_it_would_bill_and_debits_nothing() {
+    let sb = sandbox(sandbox_knobs()).await;
+    let app = spawn_app_with(|s| billing(s, &sb)).await;
+    let upload = validated(
+        &app,
+        &rich_csv(&[
+            ("D1", "Dora Dry", iban(501), "", 1500, "M-1", ""),
+            ("D2", "Dirk Dry", iban(502), "", 1500, "", ""),
+            ("D3", "Dana Dry", iban(503), "", 2500, "M-3", ""),
+        ]),
+    )
+    .await;
+    let id = billing_job::enqueue(
+        &app.ctx,
+        Billing {
+            upload_id: upload,
+            account: "main".into(),
+            model: "legacy".into(),
+            dry_run: true,
+            skip_chargeback_check: false,
+            cap_minor: Some(3000),
+            run_id: None,
+            requested_by: RequestedBy::Api,
+        },
+    )
+    .await
+    .unwrap();
+    let r = wait_run(&app, id, Duration::from_secs(30)).await;
+    assert_eq!((r.status.as_str(), r.dry_run), ("completed", true));
+    let t = r.totals.unwrap();
+    assert_eq!(t["by_state"]["would_bill"]["count"], 1, "{t}");
+    assert_eq!(t["excluded_by_reason"]["invalid"]["count"], 1, "{t}");
+    assert_eq!(t["excluded_by_reason"]["run_cap"]["count"], 1, "{t}");
+    assert!(ledger(&sb).await.debits.is_empty());
+    let mut c = app.db.connect().await;
+    let (attempts, profiles): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM billing_attempts), (SELECT count(*) FROM debtor_profiles)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        (attempts, profiles),
+        (0, 0),
+        "a dry run writes no attempt and no profile"
+    );
+}
+
+#[tokio::test]
+async fn the_monthly_cap_of_an_account_stops_the_run_at_the_cap() {
+    let sb = sandbox(sandbox_knobs()).await;
+    let app = spawn_app_with(|s| {
+        billing(s, &sb);
+        s.gateway
+            .accounts
+            .get_mut("main")
+            .unwrap()
+            .monthly_cap_minor = Some(3500);
+    })
+    .await;
+    let rows: Vec<(String, String, i64)> = (0..6u32)
+        .map(|k| (format!("C{k}"), iban(600 + k), 1000))
+        .collect();
+    let upload = validated_upload(&app, &rows).await;
+    let run = start_run(&app, upload, "main", "legacy").await;
+    let r = wait_run(&app, run, Duration::from_secs(30)).await;
+    let t = r.totals.unwrap();
+    assert_eq!(t["attempts_by_status"]["approved"]["count"], 3, "{t}");
+    assert_eq!(
+        t["excluded_by_reason"]["account_monthly_cap"]["count"], 3,
+        "{t}"
+    );
+    assert_eq!(ledger(&sb).await.debits.len(), 3);
+    let accounts = finworker::billing::accounts::list(&app.ctx.db)
+        .await
+        .unwrap();
+    assert_eq!(accounts[0].month_committed_minor, 3000);
+    assert_eq!(accounts[0].monthly_cap_minor, Some(3500));
+}
+
+#[tokio::test]
+async fn an_open_breaker_pauses_the_run_which_resumes_by_itself_with_no_debit_lost_or_doubled() {
+    let sb = sandbox(Knobs {
+        latency_ms: 20,
+        ..sandbox_knobs()
+    })
+    .await;
+    let app = spawn_app_with(|s| {
+        billing(s, &sb);
+        s.billing.claim_size = 4;
+        s.billing.in_flight = 4;
+        s.gateway.accounts.get_mut("main").unwrap().rate_limit = 40;
+    })
+    .await;
+    // 120 debtors at 40 debits/s: the breaker opens while most are still queued.
+    let rows: Vec<(String, String, i64)> = (0..120u32)
+        .map(|k| (format!("B{k:03}"), iban(700 + k), 1000))
+        .collect();
+    let upload = validated_upload(&app, &rows).await;
+    // A 3-second outage from the start: every call gets 503.
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    sb.sandbox.set_knobs(Knobs {
+        outage_until_ms: Some(now_ms + 3000),
+        ..sb.sandbox.knobs()
+    });
+    let run = start_run(&app, upload, "main", "legacy").await;
+    eventually(
+        Duration::from_secs(20),
+        "run paused by the breaker",
+        || async {
+            run::get(&app.ctx.db, run)
+                .await
+                .unwrap()
+                .filter(|r| r.status == "paused" && r.paused_by.as_deref() == Some("breaker"))
+        },
+    )
+    .await;
+    let r = wait_run(&app, run, Duration::from_secs(60)).await;
+    assert_eq!(r.status, "completed");
+    let per = ledger(&sb).await.per_iban();
+    assert_eq!(per.len(), 120, "every debtor debited: {:?}", r.totals);
+    assert!(per.values().all(|n| *n == 1), "{per:?}");
+    let got = attempts(&app, run).await;
+    assert_eq!(got.len(), 120);
+    assert!(got.values().all(|s| s == &["approved"]), "{got:?}");
+    let metrics = app.ctx.metrics.render();
+    let pauses: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("finworker_billing_run_pauses_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(pauses >= 1, "{metrics}");
+    // Debits sent during the outage were unknown, found missing by a reconcile and sent again
+    // under their own transaction_id: exactly one accepted sdd_sale per debtor.
+    let calls = sb.sandbox.calls();
+    let accepted = calls
+        .calls
+        .iter()
+        .filter(|c| c.path.starts_with("/process/") && c.status == 200)
+        .count();
+    assert_eq!(accepted, 120);
+}
