@@ -7,6 +7,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod demo;
+pub mod faults;
 pub mod gateway;
 pub mod guard;
 pub mod http;

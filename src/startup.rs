@@ -137,6 +137,7 @@ impl App {
             }
             .into());
         }
+        crate::faults::arm(settings.worker.allow_test_jobs);
         for w in settings.warnings() {
             warn!("configuration: {w}");
         }

@@ -165,10 +165,10 @@ pub async fn list(db: &Db) -> Result<Vec<AccountRow>, DbError> {
     let rows = tx
         .fetch_all(sqlx::query_as::<_, AccountRow>(
             "SELECT a.name, a.gateway, a.endpoint, a.username, a.password_env, a.currency, a.rate_limit, \
-             a.monthly_cap_minor, coalesce(t.committed_minor, 0) AS month_committed_minor, a.enabled \
-             FROM gateway_accounts a LEFT JOIN account_month_totals t \
-             ON t.account = a.name AND t.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date \
-             ORDER BY a.name",
+             a.monthly_cap_minor, coalesce((SELECT sum(b.amount_minor) FROM billing_attempts b WHERE b.account = a.name \
+               AND b.created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
+               AND b.status IN ('submitted', 'unknown', 'pending', 'pending_async', 'approved')), 0)::bigint AS month_committed_minor, \
+             a.enabled FROM gateway_accounts a ORDER BY a.name",
         ))
         .await?;
     tx.commit().await?;

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use uuid::Uuid;
 
 use super::{BillingError, accounts::Account, rules, state};
@@ -77,8 +78,9 @@ pub async fn decide(
     Ok(())
 }
 
-/// The account's monthly cap and what this month has committed (locks the account's month row
-/// until the transaction ends).
+/// The account's monthly cap and, when it has one, what this month has committed (the
+/// month's row is locked until the transaction ends, so claims of a capped account take turns;
+/// an uncapped account keeps no running total and its claims never wait for each other).
 pub async fn month_state(tx: &mut Tx, account: &str) -> Result<(Option<i64>, i64), BillingError> {
     let (cap,): (Option<i64>,) = tx
         .fetch_one(
@@ -86,10 +88,18 @@ pub async fn month_state(tx: &mut Tx, account: &str) -> Result<(Option<i64>, i64
                 .bind(account),
         )
         .await?;
+    if cap.is_none() {
+        return Ok((None, 0));
+    }
+    // First claim of the month (or of a newly set cap): start from what is already live.
     tx.execute(
         sqlx::query(
-            "INSERT INTO account_month_totals (account, month) \
-             VALUES ($1, date_trunc('month', now() AT TIME ZONE 'UTC')::date) ON CONFLICT DO NOTHING",
+            "INSERT INTO account_month_totals (account, month, committed_minor) \
+             SELECT $1, date_trunc('month', now() AT TIME ZONE 'UTC')::date, coalesce(sum(amount_minor), 0) \
+             FROM billing_attempts WHERE account = $1 \
+             AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
+             AND status IN ('submitted', 'unknown', 'pending', 'pending_async', 'approved') \
+             ON CONFLICT DO NOTHING",
         )
         .bind(account),
     )
@@ -291,9 +301,12 @@ pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Clai
         )
         .await?;
         tx.execute(
-            sqlx::query("UPDATE billing_runs SET committed_minor = committed_minor + $2, updated_at = now() WHERE id = $1")
-                .bind(run_id)
-                .bind(added),
+            sqlx::query(
+                "UPDATE billing_runs SET committed_minor = committed_minor + $2, updated_at = now() \
+                 WHERE id = $1 AND cap_minor IS NOT NULL",
+            )
+            .bind(run_id)
+            .bind(added),
         )
         .await?;
         tx.execute(
@@ -308,7 +321,11 @@ pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Clai
     }
     decide(&mut tx, run_id, &decided).await?;
     fence.check(&mut tx).await?;
+    crate::faults::point("claim_before_commit");
     tx.commit().await?;
+    if !claims.is_empty() {
+        crate::faults::point("claim_after_commit");
+    }
     Ok(Claimed::Debits(claims))
 }
 
@@ -339,7 +356,21 @@ pub async fn send(account: &Account, claim: &Claim, window: Duration) -> Sent {
         permit.abandon();
         return Sent::NotSent("not sent within its send window".into());
     }
-    match account.gateway.sale(&claim.debit).await {
+    let call = account.gateway.sale(&claim.debit);
+    let call = async {
+        // Let the request reach the gateway, then (in crash tests) die with it in flight.
+        tokio::pin!(call);
+        tokio::select! {
+            r = &mut call => r,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {
+                crate::faults::point("send_started");
+                call.await
+            }
+        }
+    };
+    let outcome = call.await;
+    crate::faults::point("answer_received");
+    match outcome {
         Ok(a) => {
             if gateway::settle(&a) == Settled::Unknown {
                 permit.failure();
@@ -419,6 +450,7 @@ pub async fn record(
     }
     fence.check(&mut tx).await?;
     tx.commit().await?;
+    crate::faults::point("outcome_recorded");
     Ok(out)
 }
 
@@ -509,71 +541,84 @@ pub async fn reconcile_due(
     }
     fence.check(&mut tx).await?;
     tx.commit().await?;
-    for d in &due {
-        let Some(account) = app.accounts.get(&d.account) else {
-            tracing::error!(attempt_id = d.id, account = %d.account, "cannot reconcile: the account is no longer configured");
-            continue;
-        };
-        let Some(permit) = account.breaker.permit_shared().await else {
-            continue;
-        };
-        if account.limiter.acquire().await.is_err() {
-            permit.abandon();
-            continue;
+    // Reconciles run concurrently (each under the account's rate limit and breaker).
+    let n = due.len();
+    let results: Vec<Result<(), BillingError>> = futures::stream::iter(due)
+        .map(|d| async move { reconcile_one(app, fence, &d).await })
+        .buffer_unordered(app.settings.billing.in_flight)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(n)
+}
+
+async fn reconcile_one(app: &AppContext, fence: &Fence, d: &Due) -> Result<(), BillingError> {
+    let g = &app.settings.gateway;
+    let Some(account) = app.accounts.get(&d.account) else {
+        tracing::error!(attempt_id = d.id, account = %d.account, "cannot reconcile: the account is no longer configured");
+        return Ok(());
+    };
+    let Some(permit) = account.breaker.permit_shared().await else {
+        return Ok(());
+    };
+    if account.limiter.acquire().await.is_err() {
+        permit.abandon();
+        return Ok(());
+    }
+    let lookup = account.gateway.reconcile(&d.transaction_id).await;
+    match &lookup {
+        Ok(_) => permit.success(),
+        Err(_) => permit.failure(),
+    }
+    match lookup {
+        Ok(Lookup::Found(a)) => {
+            if let Settled::Known(to) = gateway::settle(&a) {
+                let mut tx = app.db.begin().await?;
+                state::apply(
+                    &mut tx,
+                    &app.settings,
+                    d.id,
+                    state::OPEN,
+                    to,
+                    Some(&a),
+                    None,
+                )
+                .await?;
+                fence.check(&mut tx).await?;
+                tx.commit().await?;
+                tracing::info!(attempt_id = d.id, from = %d.status, to, "debit reconciled");
+            }
         }
-        let lookup = account.gateway.reconcile(&d.transaction_id).await;
-        match &lookup {
-            Ok(_) => permit.success(),
-            Err(_) => permit.failure(),
+        Ok(Lookup::NotFound) if matches!(d.status.as_str(), "submitted" | "unknown") => {
+            let resend_at = d.send_deadline
+                + chrono::Duration::from_std(g.resend_after)
+                    .unwrap_or_else(|_| chrono::Duration::minutes(15));
+            if Utc::now() >= resend_at {
+                resend(app, fence, &account, d).await?;
+            } else {
+                let mut tx = app.db.begin().await?;
+                tx.execute(
+                    sqlx::query(
+                        "UPDATE billing_attempts SET next_reconcile_at = $2 WHERE id = $1 AND status IN ('submitted', 'unknown')",
+                    )
+                    .bind(d.id)
+                    .bind(resend_at),
+                )
+                .await?;
+                fence.check(&mut tx).await?;
+                tx.commit().await?;
+            }
         }
-        match lookup {
-            Ok(Lookup::Found(a)) => {
-                if let Settled::Known(to) = gateway::settle(&a) {
-                    let mut tx = app.db.begin().await?;
-                    state::apply(
-                        &mut tx,
-                        &app.settings,
-                        d.id,
-                        state::OPEN,
-                        to,
-                        Some(&a),
-                        None,
-                    )
-                    .await?;
-                    fence.check(&mut tx).await?;
-                    tx.commit().await?;
-                    tracing::info!(attempt_id = d.id, from = %d.status, to, "debit reconciled");
-                }
-            }
-            Ok(Lookup::NotFound) if matches!(d.status.as_str(), "submitted" | "unknown") => {
-                let resend_at = d.send_deadline
-                    + chrono::Duration::from_std(g.resend_after)
-                        .unwrap_or_else(|_| chrono::Duration::minutes(15));
-                if Utc::now() >= resend_at {
-                    resend(app, fence, &account, d).await?;
-                } else {
-                    let mut tx = app.db.begin().await?;
-                    tx.execute(
-                        sqlx::query(
-                            "UPDATE billing_attempts SET next_reconcile_at = $2 WHERE id = $1 AND status IN ('submitted', 'unknown')",
-                        )
-                        .bind(d.id)
-                        .bind(resend_at),
-                    )
-                    .await?;
-                    fence.check(&mut tx).await?;
-                    tx.commit().await?;
-                }
-            }
-            Ok(Lookup::NotFound) => {
-                tracing::error!(attempt_id = d.id, status = %d.status, "the gateway has no record of a debit it answered: left for a person");
-            }
-            Err(e) => {
-                tracing::warn!(attempt_id = d.id, error = %e, "reconcile failed; tried again later")
-            }
+        Ok(Lookup::NotFound) => {
+            tracing::error!(attempt_id = d.id, status = %d.status, "the gateway has no record of a debit it answered: left for a person");
+        }
+        Err(e) => {
+            tracing::warn!(attempt_id = d.id, error = %e, "reconcile failed; tried again later")
         }
     }
-    Ok(due.len())
+    Ok(())
 }
 
 /// Sends a debit the gateway has no record of again, with the same transaction_id and the

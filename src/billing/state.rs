@@ -227,7 +227,8 @@ pub async fn apply(
     Ok(Applied::Changed { from })
 }
 
-/// Gives back what a debit had committed on its run and its account's month.
+/// Gives back what a debit had committed on its run and its account's month (kept for capped
+/// runs and accounts only).
 pub async fn release(
     tx: &mut Tx,
     run_id: Option<uuid::Uuid>,
@@ -238,7 +239,7 @@ pub async fn release(
     if let Some(run) = run_id {
         tx.execute(
             sqlx::query(
-                "UPDATE billing_runs SET committed_minor = committed_minor - $2 WHERE id = $1",
+                "UPDATE billing_runs SET committed_minor = committed_minor - $2 WHERE id = $1 AND cap_minor IS NOT NULL",
             )
             .bind(run)
             .bind(amount),

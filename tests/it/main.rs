@@ -6,6 +6,7 @@
 mod helpers;
 
 mod billing;
+mod billing_crash;
 mod cli;
 mod crash;
 mod deployment;

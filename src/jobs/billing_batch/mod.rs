@@ -121,7 +121,13 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
     let mut exhausted = false;
     let mut halted: Option<String> = None;
     let mut breaker_open = false;
+    let mut touched = Instant::now();
     loop {
+        if touched.elapsed() > Duration::from_secs(5) {
+            // The sweeper re-drives runs whose record stands still: this one is alive.
+            touch(app, run_id).await?;
+            touched = Instant::now();
+        }
         let stopping = ctx.shutdown.is_cancelled() || started.elapsed() > s.billing.slice;
         if !stopping && !breaker_open && halted.is_none() && !exhausted {
             if accounts::breaker_wait(&account).await.is_some() {
@@ -237,6 +243,16 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
         wait,
         "waiting to reconcile the run's unresolved debits",
     ))
+}
+
+async fn touch(app: &AppContext, run_id: Uuid) -> Result<(), JobError> {
+    let mut tx = app.db.begin().await.map_err(retry)?;
+    tx.execute(
+        sqlx::query("UPDATE billing_runs SET updated_at = now() WHERE id = $1").bind(run_id),
+    )
+    .await
+    .map_err(retry)?;
+    tx.commit().await.map_err(retry)
 }
 
 async fn next_due(app: &AppContext, run_id: Uuid) -> Result<Duration, JobError> {

@@ -88,7 +88,47 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
         ),
     ];
     env.push(("RUST_LOG", "info".to_string()));
-    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let mut add = |k: &str, v: String| env.push((format!("FINWORKER__{k}"), v));
+    add("SWEEPER__INTERVAL", d(s.sweeper.interval));
+    add("SWEEPER__STALE_AFTER", d(s.sweeper.stale_after));
+    let g = &s.gateway;
+    add("GATEWAY__REQUEST_TIMEOUT", d(g.request_timeout));
+    add("GATEWAY__CONNECT_TIMEOUT", d(g.connect_timeout));
+    add("GATEWAY__RESEND_AFTER", d(g.resend_after));
+    add("GATEWAY__RECONCILE_INTERVAL", d(g.reconcile_interval));
+    add(
+        "GATEWAY__RECONCILE_MAX_INTERVAL",
+        d(g.reconcile_max_interval),
+    );
+    for (name, a) in &g.accounts {
+        let k = |f: &str| format!("GATEWAY__ACCOUNTS__{}__{f}", name.to_uppercase());
+        add(&k("ENDPOINT"), a.endpoint.clone());
+        add(&k("TERMINAL_TOKEN"), a.terminal_token.clone());
+        add(&k("USERNAME"), a.username.clone());
+        if let Some(p) = &a.password {
+            add(
+                &k("PASSWORD"),
+                secrecy::ExposeSecret::expose_secret(p).to_string(),
+            );
+        }
+        add(&k("RATE_LIMIT"), a.rate_limit.to_string());
+        add(
+            &k("BREAKER_MIN_REQUESTS"),
+            a.breaker_min_requests.to_string(),
+        );
+        add(&k("BREAKER_WINDOW"), d(a.breaker_window));
+        add(&k("BREAKER_OPEN_FOR"), d(a.breaker_open_for));
+        add(&k("BREAKER_OPEN_MAX"), d(a.breaker_open_max));
+    }
+    let b = &s.billing;
+    add("BILLING__CLAIM_SIZE", b.claim_size.to_string());
+    add("BILLING__IN_FLIGHT", b.in_flight.to_string());
+    add("BILLING__BATCH_JOBS", b.batch_jobs.to_string());
+    add("BILLING__SLICE", d(b.slice));
+    add("BILLING__RECURRING", b.recurring.to_string());
+    add("BILLING__RECURRING_INTERVAL", d(b.recurring_interval));
+    env
 }
 
 pub fn command(s: &Settings, args: &[&str]) -> Command {
