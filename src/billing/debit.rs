@@ -122,24 +122,29 @@ pub async fn month_state(tx: &mut Tx, account: &str) -> Result<(Option<i64>, i64
 pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Claimed, BillingError> {
     let s = &app.settings;
     let mut tx = app.db.begin().await?;
-    let Some((status, account, skip_cb, cap, committed)): Option<(
-        String,
-        String,
-        bool,
-        Option<i64>,
-        i64,
-    )> = tx
+    // The run's cap never changes. A capped run's claims take turns on its row (its running
+    // total); the others only share-lock it, so a cancel waits for claims under way and is
+    // seen by every later one, and claims of one run never wait for each other.
+    let Some((capped,)): Option<(bool,)> = tx
         .fetch_optional(
-            sqlx::query_as(
-                "SELECT status, account, skip_chargeback_check, cap_minor, committed_minor \
-                 FROM billing_runs WHERE id = $1 FOR UPDATE",
-            )
-            .bind(run_id),
+            sqlx::query_as("SELECT cap_minor IS NOT NULL FROM billing_runs WHERE id = $1")
+                .bind(run_id),
         )
         .await?
     else {
         return Err(BillingError::NoRun(run_id));
     };
+    let lock = if capped { "FOR UPDATE" } else { "FOR SHARE" };
+    type RunState = (String, String, bool, Option<i64>, i64);
+    let (status, account, skip_cb, cap, committed): RunState = tx
+        .fetch_one(
+            sqlx::query_as(&format!(
+                "SELECT status, account, skip_chargeback_check, cap_minor, committed_minor \
+                 FROM billing_runs WHERE id = $1 {lock}"
+            ))
+            .bind(run_id),
+        )
+        .await?;
     if status != "running" {
         tx.commit().await?;
         return Ok(Claimed::Halted(status));
@@ -174,10 +179,8 @@ pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Clai
     .await?;
     let (enabled, currency): (bool, String) = tx
         .fetch_one(
-            sqlx::query_as(
-                "SELECT enabled, currency FROM gateway_accounts WHERE name = $1 FOR UPDATE",
-            )
-            .bind(&account),
+            sqlx::query_as("SELECT enabled, currency FROM gateway_accounts WHERE name = $1")
+                .bind(&account),
         )
         .await?;
     if !enabled {
@@ -302,7 +305,7 @@ pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Clai
         .await?;
         tx.execute(
             sqlx::query(
-                "UPDATE billing_runs SET committed_minor = committed_minor + $2, updated_at = now() \
+                "UPDATE billing_runs SET committed_minor = committed_minor + $2 \
                  WHERE id = $1 AND cap_minor IS NOT NULL",
             )
             .bind(run_id)
@@ -343,7 +346,10 @@ pub enum Sent {
 /// Sends one claimed debit through the account's breaker and rate limit. Never retries.
 pub async fn send(account: &Account, claim: &Claim, window: Duration) -> Sent {
     if claim.claimed.elapsed() > window {
-        return Sent::NotSent("not sent within its send window".into());
+        return Sent::NotSent(format!(
+            "not sent within its send window (queued {:?} after the claim)",
+            claim.claimed.elapsed()
+        ));
     }
     let Some(permit) = account.breaker.permit_shared().await else {
         return Sent::NotSent(format!("the {} circuit breaker is open", account.name));
@@ -354,7 +360,10 @@ pub async fn send(account: &Account, claim: &Claim, window: Duration) -> Sent {
     }
     if claim.claimed.elapsed() > window {
         permit.abandon();
-        return Sent::NotSent("not sent within its send window".into());
+        return Sent::NotSent(format!(
+            "not sent within its send window (waited {:?} since the claim)",
+            claim.claimed.elapsed()
+        ));
     }
     let call = account.gateway.sale(&claim.debit);
     let call = async {

@@ -658,9 +658,11 @@ pub async fn stale(
     let rows = tx
         .fetch_all(
             sqlx::query_as::<_, RunRow>(&format!(
-                "SELECT {RUN_COLUMNS} FROM billing_runs \
+                "SELECT {RUN_COLUMNS} FROM billing_runs r \
                  WHERE (status IN ('pending', 'running') OR (status = 'paused' AND paused_by = 'breaker')) \
-                 AND updated_at < now() - $1::interval ORDER BY updated_at LIMIT $2"
+                 AND greatest(updated_at, (SELECT at FROM billing_run_progress p WHERE p.run_id = r.id)) \
+                     < now() - $1::interval \
+                 ORDER BY updated_at LIMIT $2"
             ))
             .bind(chrono::Duration::from_std(stale_after).unwrap_or_else(|_| chrono::Duration::minutes(5)))
             .bind(limit),

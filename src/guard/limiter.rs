@@ -65,6 +65,9 @@ impl SharedLimiter {
             .arg(self.spacing_us)
             .invoke_async(&mut conn)
             .await?;
+        if wait_us > 500_000 {
+            tracing::warn!(key = %self.key, wait_ms = wait_us / 1000, "rate limit: the next free slot is far ahead");
+        }
         if wait_us > 0 {
             tokio::time::sleep(Duration::from_micros(wait_us.unsigned_abs())).await;
         }

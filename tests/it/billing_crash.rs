@@ -170,7 +170,7 @@ async fn crash_matrix_sigkill_at_each_step_of_a_debit_leaves_exactly_one_debit_p
         let started = Instant::now();
         let a = Daemon::start(&app.settings, &["run", "--no-http"]);
         let _b = Daemon::start(&app.settings, &["run", "--no-http"]);
-        let r = wait_run(&app, run, Duration::from_secs(120)).await;
+        let r = wait_run(&app, run, Duration::from_secs(240)).await;
         if std::env::var("CRASH_LOG").is_ok() {
             eprintln!("{}", a.log_text());
         }

@@ -123,7 +123,7 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
     let mut breaker_open = false;
     let mut touched = Instant::now();
     loop {
-        if touched.elapsed() > Duration::from_secs(5) {
+        if touched.elapsed() > Duration::from_secs(2) {
             // The sweeper re-drives runs whose record stands still: this one is alive.
             touch(app, run_id).await?;
             touched = Instant::now();
@@ -182,11 +182,13 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
                 None => break,
             }
         }
-        if done
-            .iter()
-            .any(|(_, s)| matches!(s, Sent::NotSent(r) if r.contains("circuit breaker")))
-        {
-            breaker_open = true;
+        for (id, sent) in &done {
+            if let Sent::NotSent(reason) = sent {
+                tracing::debug!(attempt_id = id, %reason, "debit not sent; released");
+                if reason.contains("circuit breaker") {
+                    breaker_open = true;
+                }
+            }
         }
         debit::record(app, &ctx.fence, &done)
             .await
@@ -245,10 +247,17 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
     ))
 }
 
+/// Marks the run as alive for the sweeper (`billing_run_progress`, not the run's row: claims
+/// share-lock that one, and a frequent write to it would make every claim queue behind it).
 async fn touch(app: &AppContext, run_id: Uuid) -> Result<(), JobError> {
     let mut tx = app.db.begin().await.map_err(retry)?;
     tx.execute(
-        sqlx::query("UPDATE billing_runs SET updated_at = now() WHERE id = $1").bind(run_id),
+        sqlx::query(
+            "INSERT INTO billing_run_progress (run_id, at) VALUES ($1, now()) \
+             ON CONFLICT (run_id) DO UPDATE SET at = now() \
+             WHERE billing_run_progress.at < now() - interval '1 second'",
+        )
+        .bind(run_id),
     )
     .await
     .map_err(retry)?;
@@ -267,13 +276,9 @@ async fn next_due(app: &AppContext, run_id: Uuid) -> Result<Duration, JobError> 
         )
         .await
         .map_err(retry)?;
-    // The sweeper looks at runs whose record has not moved: a waiting run is alive.
-    tx.execute(
-        sqlx::query("UPDATE billing_runs SET updated_at = now() WHERE id = $1").bind(run_id),
-    )
-    .await
-    .map_err(retry)?;
     tx.commit().await.map_err(retry)?;
+    // A run waiting for its reconciles is alive.
+    touch(app, run_id).await?;
     Ok(Duration::from_secs_f64(
         secs.unwrap_or(1.0).clamp(0.2, 30.0),
     ))

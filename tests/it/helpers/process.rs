@@ -87,7 +87,10 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
             super::app::IBAN_KEY.to_string(),
         ),
     ];
-    env.push(("RUST_LOG", "info".to_string()));
+    env.push((
+        "RUST_LOG",
+        std::env::var("DAEMON_LOG").unwrap_or_else(|_| "info".to_string()),
+    ));
     let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let mut add = |k: &str, v: String| env.push((format!("FINWORKER__{k}"), v));
     add("SWEEPER__INTERVAL", d(s.sweeper.interval));
