@@ -57,7 +57,9 @@ async fn workers_only(sb: &SandboxServer) -> TestApp {
 }
 
 /// `n` debtors from `base`: every tenth has no mandate (invalid: never debited).
-fn rows(base: u32, n: u32) -> (Vec<(String, String, i64)>, Vec<String>, Vec<String>) {
+type Rows = Vec<(String, String, i64)>;
+
+fn rows(base: u32, n: u32) -> (Rows, Vec<String>, Vec<String>) {
     let all: Vec<(String, String, i64)> = (0..n)
         .map(|k| (format!("D{}", base + k), iban(base + k), 1000))
         .collect();
