@@ -132,7 +132,7 @@ LEFT JOIN debtors d ON d.id = i.debtor_id \
 LEFT JOIN debtor_profiles p ON p.id = i.profile_id \
 LEFT JOIN vop_results v ON v.debtor_id = i.debtor_id \
 CROSS JOIN LATERAL (SELECT CASE WHEN i.model = 'legacy' THEN 'l' || i.debtor_id \
-    ELSE 'd' || to_char(coalesce(greatest(p.next_bill_at, p.created_at), now()) AT TIME ZONE 'UTC', 'YYYYMMDD') END AS cycle) c \
+    ELSE 'd' || extract(epoch FROM date_trunc('second', coalesce(p.next_bill_at, p.created_at, now())))::bigint END AS cycle) c \
 WHERE i.run_id = $1 AND i.item_no = ANY($2) ORDER BY i.item_no";
 
 /// Loads the items with what the rules need.

@@ -85,7 +85,7 @@ pub async fn create(app: &AppContext, id: Uuid, r: &NewRun) -> Result<(), Billin
             app.accounts.names().join(", ")
         )));
     }
-    if !app.settings.billing.models.contains_key(&r.model) {
+    if r.source != "recurring" && !app.settings.billing.models.contains_key(&r.model) {
         return Err(BillingError::Refused(format!(
             "no billing model `{}` (configured: {})",
             r.model,

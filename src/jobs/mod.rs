@@ -3,6 +3,7 @@
 
 pub mod billing;
 pub mod billing_batch;
+pub mod billing_recurring;
 mod noop;
 pub mod sweeper;
 mod test_job;
@@ -15,6 +16,7 @@ pub mod vop_report;
 
 pub use billing::Billing;
 pub use billing_batch::BillingBatch;
+pub use billing_recurring::BillingRecurring;
 pub use noop::Noop;
 pub use sweeper::Sweeper;
 pub use test_job::TestJob;
@@ -32,6 +34,7 @@ pub fn registry() -> Registry {
     Registry::new()
         .add::<Billing>()
         .add::<BillingBatch>()
+        .add::<BillingRecurring>()
         .add::<Noop>()
         .add::<Sweeper>()
         .add::<TestJob>()

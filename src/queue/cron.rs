@@ -26,6 +26,17 @@ pub async fn run(ctx: AppContext, stop: CancellationToken) {
             stop.clone(),
         )));
     }
+    if ctx.settings.billing.recurring
+        && !ctx.settings.gateway.accounts.is_empty()
+        && ctx.registry.get("billing_recurring").is_some()
+    {
+        tasks.push(tokio::spawn(run_every(
+            ctx.clone(),
+            "billing_recurring",
+            ctx.settings.billing.recurring_interval,
+            stop.clone(),
+        )));
+    }
     for t in tasks {
         let _ = t.await;
     }

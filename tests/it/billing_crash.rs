@@ -302,3 +302,130 @@ async fn flushall_mid_run_the_run_still_completes_exactly_once() {
     assert_eq!(r.status, "completed");
     assert_exactly_once(&sb, &ok, &bad, "flushall");
 }
+
+#[tokio::test]
+async fn recurring_billing_with_two_processes_bills_a_due_profile_once_per_cycle() {
+    let sb = sandbox(worst_case_knobs(5)).await;
+    let app = spawn_app_roles(
+        Roles {
+            workers: false,
+            ..Roles::default()
+        },
+        |s| {
+            crash_settings(s, &sb);
+            s.billing.recurring = true;
+            s.billing.recurring_interval = Duration::from_secs(1);
+        },
+    )
+    .await;
+    // Six debtors at 2.99 EUR: flywheel profiles, billed once by an upload run.
+    let (all, _, _) = rows(990_000, 6);
+    let all: Rows = all.into_iter().map(|(r, i, _)| (r, i, 299)).collect();
+    let upload = import(&app, &debtors_csv(&all)).await;
+    let a = Daemon::start(&app.settings, &["run", "--no-http"]);
+    let b = Daemon::start(&app.settings, &["run", "--no-http"]);
+    let first = start_run(&app, upload, "main", "flywheel").await;
+    wait_run(&app, first, Duration::from_secs(60)).await;
+    assert_eq!(sb.sandbox.ledger().debits.len(), 6);
+    // Ninety days pass for four of them: their next cycle is due.
+    let mut c = app.db.connect().await;
+    sqlx::query("UPDATE billing_attempts SET created_at = now() - interval '91 days'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE debtor_profiles SET next_bill_at = now() - interval '1 minute' \
+         WHERE id IN (SELECT id FROM debtor_profiles ORDER BY id LIMIT 4)",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "a recurring run completed",
+        || async {
+            let mut c = app.db.connect().await;
+            let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM billing_runs WHERE source = 'recurring' AND status = 'completed'",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+            (n >= 1).then_some(())
+        },
+    )
+    .await;
+    // A few more ticks: nothing is due any more, so nothing more is billed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let per = sb.sandbox.ledger().per_iban();
+    let mut counts: Vec<usize> = per.values().copied().collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 1, 2, 2, 2, 2], "{per:?}");
+    let (runs, next_ok): (i64, bool) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM billing_runs WHERE source = 'recurring'), \
+         (SELECT bool_and(next_bill_at > now() + interval '89 days') FROM debtor_profiles)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        runs, 1,
+        "one recurring run, whatever the number of processes"
+    );
+    assert!(next_ok, "every profile's next cycle is 90 days out");
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn gateway_credentials_never_reach_logs_or_config_check() {
+    let sb = sandbox(worst_case_knobs(0)).await;
+    let app = workers_only(&sb).await;
+    let out = crate::helpers::process::cli_ok(&app.settings, &["config", "check"]);
+    assert!(out.contains("[gateway.accounts.main]"), "{out}");
+    assert!(!out.contains(crate::billing::GATEWAY_PASSWORD), "{out}");
+    let listed = crate::helpers::process::cli_ok(&app.settings, &["accounts", "list"]);
+    assert!(
+        listed.contains("FINWORKER__GATEWAY__ACCOUNTS__MAIN__PASSWORD"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(crate::billing::GATEWAY_PASSWORD),
+        "{listed}"
+    );
+    let (all, ok, bad) = rows(995_000, 20);
+    let upload = import(&app, &csv_with_invalid(&all)).await;
+    let d = Daemon::start_in(
+        &app.settings,
+        &["run", "--no-http"],
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        &[(
+            "RUST_LOG",
+            "debug,sqlx=warn,hyper=info,reqwest=info,h2=info",
+        )],
+    );
+    let run = start_run(&app, upload, "main", "legacy").await;
+    wait_run(&app, run, Duration::from_secs(60)).await;
+    assert_exactly_once(&sb, &ok, &bad, "secrets");
+    let log = d.log_text();
+    assert!(
+        log.contains("billing run completed"),
+        "the log is the daemon's"
+    );
+    assert!(!log.contains(crate::billing::GATEWAY_PASSWORD));
+    assert!(
+        !log.contains("t-main/"),
+        "the terminal token (part of the URL) is not logged"
+    );
+    for i in &ok {
+        assert!(!log.contains(i.as_str()), "a whole IBAN in the log");
+    }
+    let mut c = app.db.connect().await;
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM gateway_accounts WHERE breaker::text LIKE '%' || $1 || '%' OR password_env LIKE '%' || $1 || '%'",
+    )
+    .bind(crate::billing::GATEWAY_PASSWORD)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0, "no password in the database");
+}

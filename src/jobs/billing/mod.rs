@@ -104,6 +104,12 @@ pub fn run_id_for_job(job_id: &str) -> Uuid {
 
 /// Selects a created run's items and starts its batches.
 pub async fn start(app: &AppContext, ctx: &JobContext, id: Uuid) -> Result<(), JobError> {
+    match run::get(&app.db, id).await.map_err(to_job_error)? {
+        Some(r) if r.status == "pending" => {}
+        // Selected already: its batches run (or the sweeper re-drives them).
+        Some(_) => return Ok(()),
+        None => return Err(JobError::permanent(format!("no billing run {id}"))),
+    }
     let r = run::select(app, &ctx.fence, id)
         .await
         .map_err(to_job_error)?;
