@@ -61,6 +61,8 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
         "127.0.0.1:0",
         crate::sandbox::Knobs {
             latency_ms: 20,
+            genesis_hang_ms: 4000,
+            genesis_password: Some("demo-gateway-password".into()),
             ..Default::default()
         },
         sandbox_stop.clone(),
@@ -70,6 +72,28 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     settings.vop.base_url = format!("http://{sandbox_addr}");
     settings.vop.rate_limit = args.vop_rate;
     settings.reports.after_vop = true;
+    // A Genesis merchant account on the sandbox gateway, for the billing step.
+    settings.gateway.accounts.insert(
+        "demo".into(),
+        crate::config::GatewayAccountSettings {
+            gateway: "genesis".into(),
+            endpoint: format!("http://{sandbox_addr}"),
+            terminal_token: "demo-terminal".into(),
+            username: "demo".into(),
+            password: Some(SecretString::from("demo-gateway-password")),
+            currency: "EUR".into(),
+            rate_limit: 200,
+            breaker_min_success_rate: 0.5,
+            breaker_min_requests: 20,
+            breaker_window: Duration::from_secs(10),
+            breaker_open_for: Duration::from_secs(2),
+            breaker_open_max: Duration::from_secs(10),
+            monthly_cap_minor: None,
+            enabled: true,
+        },
+    );
+    settings.gateway.request_timeout = Duration::from_secs(2);
+    settings.billing.recurring = false;
     let ephemeral_secret = settings.reports.link_secret.is_none();
     if ephemeral_secret {
         settings.reports.link_secret = Some(SecretString::from(
@@ -333,6 +357,61 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     } else {
         println!("   served by `finworker run`; a fresh link: finworker reports link {report_id}");
     }
+
+    println!(
+        "12. billing: every debtor of the upload, through the sandbox Genesis gateway (account `demo`)"
+    );
+    let run_id = crate::jobs::billing::enqueue(
+        &ctx,
+        crate::jobs::Billing {
+            upload_id,
+            account: "demo".into(),
+            model: "legacy".into(),
+            dry_run: false,
+            skip_chargeback_check: false,
+            cap_minor: None,
+            run_id: None,
+            requested_by: crate::jobs::billing::RequestedBy::Cli,
+        },
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    loop {
+        match crate::billing::run::get(&ctx.db, run_id).await? {
+            Some(r) if matches!(r.status.as_str(), "completed" | "cancelled") => break,
+            _ if started.elapsed() > Duration::from_secs(300) => {
+                anyhow::bail!("billing run {run_id} did not finish within 5 minutes")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+    let mut tx = ctx.db.begin().await?;
+    let totals = crate::billing::run::totals(&mut tx, run_id).await?;
+    tx.commit().await?;
+    println!(
+        "   run {run_id} completed in {:.1}s: {} debtors",
+        started.elapsed().as_secs_f64(),
+        totals["items"]
+    );
+    for (title, key) in [
+        ("debits by status", "attempts_by_status"),
+        ("excluded by reason", "excluded_by_reason"),
+    ] {
+        if let Some(m) = totals[key].as_object() {
+            println!("   {title}:");
+            for (k, v) in m {
+                println!(
+                    "     {k:<22} {:>6}  {:>12} EUR",
+                    v["count"],
+                    crate::money::format_minor(v["amount_minor"].as_i64().unwrap_or(0))
+                );
+            }
+        }
+    }
+    println!(
+        "   the sandbox gateway's ledger holds {} debits (one per debited debtor); details: finworker billing show {run_id}",
+        sandbox.ledger().debits.len()
+    );
 
     shutdown.cancel();
     daemon.await??;

@@ -65,7 +65,8 @@ impl SharedLimiter {
             .arg(self.spacing_us)
             .invoke_async(&mut conn)
             .await?;
-        if wait_us > 500_000 {
+        if wait_us > 10_000_000 {
+            // More callers queued than the limit serves in ten seconds: worth knowing.
             tracing::warn!(key = %self.key, wait_ms = wait_us / 1000, "rate limit: the next free slot is far ahead");
         }
         if wait_us > 0 {
