@@ -576,7 +576,10 @@ async fn reconcile_one(app: &AppContext, fence: &Fence, d: &Due) -> Result<(), B
         permit.abandon();
         return Ok(());
     }
-    let lookup = account.gateway.reconcile(&d.transaction_id).await;
+    let lookup = account
+        .gateway
+        .reconcile(gateway::TxKey::TransactionId(&d.transaction_id))
+        .await;
     match &lookup {
         Ok(_) => permit.success(),
         Err(_) => permit.failure(),

@@ -8,7 +8,7 @@ use futures::{FutureExt, future::BoxFuture};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{Answer, CallError, Debit, Gateway, Lookup};
+use super::{Answer, CallError, Debit, Gateway, Lookup, TxKey};
 use crate::config::{GatewayAccountSettings, GatewaySettings};
 
 /// Answers above this size are not read (a gateway answer is a few hundred bytes).
@@ -85,7 +85,10 @@ struct VoidXml<'a> {
 #[derive(Serialize)]
 #[serde(rename = "reconcile")]
 struct ReconcileXml<'a> {
-    transaction_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transaction_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unique_id: Option<&'a str>,
 }
 
 /// `payment_response`, every field optional (an error answer may carry only four).
@@ -263,12 +266,18 @@ impl Gateway for GenesisClient {
         .boxed()
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        transaction_id: &'a str,
-    ) -> BoxFuture<'a, Result<Lookup, CallError>> {
+    fn reconcile<'a>(&'a self, key: TxKey<'a>) -> BoxFuture<'a, Result<Lookup, CallError>> {
         async move {
-            let body = to_xml(&ReconcileXml { transaction_id })?;
+            let body = to_xml(&match key {
+                TxKey::TransactionId(t) => ReconcileXml {
+                    transaction_id: Some(t),
+                    unique_id: None,
+                },
+                TxKey::UniqueId(u) => ReconcileXml {
+                    transaction_id: None,
+                    unique_id: Some(u),
+                },
+            })?;
             let a = self.post(&self.reconcile_url, body).await?;
             if a.status == "error" && a.code.is_some_and(|c| NOT_FOUND_CODES.contains(&c)) {
                 return Ok(Lookup::NotFound);
@@ -355,6 +364,15 @@ mod tests {
         .unwrap();
         assert_eq!((e.status.as_str(), e.code), ("error", Some(460)));
         assert!(parse_answer("<payment_response><code>1</code></payment_response>").is_err());
+        let by_unique = to_xml(&ReconcileXml {
+            transaction_id: None,
+            unique_id: Some("44177a21"),
+        })
+        .unwrap();
+        assert!(
+            by_unique.ends_with("<reconcile><unique_id>44177a21</unique_id></reconcile>"),
+            "{by_unique}"
+        );
         assert!(parse_answer("not xml at all").is_err());
     }
 }

@@ -86,6 +86,15 @@ pub enum CallError {
     Refused(String),
 }
 
+/// How a reconcile names its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxKey<'a> {
+    /// Our `transaction_id` (works for a debit whose answer never arrived).
+    TransactionId(&'a str),
+    /// The gateway's `unique_id` (what notifications carry).
+    UniqueId(&'a str),
+}
+
 /// What a reconcile found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -101,9 +110,8 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Submits a direct debit.
     fn sale<'a>(&'a self, debit: &'a Debit) -> BoxFuture<'a, Result<Answer, CallError>>;
-    /// The current state of our transaction `transaction_id`.
-    fn reconcile<'a>(&'a self, transaction_id: &'a str)
-    -> BoxFuture<'a, Result<Lookup, CallError>>;
+    /// The current state of a transaction, found by our id or the gateway's.
+    fn reconcile<'a>(&'a self, key: TxKey<'a>) -> BoxFuture<'a, Result<Lookup, CallError>>;
     /// Voids an approved or pending debit (`unique_id` is the gateway's id of it); the void
     /// transaction is `void_transaction_id`.
     fn void<'a>(

@@ -259,6 +259,30 @@ async fn each_gateway_outcome_is_recorded_and_nothing_is_debited_twice() {
         "{totals}"
     );
 
+    // Reconcile by the gateway's id works too (webhooks carry it), and an unknown id is
+    // reported as not found, not as an error.
+    let uid = sends
+        .iter()
+        .find(|(r, _, _)| r == "R0")
+        .and_then(|(_, _, u)| u.clone())
+        .unwrap();
+    let acct = app.ctx.accounts.get("main").unwrap();
+    let by_uid = acct
+        .gateway
+        .reconcile(finworker::gateway::TxKey::UniqueId(&uid))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&by_uid, finworker::gateway::Lookup::Found(a) if a.status == "approved"),
+        "{by_uid:?}"
+    );
+    let missing = acct
+        .gateway
+        .reconcile(finworker::gateway::TxKey::TransactionId("fw-nope"))
+        .await
+        .unwrap();
+    assert_eq!(missing, finworker::gateway::Lookup::NotFound);
+
     // The same upload billed again: every debtor debited or pending is excluded, with its
     // reason; only the declined and refused ones are tried again (a new debit each).
     let again = start_run(&app, upload, "main", "legacy").await;
