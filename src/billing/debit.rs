@@ -294,13 +294,23 @@ pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Clai
                 )),
             }
         }
+        let (nos, ids): (Vec<i32>, Vec<i64>) = claims
+            .iter()
+            .filter_map(|c| {
+                by_item
+                    .iter()
+                    .find(|(_, id)| **id == c.attempt_id)
+                    .map(|(n, id)| (*n, *id))
+            })
+            .unzip();
         tx.execute(
             sqlx::query(
-                "UPDATE billing_items i SET state = 'attempted', attempt_id = a.id, decided_at = now() \
-                 FROM billing_attempts a WHERE i.run_id = $1 AND a.run_id = $1 AND a.item_no = i.item_no AND a.id = ANY($2)",
+                "UPDATE billing_items i SET state = 'attempted', attempt_id = t.id, decided_at = now() \
+                 FROM unnest($2::int4[], $3::bigint[]) AS t(n, id) WHERE i.run_id = $1 AND i.item_no = t.n",
             )
             .bind(run_id)
-            .bind(claims.iter().map(|c| c.attempt_id).collect::<Vec<_>>()),
+            .bind(&nos)
+            .bind(&ids),
         )
         .await?;
         tx.execute(
