@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::{
     billing::{
+        BillingError,
         accounts::{self, Account},
         debit::{self, Claimed, Sent},
         run,
@@ -118,6 +119,9 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
     let window = s.gateway.request_timeout;
     let mut queue: VecDeque<debit::Claim> = VecDeque::new();
     let mut flying: tokio::task::JoinSet<(i64, Sent)> = tokio::task::JoinSet::new();
+    // Outcomes are written by their own tasks (two at a time) while sending goes on: a loop
+    // that waited for each write would leave the rate limit's slots unused meanwhile.
+    let mut recording: tokio::task::JoinSet<Result<(), BillingError>> = tokio::task::JoinSet::new();
     let mut exhausted = false;
     let mut halted: Option<String> = None;
     let mut breaker_open = false;
@@ -190,8 +194,21 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
                 }
             }
         }
-        debit::record(app, &ctx.fence, &done)
-            .await
+        while let Some(r) = recording.try_join_next() {
+            r.map_err(retry)?
+                .map_err(crate::jobs::billing::to_job_error)?;
+        }
+        while recording.len() >= 2 {
+            if let Some(r) = recording.join_next().await {
+                r.map_err(retry)?
+                    .map_err(crate::jobs::billing::to_job_error)?;
+            }
+        }
+        let (app2, fence2) = (app.clone(), ctx.fence.clone());
+        recording.spawn(async move { debit::record(&app2, &fence2, &done).await.map(|_| ()) });
+    }
+    while let Some(r) = recording.join_next().await {
+        r.map_err(retry)?
             .map_err(crate::jobs::billing::to_job_error)?;
     }
     if breaker_open {
