@@ -19,8 +19,10 @@ mod validate;
 pub use sections::*;
 
 /// Job types that resume where they stopped when a deploy cuts them short (a split skips
-/// the chunks it already staged), so a timeout above the drain deadline costs nothing.
-pub const RESUMABLE_QUEUES: &[&str] = &["upload"];
+/// the chunks it already staged; a billing selection its committed chunks; a billing batch
+/// leaves its debtors queued and its unanswered debits to reconcile), so a timeout above the
+/// drain deadline costs nothing.
+pub const RESUMABLE_QUEUES: &[&str] = &["upload", "billing", "billing_batch"];
 
 /// The defaults, compiled in so the binary runs with no file beside it.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
