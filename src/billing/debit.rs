@@ -116,6 +116,43 @@ pub async fn month_state(tx: &mut Tx, account: &str) -> Result<(Option<i64>, i64
     Ok((cap, used))
 }
 
+/// The run's and the account's caps, used up item by item in item order (by a claim, or by a
+/// dry run's selection).
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// The run's cap.
+    pub run_cap: Option<i64>,
+    /// What the run has committed.
+    pub run_used: i64,
+    /// The account's monthly cap.
+    pub month_cap: Option<i64>,
+    /// What the account's month has committed.
+    pub month_used: i64,
+}
+
+impl Caps {
+    /// Takes `amount` from both caps, or says which one it would overrun.
+    pub fn admit(&mut self, amount: i64) -> Result<(), (&'static str, String)> {
+        if self.run_cap.is_some_and(|cap| self.run_used + amount > cap) {
+            return Err(("run_cap", "the run's cap is reached".into()));
+        }
+        if let Some(cap) = self.month_cap
+            && self.month_used + amount > cap
+        {
+            return Err((
+                "account_monthly_cap",
+                format!(
+                    "the account's monthly cap of {} is reached",
+                    crate::money::format_minor(cap)
+                ),
+            ));
+        }
+        self.run_used += amount;
+        self.month_used += amount;
+        Ok(())
+    }
+}
+
 /// Claims up to `billing.claim_size` queued items of a running run: re-checks every rule with
 /// the profiles locked, applies the run's and the account's caps, and commits one attempt per
 /// admitted debtor (status `submitted`, deterministic transaction_id) before anything is sent.
@@ -197,34 +234,22 @@ pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Clai
         tx.commit().await?;
         return Ok(Claimed::Halted("paused".into()));
     }
-    let (month_cap, mut month_used) = month_state(&mut tx, &account).await?;
+    let (month_cap, month_used) = month_state(&mut tx, &account).await?;
     let cands = rules::load(&mut tx, s, run_id, &nos).await?;
     let mut decided = Vec::new();
     let mut admitted: Vec<(&rules::Candidate, Debit)> = Vec::new();
-    let mut run_committed = committed;
+    let mut caps = Caps {
+        run_cap: cap,
+        run_used: committed,
+        month_cap,
+        month_used,
+    };
     for c in &cands {
         if let Some((r, d)) = c.exclusion(s, &currency, skip_cb, false) {
             decided.push((c.item_no, "excluded", Some(r.to_string()), Some(d)));
-        } else if cap.is_some_and(|cap| run_committed + c.amount_minor > cap) {
-            decided.push((
-                c.item_no,
-                "excluded",
-                Some("run_cap".into()),
-                Some("the run's cap is reached".into()),
-            ));
-        } else if month_cap.is_some_and(|cap| month_used + c.amount_minor > cap) {
-            decided.push((
-                c.item_no,
-                "excluded",
-                Some("account_monthly_cap".into()),
-                Some(format!(
-                    "the account's monthly cap of {} is reached",
-                    crate::money::format_minor(month_cap.unwrap_or(0))
-                )),
-            ));
+        } else if let Err((r, d)) = caps.admit(c.amount_minor) {
+            decided.push((c.item_no, "excluded", Some(r.into()), Some(d)));
         } else {
-            run_committed += c.amount_minor;
-            month_used += c.amount_minor;
             admitted.push((c, c.debit(s)));
         }
     }

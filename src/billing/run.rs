@@ -433,8 +433,8 @@ async fn evaluate_all(app: &AppContext, fence: &Fence, run: &RunRow) -> Result<(
         .map(|a| a.settings.currency.clone())
         .unwrap_or_default();
     let mut after = 0i32;
-    let mut committed = 0i64;
-    let mut month: Option<(Option<i64>, i64)> = None;
+    // A dry run's caps, used up as its debtors would be (real runs apply them in each claim).
+    let mut caps: Option<super::debit::Caps> = None;
     loop {
         let mut tx = app.db.begin().await?;
         let nos: Vec<i32> = tx
@@ -455,8 +455,14 @@ async fn evaluate_all(app: &AppContext, fence: &Fence, run: &RunRow) -> Result<(
             return Ok(());
         };
         after = last;
-        if run.dry_run && month.is_none() {
-            month = Some(super::debit::month_state(&mut tx, &run.account).await?);
+        if run.dry_run && caps.is_none() {
+            let (month_cap, month_used) = super::debit::month_state(&mut tx, &run.account).await?;
+            caps = Some(super::debit::Caps {
+                run_cap: run.cap_minor,
+                run_used: 0,
+                month_cap,
+                month_used,
+            });
         }
         let cands = rules::load(&mut tx, &app.settings, run.id, &nos).await?;
         let mut decided: Vec<(i32, &'static str, Option<String>, Option<String>)> = Vec::new();
@@ -468,31 +474,12 @@ async fn evaluate_all(app: &AppContext, fence: &Fence, run: &RunRow) -> Result<(
                 run.dry_run,
             ) {
                 Some((r, d)) => decided.push((c.item_no, "excluded", Some(r.to_string()), Some(d))),
-                None if run.dry_run => {
-                    let (cap, used) = month.unwrap_or((None, 0));
-                    if run
-                        .cap_minor
-                        .is_some_and(|cap| committed + c.amount_minor > cap)
-                    {
-                        decided.push((
-                            c.item_no,
-                            "excluded",
-                            Some("run_cap".into()),
-                            Some("the run's cap is reached".into()),
-                        ));
-                    } else if cap.is_some_and(|cap| used + c.amount_minor > cap) {
-                        decided.push((
-                            c.item_no,
-                            "excluded",
-                            Some("account_monthly_cap".into()),
-                            Some("the account's monthly cap is reached".into()),
-                        ));
-                    } else {
-                        committed += c.amount_minor;
-                        month = Some((cap, used + c.amount_minor));
-                        decided.push((c.item_no, "would_bill", None, None));
+                None if run.dry_run => match caps.as_mut().map(|k| k.admit(c.amount_minor)) {
+                    Some(Err((r, d))) => {
+                        decided.push((c.item_no, "excluded", Some(r.into()), Some(d)))
                     }
-                }
+                    _ => decided.push((c.item_no, "would_bill", None, None)),
+                },
                 None => {}
             }
         }

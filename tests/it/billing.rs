@@ -85,17 +85,7 @@ pub fn debtors_csv(rows: &[(String, String, i64)]) -> Vec<u8> {
 }
 
 pub async fn validated_upload(app: &TestApp, rows: &[(String, String, i64)]) -> Uuid {
-    let rec = ingest(app, "debtors.csv", &debtors_csv(rows)).await;
-    assert_eq!(rec.status, "completed", "{rec:?}");
-    eventually(Duration::from_secs(60), "upload validated", || async {
-        finworker::uploads::get(&app.ctx.db, rec.id)
-            .await
-            .unwrap()
-            .filter(|r| r.validated_at.is_some())
-            .map(|_| ())
-    })
-    .await;
-    rec.id
+    validated(app, &debtors_csv(rows)).await
 }
 
 pub async fn start_run(app: &TestApp, upload: Uuid, account: &str, model: &str) -> Uuid {
@@ -331,18 +321,24 @@ fn rich_csv(rows: &[(&str, &str, String, &str, i64, &str, &str)]) -> Vec<u8> {
     out.into_bytes()
 }
 
-async fn validated(app: &TestApp, bytes: &[u8]) -> Uuid {
+/// Ingests a file with the test app's own workers and waits until it is validated.
+pub async fn validated(app: &TestApp, bytes: &[u8]) -> Uuid {
     let rec = ingest(app, "debtors.csv", bytes).await;
     assert_eq!(rec.status, "completed", "{rec:?}");
+    wait_validated(app, rec.id).await;
+    rec.id
+}
+
+/// Waits until an upload (imported by whichever workers) is validated.
+pub async fn wait_validated(app: &TestApp, id: Uuid) {
     eventually(Duration::from_secs(60), "upload validated", || async {
-        finworker::uploads::get(&app.ctx.db, rec.id)
+        finworker::uploads::get(&app.ctx.db, id)
             .await
             .unwrap()
             .filter(|r| r.validated_at.is_some())
             .map(|_| ())
     })
     .await;
-    rec.id
 }
 
 async fn attempt_id(app: &TestApp, reference: &str) -> i64 {

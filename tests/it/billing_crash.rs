@@ -96,14 +96,7 @@ fn csv_with_invalid(all: &[(String, String, i64)]) -> Vec<u8> {
 async fn import(app: &TestApp, bytes: &[u8]) -> Uuid {
     let importer = Daemon::start(&app.settings, &["run", "--no-http"]);
     let id = crate::uploads::submit(app, "debtors.csv", bytes).await;
-    eventually(Duration::from_secs(60), "upload validated", || async {
-        finworker::uploads::get(&app.ctx.db, id)
-            .await
-            .unwrap()
-            .filter(|r| r.validated_at.is_some())
-            .map(|_| ())
-    })
-    .await;
+    crate::billing::wait_validated(app, id).await;
     drop(importer);
     id
 }
@@ -281,18 +274,9 @@ async fn flushall_mid_run_the_run_still_completes_exactly_once() {
         s.gateway.accounts.get_mut("main").unwrap().rate_limit = 100;
     })
     .await;
-    let rows_ = rows(970_000, 400);
-    let (all, ok, bad) = rows_;
-    let rec = crate::uploads::ingest(&app, "debtors.csv", &csv_with_invalid(&all)).await;
-    eventually(Duration::from_secs(60), "upload validated", || async {
-        finworker::uploads::get(&app.ctx.db, rec.id)
-            .await
-            .unwrap()
-            .filter(|r| r.validated_at.is_some())
-            .map(|_| ())
-    })
-    .await;
-    let run = start_run(&app, rec.id, "main", "legacy").await;
+    let (all, ok, bad) = rows(970_000, 400);
+    let upload = crate::billing::validated(&app, &csv_with_invalid(&all)).await;
+    let run = start_run(&app, upload, "main", "legacy").await;
     eventually(Duration::from_secs(20), "debits under way", || async {
         (sb.sandbox.calls().count("/process/") >= 50).then_some(())
     })

@@ -126,6 +126,11 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
     let mut halted: Option<String> = None;
     let mut breaker_open = false;
     let mut touched = Instant::now();
+    // A run paused by the breaker is only ever left by a snooze: resume it (once) when this
+    // execution finds the breaker letting calls through.
+    if accounts::breaker_wait(&account).await.is_none() {
+        resume_after_breaker(app, run_id).await?;
+    }
     loop {
         if touched.elapsed() > Duration::from_secs(2) {
             // The sweeper re-drives runs whose record stands still: this one is alive.
@@ -137,7 +142,6 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
             if accounts::breaker_wait(&account).await.is_some() {
                 breaker_open = true;
             } else {
-                resume_after_breaker(app, run_id).await?;
                 if queue.len() < s.billing.in_flight {
                     match debit::claim(app, &ctx.fence, run_id)
                         .await
