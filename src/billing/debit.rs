@@ -440,58 +440,33 @@ pub async fn record(
 ) -> Result<Vec<Outcome>, BillingError> {
     let mut tx = app.db.begin().await?;
     let mut out = Vec::with_capacity(results.len());
+    let mut changes = Vec::with_capacity(results.len());
     for (id, sent) in results {
-        let o = match sent {
+        let (to, answer, note) = match sent {
             Sent::Answer(a) => {
                 let to = match gateway::settle(a) {
                     Settled::Known(s) => s,
                     Settled::Unknown => "unknown",
                 };
-                state::apply(
-                    &mut tx,
-                    &app.settings,
-                    *id,
-                    &["submitted"],
-                    to,
-                    Some(a),
-                    None,
-                )
-                .await?;
-                Outcome::Recorded(to)
+                (to, Some(a), None)
             }
-            Sent::Failed(CallError::Unknown(reason)) => {
-                state::apply(
-                    &mut tx,
-                    &app.settings,
-                    *id,
-                    &["submitted"],
-                    "unknown",
-                    None,
-                    Some(reason),
-                )
-                .await?;
-                Outcome::Recorded("unknown")
-            }
-            Sent::Failed(CallError::Refused(reason)) => {
-                state::apply(
-                    &mut tx,
-                    &app.settings,
-                    *id,
-                    &["submitted"],
-                    "error",
-                    None,
-                    Some(reason),
-                )
-                .await?;
-                Outcome::Recorded("error")
-            }
+            Sent::Failed(CallError::Unknown(reason)) => ("unknown", None, Some(reason.as_str())),
+            Sent::Failed(CallError::Refused(reason)) => ("error", None, Some(reason.as_str())),
             Sent::NotSent(_) => {
                 unsend(&mut tx, *id).await?;
-                Outcome::NotSent
+                out.push(Outcome::NotSent);
+                continue;
             }
         };
-        out.push(o);
+        changes.push(state::Change {
+            id: *id,
+            to,
+            answer,
+            note,
+        });
+        out.push(Outcome::Recorded(to));
     }
+    state::apply_many(&mut tx, &app.settings, &["submitted"], &changes).await?;
     fence.check(&mut tx).await?;
     tx.commit().await?;
     crate::faults::point("outcome_recorded");

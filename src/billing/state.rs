@@ -13,7 +13,9 @@
 //! A transition not in the table is refused and logged, never applied: a late `approved` never
 //! overwrites `chargebacked`.
 
-use chrono::{DateTime, Months, Utc};
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 
 use crate::{
     config::{BillingSettings, Settings},
@@ -57,17 +59,6 @@ pub fn next_bill(
         .map(|d| at + chrono::Duration::days(i64::from(d)))
 }
 
-#[derive(sqlx::FromRow)]
-struct AttemptRow {
-    status: String,
-    profile_id: i64,
-    amount_minor: i64,
-    model: String,
-    run_id: Option<uuid::Uuid>,
-    account: String,
-    created_at: DateTime<Utc>,
-}
-
 /// What the change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -87,14 +78,20 @@ pub enum Applied {
     Missed,
 }
 
-/// Moves attempt `id` to `to` with what the gateway said, when its current status is one of
-/// `expect` and the table allows it, and applies the side effects in `tx`:
-/// - into `pending`/`pending_async`/`approved` from `submitted`/`unknown`: the profile's
-///   `last_billed_at` and, for recurring models, `next_bill_at`;
-/// - into `approved`: lifetime total and `last_success_at`;
-/// - out of a live status into `declined`/`error`/`voided`: the run's and the account's
-///   committed amounts are released; out of `approved` the lifetime total is taken back;
-/// - into `chargebacked`: the profile is deactivated.
+/// One status change asked of [`apply_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    /// The attempt.
+    pub id: i64,
+    /// The status it should get.
+    pub to: &'a str,
+    /// What the gateway said, when it said something.
+    pub answer: Option<&'a Answer>,
+    /// Why, when the gateway said nothing (kept as the attempt's message).
+    pub note: Option<&'a str>,
+}
+
+/// Moves attempt `id` to `to`: [`apply_many`] for one change.
 pub async fn apply(
     tx: &mut Tx,
     settings: &Settings,
@@ -104,127 +101,276 @@ pub async fn apply(
     answer: Option<&Answer>,
     note: Option<&str>,
 ) -> Result<Applied, DbError> {
-    let row: Option<AttemptRow> = tx
-        .fetch_optional(
-            sqlx::query_as(
-                "SELECT status, profile_id, amount_minor, model, run_id, account, created_at \
-                 FROM billing_attempts WHERE id = $1 FOR UPDATE",
-            )
-            .bind(id),
-        )
-        .await?;
-    let Some(AttemptRow {
-        status: from,
-        profile_id,
-        amount_minor: amount,
-        model,
-        run_id,
-        account,
-        created_at,
-    }) = row
-    else {
-        return Ok(Applied::Missed);
+    let change = Change {
+        id,
+        to,
+        answer,
+        note,
     };
-    if !expect.contains(&from.as_str()) {
-        return Ok(Applied::Missed);
-    }
-    if from == to {
-        if let Some(a) = answer {
-            // Same status, maybe a gateway id learnt now.
-            tx.execute(
-                sqlx::query(
-                    "UPDATE billing_attempts SET unique_id = coalesce(unique_id, $2), updated_at = now() WHERE id = $1",
-                )
-                .bind(id)
-                .bind(&a.unique_id),
-            )
-            .await?;
+    let mut r = apply_many(tx, settings, expect, &[change]).await?;
+    Ok(r.pop().unwrap_or(Applied::Missed))
+}
+
+/// Moves each attempt to its `to` with what the gateway said, when its current status is one
+/// of `expect` and the table allows it, and applies the side effects in `tx`:
+/// - into `pending`/`pending_async`/`approved` from `submitted`/`unknown`: the profile's
+///   `last_billed_at` and, for recurring models, `next_bill_at`;
+/// - into `approved`: lifetime total and `last_success_at`;
+/// - out of a live status into `declined`/`error`/`voided`: the run's and the account's
+///   committed amounts are released; out of `approved` the lifetime total is taken back;
+/// - into `chargebacked`: the profile is deactivated.
+///
+/// Set-based: a handful of statements whatever the number of changes (a billing run records
+/// its outcomes in groups; one statement per outcome and side effect made the database, not
+/// the rate limit, the bound). Attempts and then profiles are locked in id order. Returns what
+/// happened to each change, in order.
+pub async fn apply_many(
+    tx: &mut Tx,
+    settings: &Settings,
+    expect: &[&str],
+    changes: &[Change<'_>],
+) -> Result<Vec<Applied>, DbError> {
+    // An attempt named twice: the second change must see the first's result, so it goes in a
+    // later group.
+    let mut out = Vec::with_capacity(changes.len());
+    let mut start = 0;
+    while start < changes.len() {
+        let mut seen = std::collections::HashSet::new();
+        let mut end = start;
+        while end < changes.len() && seen.insert(changes[end].id) {
+            end += 1;
         }
-        return Ok(Applied::Same);
+        out.extend(apply_group(tx, settings, expect, &changes[start..end]).await?);
+        start = end;
     }
-    if !allowed(&from, to) {
-        tracing::warn!(attempt_id = id, from = %from, to, "refused an impossible attempt status change");
-        return Ok(Applied::Refused { current: from });
-    }
-    let (code, message, technical) = match answer {
-        Some(a) => (a.code, a.message.clone(), a.technical_message.clone()),
-        None => (None, note.map(str::to_string), None),
-    };
-    let billing = &settings.billing;
-    let pending = matches!(to, "pending" | "pending_async");
-    tx.execute(
-        sqlx::query(
-            "UPDATE billing_attempts SET status = $2, unique_id = coalesce($3, unique_id), \
-             gateway_code = coalesce($4, gateway_code), message = coalesce($5, message), \
-             technical_message = coalesce($6, technical_message), \
-             answered_at = CASE WHEN $7 THEN now() ELSE answered_at END, \
-             next_reconcile_at = CASE WHEN $8 THEN now() + $9::interval WHEN $2 = 'unknown' THEN now() ELSE NULL END, \
-             updated_at = now() WHERE id = $1",
+    Ok(out)
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    id: i64,
+    status: String,
+    profile_id: i64,
+    amount_minor: i64,
+    model: String,
+    run_id: Option<uuid::Uuid>,
+    account: String,
+    created_at: DateTime<Utc>,
+}
+
+/// What a group of changes does to one profile.
+#[derive(Default)]
+struct ProfileDelta {
+    billed: bool,
+    next: Option<DateTime<Utc>>,
+    lifetime: i64,
+    success: bool,
+    chargeback: bool,
+}
+
+async fn apply_group(
+    tx: &mut Tx,
+    settings: &Settings,
+    expect: &[&str],
+    changes: &[Change<'_>],
+) -> Result<Vec<Applied>, DbError> {
+    let ids: Vec<i64> = changes.iter().map(|c| c.id).collect();
+    let rows: Vec<AttemptRow> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT id, status, profile_id, amount_minor, model, run_id, account, created_at                  FROM billing_attempts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            )
+            .bind(&ids),
         )
-        .bind(id)
-        .bind(to)
-        .bind(answer.and_then(|a| a.unique_id.clone()))
-        .bind(code)
-        .bind(message)
-        .bind(technical)
-        .bind(answer.is_some())
-        .bind(pending)
-        .bind(
-            chrono::Duration::from_std(settings.gateway.reconcile_interval)
-                .unwrap_or_else(|_| chrono::Duration::minutes(1)),
-        ),
-    )
-    .await?;
-    let was_live = LIVE.contains(&from.as_str());
+        .await?;
+    let rows: HashMap<i64, AttemptRow> = rows.into_iter().map(|r| (r.id, r)).collect();
     let now = Utc::now();
-    if matches!(from.as_str(), "submitted" | "unknown") && (pending || to == "approved") {
-        let next = next_bill(&model, billing, created_at.max(now));
+    let mut out = Vec::with_capacity(changes.len());
+    let mut same: (Vec<i64>, Vec<Option<String>>) = Default::default();
+    let mut upd = AttemptUpdates::default();
+    let mut profiles: BTreeMap<i64, ProfileDelta> = BTreeMap::new();
+    let mut run_release: HashMap<uuid::Uuid, i64> = HashMap::new();
+    let mut month_release: HashMap<(String, NaiveDate), i64> = HashMap::new();
+    for c in changes {
+        let Some(row) = rows.get(&c.id) else {
+            out.push(Applied::Missed);
+            continue;
+        };
+        let from = row.status.as_str();
+        if !expect.contains(&from) {
+            out.push(Applied::Missed);
+            continue;
+        }
+        if from == c.to {
+            if let Some(a) = c.answer {
+                // Same status, maybe a gateway id learnt now.
+                same.0.push(c.id);
+                same.1.push(a.unique_id.clone());
+            }
+            out.push(Applied::Same);
+            continue;
+        }
+        if !allowed(from, c.to) {
+            tracing::warn!(attempt_id = c.id, from = %from, to = c.to, "refused an impossible attempt status change");
+            out.push(Applied::Refused {
+                current: from.to_string(),
+            });
+            continue;
+        }
+        upd.push(c);
+        let pending = matches!(c.to, "pending" | "pending_async");
+        if matches!(from, "submitted" | "unknown") && (pending || c.to == "approved") {
+            let p = profiles.entry(row.profile_id).or_default();
+            p.billed = true;
+            p.next = next_bill(&row.model, &settings.billing, row.created_at.max(now));
+        }
+        if c.to == "approved" {
+            let p = profiles.entry(row.profile_id).or_default();
+            p.lifetime += row.amount_minor;
+            p.success = true;
+        }
+        if from == "approved" && matches!(c.to, "voided" | "refunded" | "chargebacked") {
+            profiles.entry(row.profile_id).or_default().lifetime -= row.amount_minor;
+        }
+        if LIVE.contains(&from) && matches!(c.to, "declined" | "error" | "voided") {
+            if let Some(run) = row.run_id {
+                *run_release.entry(run).or_default() += row.amount_minor;
+            }
+            *month_release
+                .entry((row.account.clone(), month_of(row.created_at)))
+                .or_default() += row.amount_minor;
+        }
+        if c.to == "chargebacked" {
+            profiles.entry(row.profile_id).or_default().chargeback = true;
+        }
+        out.push(Applied::Changed {
+            from: from.to_string(),
+        });
+    }
+    if !same.0.is_empty() {
         tx.execute(
             sqlx::query(
-                "UPDATE debtor_profiles SET last_billed_at = now(), \
-                 next_bill_at = CASE WHEN billing_model = 'legacy' THEN next_bill_at ELSE $2 END, updated_at = now() \
-                 WHERE id = $1",
+                "UPDATE billing_attempts a SET unique_id = coalesce(a.unique_id, v.unique_id), updated_at = now()                  FROM unnest($1::bigint[], $2::text[]) AS v(id, unique_id) WHERE a.id = v.id",
             )
-            .bind(profile_id)
-            .bind(next),
+            .bind(&same.0)
+            .bind(&same.1),
         )
         .await?;
     }
-    if to == "approved" {
+    if !upd.id.is_empty() {
         tx.execute(
             sqlx::query(
-                "UPDATE debtor_profiles SET lifetime_charged_minor = lifetime_charged_minor + $2, \
-                 last_success_at = now(), updated_at = now() WHERE id = $1",
+                "UPDATE billing_attempts a SET status = v.status, unique_id = coalesce(v.unique_id, a.unique_id),                  gateway_code = coalesce(v.code, a.gateway_code), message = coalesce(v.message, a.message),                  technical_message = coalesce(v.technical, a.technical_message),                  answered_at = CASE WHEN v.answered THEN now() ELSE a.answered_at END,                  next_reconcile_at = CASE WHEN v.status IN ('pending', 'pending_async') THEN now() + $8::interval                                           WHEN v.status = 'unknown' THEN now() ELSE NULL END,                  updated_at = now()                  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::bool[])                       AS v(id, status, unique_id, code, message, technical, answered)                  WHERE a.id = v.id",
             )
-            .bind(profile_id)
-            .bind(amount),
+            .bind(&upd.id)
+            .bind(&upd.status)
+            .bind(&upd.unique_id)
+            .bind(&upd.code)
+            .bind(&upd.message)
+            .bind(&upd.technical)
+            .bind(&upd.answered)
+            .bind(
+                chrono::Duration::from_std(settings.gateway.reconcile_interval)
+                    .unwrap_or_else(|_| chrono::Duration::minutes(1)),
+            ),
         )
         .await?;
     }
-    if from == "approved" && matches!(to, "voided" | "refunded" | "chargebacked") {
+    if !profiles.is_empty() {
+        let ids: Vec<i64> = profiles.keys().copied().collect();
+        // Profiles in id order, as claims lock them: two transactions never wait on each other
+        // in a cycle.
+        tx.execute(
+            sqlx::query("SELECT 1 FROM debtor_profiles WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(&ids),
+        )
+        .await?;
+        let d: Vec<&ProfileDelta> = profiles.values().collect();
         tx.execute(
             sqlx::query(
-                "UPDATE debtor_profiles SET lifetime_charged_minor = lifetime_charged_minor - $2, updated_at = now() WHERE id = $1",
+                "UPDATE debtor_profiles p SET                  last_billed_at = CASE WHEN v.billed THEN now() ELSE p.last_billed_at END,                  next_bill_at = CASE WHEN v.billed AND p.billing_model <> 'legacy' THEN v.next ELSE p.next_bill_at END,                  lifetime_charged_minor = p.lifetime_charged_minor + v.lifetime,                  last_success_at = CASE WHEN v.success THEN now() ELSE p.last_success_at END,                  active = CASE WHEN v.chargeback THEN false ELSE p.active END,                  deactivated_reason = CASE WHEN v.chargeback THEN 'chargeback' ELSE p.deactivated_reason END,                  chargebacked_at = CASE WHEN v.chargeback THEN coalesce(p.chargebacked_at, now()) ELSE p.chargebacked_at END,                  updated_at = now()                  FROM unnest($1::bigint[], $2::bool[], $3::timestamptz[], $4::bigint[], $5::bool[], $6::bool[])                       AS v(id, billed, next, lifetime, success, chargeback)                  WHERE p.id = v.id",
             )
-            .bind(profile_id)
-            .bind(amount),
+            .bind(&ids)
+            .bind(d.iter().map(|p| p.billed).collect::<Vec<_>>())
+            .bind(d.iter().map(|p| p.next).collect::<Vec<_>>())
+            .bind(d.iter().map(|p| p.lifetime).collect::<Vec<_>>())
+            .bind(d.iter().map(|p| p.success).collect::<Vec<_>>())
+            .bind(d.iter().map(|p| p.chargeback).collect::<Vec<_>>()),
         )
         .await?;
     }
-    if was_live && matches!(to, "declined" | "error" | "voided") {
-        release(tx, run_id, &account, created_at, amount).await?;
-    }
-    if to == "chargebacked" {
+    if !run_release.is_empty() {
+        let (runs, amounts): (Vec<uuid::Uuid>, Vec<i64>) = run_release.into_iter().unzip();
         tx.execute(
             sqlx::query(
-                "UPDATE debtor_profiles SET active = false, deactivated_reason = 'chargeback', \
-                 chargebacked_at = coalesce(chargebacked_at, now()), updated_at = now() WHERE id = $1",
+                "UPDATE billing_runs r SET committed_minor = r.committed_minor - v.amount                  FROM unnest($1::uuid[], $2::bigint[]) AS v(id, amount)                  WHERE r.id = v.id AND r.cap_minor IS NOT NULL",
             )
-            .bind(profile_id),
+            .bind(runs)
+            .bind(amounts),
         )
         .await?;
     }
-    Ok(Applied::Changed { from })
+    if !month_release.is_empty() {
+        let mut accounts = Vec::new();
+        let mut months = Vec::new();
+        let mut amounts = Vec::new();
+        for ((a, m), v) in month_release {
+            accounts.push(a);
+            months.push(m);
+            amounts.push(v);
+        }
+        tx.execute(
+            sqlx::query(
+                "UPDATE account_month_totals t SET committed_minor = t.committed_minor - v.amount                  FROM unnest($1::text[], $2::date[], $3::bigint[]) AS v(account, month, amount)                  WHERE t.account = v.account AND t.month = v.month",
+            )
+            .bind(accounts)
+            .bind(months)
+            .bind(amounts),
+        )
+        .await?;
+    }
+    Ok(out)
+}
+
+/// The columns of a group's attempt updates.
+#[derive(Default)]
+struct AttemptUpdates {
+    id: Vec<i64>,
+    status: Vec<String>,
+    unique_id: Vec<Option<String>>,
+    code: Vec<Option<i32>>,
+    message: Vec<Option<String>>,
+    technical: Vec<Option<String>>,
+    answered: Vec<bool>,
+}
+
+impl AttemptUpdates {
+    fn push(&mut self, c: &Change<'_>) {
+        self.id.push(c.id);
+        self.status.push(c.to.to_string());
+        match c.answer {
+            Some(a) => {
+                self.unique_id.push(a.unique_id.clone());
+                self.code.push(a.code);
+                self.message.push(a.message.clone());
+                self.technical.push(a.technical_message.clone());
+            }
+            None => {
+                self.unique_id.push(None);
+                self.code.push(None);
+                self.message.push(c.note.map(str::to_string));
+                self.technical.push(None);
+            }
+        }
+        self.answered.push(c.answer.is_some());
+    }
+}
+
+/// The first day of `at`'s month (UTC): the key of an account's month totals.
+fn month_of(at: DateTime<Utc>) -> NaiveDate {
+    at.date_naive()
+        .with_day(1)
+        .unwrap_or_else(|| at.date_naive())
 }
 
 /// Gives back what a debit had committed on its run and its account's month (kept for capped

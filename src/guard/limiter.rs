@@ -8,13 +8,20 @@
 //! stays under it too). governor sits in front, per process, so one
 //! process never queues more than the whole limit's worth of slot requests at Redis.
 
-use std::{num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    num::NonZeroU32,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use redis::{Script, aio::ConnectionManager};
 
 use super::GuardKey;
 use crate::queue::engine::Engine;
+
+/// How far behind its slot a caller may still send (see [`SharedLimiter::acquire`]).
+pub const LATE: Duration = Duration::from_millis(30);
 
 /// A rate limit shared through Redis. Cheap to clone.
 #[derive(Clone)]
@@ -56,22 +63,32 @@ impl SharedLimiter {
     }
 
     /// Waits until this process may send one request.
+    ///
+    /// A caller that wakes well after its slot (a stalled process, a busy runtime) takes a new
+    /// one instead of sending late: late callers would otherwise all send at once when the
+    /// stall ends, and the provider counts that burst. A slot is kept when it is at most
+    /// [`LATE`] behind, which bounds any 1-second window at the limit plus `LATE × rate`.
     pub async fn acquire(&self) -> Result<(), redis::RedisError> {
         self.local.until_ready().await;
-        let mut conn = self.conn.clone();
-        let wait_us: i64 = self
-            .script
-            .key(&self.key)
-            .arg(self.spacing_us)
-            .invoke_async(&mut conn)
-            .await?;
-        if wait_us > 10_000_000 {
-            // More callers queued than the limit serves in ten seconds: worth knowing.
-            tracing::warn!(key = %self.key, wait_ms = wait_us / 1000, "rate limit: the next free slot is far ahead");
+        loop {
+            let mut conn = self.conn.clone();
+            let wait_us: i64 = self
+                .script
+                .key(&self.key)
+                .arg(self.spacing_us)
+                .invoke_async(&mut conn)
+                .await?;
+            if wait_us > 10_000_000 {
+                // More callers queued than the limit serves in ten seconds: worth knowing.
+                tracing::warn!(key = %self.key, wait_ms = wait_us / 1000, "rate limit: the next free slot is far ahead");
+            }
+            let slot = Instant::now() + Duration::from_micros(wait_us.unsigned_abs());
+            tokio::time::sleep_until(slot.into()).await;
+            let late = slot.elapsed();
+            if late <= LATE {
+                return Ok(());
+            }
+            tracing::debug!(key = %self.key, late_ms = late.as_millis(), "rate limit: woke after the slot; taking a new one");
         }
-        if wait_us > 0 {
-            tokio::time::sleep(Duration::from_micros(wait_us.unsigned_abs())).await;
-        }
-        Ok(())
     }
 }

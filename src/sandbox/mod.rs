@@ -80,7 +80,7 @@ impl Default for Knobs {
 /// One received call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Call {
-    /// Milliseconds since the sandbox started.
+    /// When the call arrived, milliseconds since the sandbox started.
     pub at_ms: u64,
     /// Request path.
     pub path: String,
@@ -124,8 +124,9 @@ impl CallLog {
 }
 
 tokio::task_local! {
-    /// The User-Agent of the request being handled (set for every route by `tag_client`).
-    pub static CLIENT: Option<String>;
+    /// The request being handled: its User-Agent and when it arrived (set for every route
+    /// by `tag_client`).
+    pub static CLIENT: (Option<String>, Instant);
 }
 
 struct Inner {
@@ -181,10 +182,19 @@ impl Sandbox {
     }
 
     fn record(&self, path: &str, status: u16, iban: Option<&str>) {
-        let client = CLIENT.try_with(|c| c.clone()).ok().flatten();
+        // A call counts when it arrives, as a provider's rate limit counts it, not when its
+        // (latency-delayed) answer is decided.
+        let (client, arrived) = CLIENT
+            .try_with(|c| c.clone())
+            .unwrap_or_else(|_| (None, Instant::now()));
         let call = Call {
             client,
-            at_ms: u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            at_ms: u64::try_from(
+                arrived
+                    .saturating_duration_since(self.0.started)
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             path: path.to_string(),
             status,
             iban: iban.map(crate::uploads::mask_iban),
@@ -303,14 +313,15 @@ impl Sandbox {
     }
 }
 
-/// Makes the caller's User-Agent available to the call log of whatever route handles it.
+/// Makes the caller's User-Agent and arrival time available to the call log of whatever
+/// route handles it.
 async fn tag_client(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let ua = req
         .headers()
         .get("user-agent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    CLIENT.scope(ua, next.run(req)).await
+    CLIENT.scope((ua, Instant::now()), next.run(req)).await
 }
 
 async fn get_knobs(State(s): State<Sandbox>) -> Json<Knobs> {

@@ -7,8 +7,10 @@
 //!   logged at error level), the job snoozes until the breaker lets a probe through, then the
 //!   run resumes by itself. No attempt is spent.
 //! - Paused by an operator or cancelled: the job ends (`billing resume` starts new ones).
-//! - After `billing.slice`, or when the process drains, it stops claiming, lets its calls
-//!   finish, and snoozes (a continuation without spending an attempt).
+//! - After its slice (half to a whole `billing.slice`, staggered across the run's jobs so
+//!   they never hand over at once) it stops claiming, sends what it has claimed, lets its
+//!   calls finish and snoozes (a continuation without spending an attempt). A drain does the
+//!   same but releases the debits not yet sent.
 //! - No debtor left: it reconciles the run's unresolved debits and completes the run; while
 //!   some wait for their reconcile, it snoozes until the next is due.
 
@@ -20,6 +22,7 @@ use std::{
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::{
@@ -60,7 +63,7 @@ impl Job for BillingBatch {
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        work(&ctx, self.run_id).await
+        work(&ctx, self.run_id, self.slot).await
     }
 }
 
@@ -96,11 +99,41 @@ pub async fn fan_out(app: &AppContext, run_id: Uuid) -> anyhow::Result<u32> {
     Ok(generation)
 }
 
+/// Outcomes waiting for their write, at most, before sending stops until some are written.
+const MAX_UNWRITTEN: usize = 4096;
+
+/// When this execution stops claiming: the next point, at least half a slice away, of a grid
+/// of half-slices offset by the job's slot. A run's batch jobs thus hand over to their
+/// continuations one after another, never all at once (which left the rate limit idle for
+/// the moment of the hand-over); an execution works between half a slice and a slice.
+fn slice_end(slice: Duration, slot: u32, jobs: u32) -> Instant {
+    let period = u64::try_from(slice.as_millis() / 2)
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let jobs = u64::from(jobs.max(1));
+    let phase = period * (u64::from(slot) % jobs) / jobs;
+    let now = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(0);
+    let to_next = period - (now + period - phase) % period;
+    Instant::now() + Duration::from_millis(to_next + period)
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    if let Some(t) = t {
+        tokio::time::sleep_until(t.into()).await;
+    }
+}
+
 fn retry(e: impl Into<anyhow::Error>) -> JobError {
     JobError::Retryable(e.into())
 }
 
-async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
+async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError> {
     let app = &ctx.app;
     let s = &app.settings;
     let Some(r) = run::get(&app.db, run_id).await.map_err(retry)? else {
@@ -115,13 +148,18 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
             ),
         ));
     };
-    let started = Instant::now();
+    let slice_end = slice_end(s.billing.slice, slot, s.billing.batch_jobs);
     let window = s.gateway.request_timeout;
+    let in_flight = s.billing.in_flight;
+    // Three stages overlap so the rate limit's slots never wait for the database: one claim
+    // transaction at a time fills `queue` ahead of the senders, up to `in_flight` calls go out,
+    // and outcomes are written in groups by their own tasks (two at a time).
     let mut queue: VecDeque<debit::Claim> = VecDeque::new();
-    let mut flying: tokio::task::JoinSet<(i64, Sent)> = tokio::task::JoinSet::new();
-    // Outcomes are written by their own tasks (two at a time) while sending goes on: a loop
-    // that waited for each write would leave the rate limit's slots unused meanwhile.
-    let mut recording: tokio::task::JoinSet<Result<(), BillingError>> = tokio::task::JoinSet::new();
+    let mut claiming: JoinSet<Result<Claimed, BillingError>> = JoinSet::new();
+    let mut flying: JoinSet<(i64, Sent)> = JoinSet::new();
+    let mut outcomes: Vec<(i64, Sent)> = Vec::new();
+    let mut oldest_outcome: Option<Instant> = None;
+    let mut recording: JoinSet<Result<(), BillingError>> = JoinSet::new();
     let mut exhausted = false;
     let mut halted: Option<String> = None;
     let mut breaker_open = false;
@@ -137,30 +175,37 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
             touch(app, run_id).await?;
             touched = Instant::now();
         }
-        let stopping = ctx.shutdown.is_cancelled() || started.elapsed() > s.billing.slice;
-        if !stopping && !breaker_open && halted.is_none() && !exhausted {
+        let draining = ctx.shutdown.is_cancelled();
+        let stopping = draining || Instant::now() >= slice_end;
+        if !stopping
+            && !breaker_open
+            && halted.is_none()
+            && !exhausted
+            && claiming.is_empty()
+            && queue.len() < in_flight
+        {
             if accounts::breaker_wait(&account).await.is_some() {
                 breaker_open = true;
             } else {
-                if queue.len() < s.billing.in_flight {
-                    match debit::claim(app, &ctx.fence, run_id)
-                        .await
-                        .map_err(crate::jobs::billing::to_job_error)?
-                    {
-                        Claimed::Debits(c) => queue.extend(c),
-                        Claimed::Empty => exhausted = true,
-                        Claimed::Halted(st) => halted = Some(st),
-                    }
-                }
+                let (app2, fence2) = (app.clone(), ctx.fence.clone());
+                claiming.spawn(async move {
+                    let t = Instant::now();
+                    let c = debit::claim(&app2, &fence2, run_id).await;
+                    tracing::debug!(run_id = %run_id, took_ms = t.elapsed().as_millis(), "billing claim");
+                    c
+                });
             }
         }
-        let give_up = stopping || breaker_open || halted.is_some();
-        while flying.len() < s.billing.in_flight {
+        // At the slice's end the debits already claimed still go out (other jobs may have
+        // found nothing left to claim and would wait for them); a drain, a paused or cancelled
+        // run and an open breaker release them instead.
+        let give_up = draining || breaker_open || halted.is_some();
+        // Outcomes not yet written bound the sends too: a stalled database stops the calls.
+        while flying.len() < in_flight && outcomes.len() < MAX_UNWRITTEN {
             let Some(c) = queue.pop_front() else { break };
             if give_up {
-                flying.spawn(async move {
-                    (c.attempt_id, Sent::NotSent("stopped before sending".into()))
-                });
+                outcomes.push((c.attempt_id, Sent::NotSent("stopped before sending".into())));
+                oldest_outcome.get_or_insert_with(Instant::now);
             } else {
                 let account: Arc<Account> = account.clone();
                 flying.spawn(async move {
@@ -169,47 +214,59 @@ async fn work(ctx: &JobContext, run_id: Uuid) -> Result<(), JobError> {
                 });
             }
         }
-        if flying.is_empty() {
-            if queue.is_empty() && (give_up || exhausted) {
-                break;
-            }
-            continue;
+        // Outcomes are written several per transaction: when 64 wait, when the oldest has
+        // waited 10 ms, or when no call is left to wait for.
+        let flush_at = oldest_outcome.map(|t| t + Duration::from_millis(10));
+        if !outcomes.is_empty()
+            && recording.len() < 2
+            && (outcomes.len() >= 64
+                || flying.is_empty()
+                || flush_at.is_some_and(|t| Instant::now() >= t))
+        {
+            let done = std::mem::take(&mut outcomes);
+            oldest_outcome = None;
+            let (app2, fence2) = (app.clone(), ctx.fence.clone());
+            recording.spawn(async move {
+                let t = Instant::now();
+                let r = debit::record(&app2, &fence2, &done).await.map(|_| ());
+                tracing::debug!(run_id = %run_id, outcomes = done.len(), took_ms = t.elapsed().as_millis(), "billing outcomes written");
+                r
+            });
         }
-        // Outcomes are written as they arrive, several per transaction when several arrived.
-        let mut done = Vec::new();
-        if let Some(r) = flying.join_next().await {
-            done.push(r.map_err(retry)?);
+        if flying.is_empty()
+            && queue.is_empty()
+            && claiming.is_empty()
+            && outcomes.is_empty()
+            && (stopping || give_up || exhausted)
+        {
+            break;
         }
-        let gather_until = Instant::now() + Duration::from_millis(10);
-        while done.len() < 64 {
-            match flying.try_join_next() {
-                Some(r) => done.push(r.map_err(retry)?),
-                None if !flying.is_empty() && Instant::now() < gather_until && queue.is_empty() => {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::select! {
+            Some(r) = flying.join_next(), if !flying.is_empty() => {
+                let (id, sent) = r.map_err(retry)?;
+                if let Sent::NotSent(reason) = &sent {
+                    tracing::debug!(attempt_id = id, %reason, "debit not sent; released");
+                    if reason.contains("circuit breaker") {
+                        breaker_open = true;
+                    }
                 }
-                None => break,
+                outcomes.push((id, sent));
+                oldest_outcome.get_or_insert_with(Instant::now);
             }
-        }
-        for (id, sent) in &done {
-            if let Sent::NotSent(reason) = sent {
-                tracing::debug!(attempt_id = id, %reason, "debit not sent; released");
-                if reason.contains("circuit breaker") {
-                    breaker_open = true;
+            Some(r) = claiming.join_next(), if !claiming.is_empty() => {
+                match r.map_err(retry)?.map_err(crate::jobs::billing::to_job_error)? {
+                    Claimed::Debits(c) => queue.extend(c),
+                    Claimed::Empty => exhausted = true,
+                    Claimed::Halted(st) => halted = Some(st),
                 }
             }
-        }
-        while let Some(r) = recording.try_join_next() {
-            r.map_err(retry)?
-                .map_err(crate::jobs::billing::to_job_error)?;
-        }
-        while recording.len() >= 2 {
-            if let Some(r) = recording.join_next().await {
-                r.map_err(retry)?
-                    .map_err(crate::jobs::billing::to_job_error)?;
+            Some(r) = recording.join_next(), if !recording.is_empty() => {
+                r.map_err(retry)?.map_err(crate::jobs::billing::to_job_error)?;
             }
+            () = sleep_until_opt(flush_at), if flush_at.is_some() && recording.len() < 2 => {}
+            // Re-check the slice, the shutdown and the breaker now and then.
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        let (app2, fence2) = (app.clone(), ctx.fence.clone());
-        recording.spawn(async move { debit::record(&app2, &fence2, &done).await.map(|_| ()) });
     }
     while let Some(r) = recording.join_next().await {
         r.map_err(retry)?
