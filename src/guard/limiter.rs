@@ -21,7 +21,7 @@ use super::GuardKey;
 use crate::queue::engine::Engine;
 
 /// How far behind its slot a caller may still send (see [`SharedLimiter::acquire`]).
-pub const LATE: Duration = Duration::from_millis(30);
+pub const LATE: Duration = Duration::from_millis(10);
 
 /// A rate limit shared through Redis. Cheap to clone.
 #[derive(Clone)]
@@ -72,6 +72,7 @@ impl SharedLimiter {
         self.local.until_ready().await;
         loop {
             let mut conn = self.conn.clone();
+            let asked = Instant::now();
             let wait_us: i64 = self
                 .script
                 .key(&self.key)
@@ -82,9 +83,12 @@ impl SharedLimiter {
                 // More callers queued than the limit serves in ten seconds: worth knowing.
                 tracing::warn!(key = %self.key, wait_ms = wait_us / 1000, "rate limit: the next free slot is far ahead");
             }
-            let slot = Instant::now() + Duration::from_micros(wait_us.unsigned_abs());
-            tokio::time::sleep_until(slot.into()).await;
-            let late = slot.elapsed();
+            // Redis picked the slot somewhere between asking and the answer: wait for the
+            // latest reading (never early) and count lateness from the earliest (a slow answer
+            // is lateness too).
+            let wait = Duration::from_micros(wait_us.unsigned_abs());
+            tokio::time::sleep_until((Instant::now() + wait).into()).await;
+            let late = (asked + wait).elapsed();
             if late <= LATE {
                 return Ok(());
             }
