@@ -21,7 +21,7 @@ use super::GuardKey;
 use crate::queue::engine::Engine;
 
 /// How far behind its slot a caller may still send (see [`SharedLimiter::acquire`]).
-pub const LATE: Duration = Duration::from_millis(10);
+pub const LATE: Duration = Duration::from_millis(25);
 
 /// A rate limit shared through Redis. Cheap to clone.
 #[derive(Clone)]
