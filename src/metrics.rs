@@ -54,6 +54,33 @@ pub struct TransitionLabels {
     pub to: String,
 }
 
+/// Labels of webhook delivery series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `emp`.
+    pub provider: String,
+    /// accepted | repeat | rejected | malformed | unavailable.
+    pub verdict: String,
+}
+
+/// Labels of transaction event series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// send | webhook | reconcile | ledger_sync | chargeback_sweep | ops.
+    pub source: String,
+    /// The status moved to (or `refused` for an impossible change, stored not applied).
+    pub to: String,
+}
+
+/// Labels of chargeback series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChargebackLabels {
+    /// Gateway account.
+    pub account: String,
+    /// blacklisted | deactivated | retry (the reason-code policy's decision).
+    pub effect: String,
+}
+
 /// Labels of per-queue series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -118,6 +145,12 @@ pub struct Metrics {
     pub breaker_transitions: Family<TransitionLabels, Counter>,
     /// Billing runs paused because their account's breaker opened.
     pub billing_pauses: Counter,
+    /// Webhook deliveries received, by verdict.
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    /// Attempt status changes recorded, by source and new status.
+    pub transaction_events: Family<EventLabels, Counter>,
+    /// Chargebacks recorded, by account and what their reason code did.
+    pub chargebacks: Family<ChargebackLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -155,7 +188,25 @@ impl Metrics {
             breaker_state: Family::default(),
             breaker_transitions: Family::default(),
             billing_pauses: Counter::default(),
+            webhook_deliveries: Family::default(),
+            transaction_events: Family::default(),
+            chargebacks: Family::default(),
         };
+        r.register(
+            "webhook_deliveries",
+            "Webhook deliveries received, by provider and verdict (accepted, repeat, rejected, malformed, unavailable = not stored, answered 503)",
+            m.webhook_deliveries.clone(),
+        );
+        r.register(
+            "transaction_events",
+            "Attempt status changes recorded, by source and new status (refused = impossible, stored not applied)",
+            m.transaction_events.clone(),
+        );
+        r.register(
+            "chargebacks",
+            "Chargebacks recorded, by account and what the reason-code policy did (blacklisted, deactivated, retry)",
+            m.chargebacks.clone(),
+        );
         r.register(
             "billing_run_pauses",
             "Billing runs paused because their gateway account's circuit breaker opened",

@@ -30,6 +30,39 @@ pub struct Account {
     pub breaker: Breaker,
 }
 
+/// Why a guarded gateway call gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Guarded {
+    /// The account's breaker is open: no call was made.
+    #[error("the gateway account's circuit breaker is open")]
+    BreakerOpen,
+    /// The shared rate limit could not be asked (Redis): no call was made.
+    #[error("rate limiter unreachable: {0}")]
+    Limiter(redis::RedisError),
+    /// The call failed.
+    #[error(transparent)]
+    Call(gateway::CallError),
+}
+
+impl Account {
+    /// Looks a transaction up under the account's breaker and shared rate limit.
+    pub async fn reconcile(&self, key: gateway::TxKey<'_>) -> Result<gateway::Lookup, Guarded> {
+        let Some(permit) = self.breaker.permit_shared().await else {
+            return Err(Guarded::BreakerOpen);
+        };
+        if let Err(e) = self.limiter.acquire().await {
+            permit.abandon();
+            return Err(Guarded::Limiter(e));
+        }
+        let r = self.gateway.reconcile(key).await;
+        match &r {
+            Ok(_) => permit.success(),
+            Err(_) => permit.failure(),
+        }
+        r.map_err(Guarded::Call)
+    }
+}
+
 /// The configured accounts by name. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Accounts(Arc<BTreeMap<String, Arc<Account>>>);

@@ -463,10 +463,18 @@ pub async fn record(
             to,
             answer,
             note,
+            reason_code: None,
         });
         out.push(Outcome::Recorded(to));
     }
-    state::apply_many(&mut tx, &app.settings, &["submitted"], &changes).await?;
+    state::apply_many(
+        &mut tx,
+        &app.settings,
+        state::Origin::of("send"),
+        &["submitted"],
+        &changes,
+    )
+    .await?;
     fence.check(&mut tx).await?;
     tx.commit().await?;
     crate::faults::point("outcome_recorded");
@@ -579,21 +587,17 @@ async fn reconcile_one(app: &AppContext, fence: &Fence, d: &Due) -> Result<(), B
         tracing::error!(attempt_id = d.id, account = %d.account, "cannot reconcile: the account is no longer configured");
         return Ok(());
     };
-    let Some(permit) = account.breaker.permit_shared().await else {
-        return Ok(());
-    };
-    if account.limiter.acquire().await.is_err() {
-        permit.abandon();
-        return Ok(());
-    }
-    let lookup = account
-        .gateway
+    let lookup = match account
         .reconcile(gateway::TxKey::TransactionId(&d.transaction_id))
-        .await;
-    match &lookup {
-        Ok(_) => permit.success(),
-        Err(_) => permit.failure(),
-    }
+        .await
+    {
+        Ok(l) => Ok(l),
+        // No call was made: try again at the next pass.
+        Err(super::accounts::Guarded::BreakerOpen | super::accounts::Guarded::Limiter(_)) => {
+            return Ok(());
+        }
+        Err(super::accounts::Guarded::Call(e)) => Err(e),
+    };
     match lookup {
         Ok(Lookup::Found(a)) => {
             if let Settled::Known(to) = gateway::settle(&a) {
@@ -601,6 +605,7 @@ async fn reconcile_one(app: &AppContext, fence: &Fence, d: &Due) -> Result<(), B
                 state::apply(
                     &mut tx,
                     &app.settings,
+                    state::Origin::of("reconcile"),
                     d.id,
                     state::OPEN,
                     to,

@@ -89,12 +89,74 @@ pub struct Change<'a> {
     pub answer: Option<&'a Answer>,
     /// Why, when the gateway said nothing (kept as the attempt's message).
     pub note: Option<&'a str>,
+    /// A chargeback's or return's reason code (AC04, AM04…): decides, by the one policy in
+    /// `lifecycle`, whether the IBAN is blacklisted and the profile deactivated.
+    pub reason_code: Option<&'a str>,
+}
+
+/// Where a change comes from, for the `transaction_events` history.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// send | webhook | reconcile | ledger_sync | chargeback_sweep | ops.
+    pub source: &'static str,
+    /// The webhook delivery that caused it.
+    pub delivery_id: Option<i64>,
+}
+
+impl Origin {
+    /// A change with no delivery behind it.
+    pub const fn of(source: &'static str) -> Self {
+        Self {
+            source,
+            delivery_id: None,
+        }
+    }
+}
+
+/// What a chargeback's reason code does (`lifecycle.blacklist_codes`, `retry_codes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasonEffect {
+    /// The IBAN is blacklisted and the profile deactivated.
+    Blacklist,
+    /// Neither: a later cycle may collect (insufficient funds).
+    Retry,
+    /// The profile is deactivated; the IBAN is not blacklisted.
+    Deactivate,
+}
+
+impl ReasonEffect {
+    /// The policy's decision for `code` (none or unknown: deactivate).
+    pub fn of(settings: &Settings, code: Option<&str>) -> Self {
+        let code = code.map(|c| c.trim().to_ascii_uppercase());
+        let has = |list: &[String]| {
+            code.as_deref()
+                .is_some_and(|c| list.iter().any(|l| l.eq_ignore_ascii_case(c)))
+        };
+        if has(&settings.lifecycle.blacklist_codes) {
+            Self::Blacklist
+        } else if has(&settings.lifecycle.retry_codes) {
+            Self::Retry
+        } else {
+            Self::Deactivate
+        }
+    }
+
+    /// As in metrics and the chargebacks table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Blacklist => "blacklisted",
+            Self::Retry => "retry",
+            Self::Deactivate => "deactivated",
+        }
+    }
 }
 
 /// Moves attempt `id` to `to`: [`apply_many`] for one change.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     tx: &mut Tx,
     settings: &Settings,
+    origin: Origin,
     id: i64,
     expect: &[&str],
     to: &str,
@@ -106,8 +168,9 @@ pub async fn apply(
         to,
         answer,
         note,
+        reason_code: None,
     };
-    let mut r = apply_many(tx, settings, expect, &[change]).await?;
+    let mut r = apply_many(tx, settings, origin, expect, &[change]).await?;
     Ok(r.pop().unwrap_or(Applied::Missed))
 }
 
@@ -118,7 +181,10 @@ pub async fn apply(
 /// - into `approved`: lifetime total and `last_success_at`;
 /// - out of a live status into `declined`/`error`/`voided`: the run's and the account's
 ///   committed amounts are released; out of `approved` the lifetime total is taken back;
-/// - into `chargebacked`: the profile is deactivated.
+/// - into `chargebacked`: the reason-code policy ([`ReasonEffect`]): the profile deactivated
+///   and the IBAN blacklisted, or only deactivated, or neither.
+///
+/// Every change, and every refused one, is appended to `transaction_events` with `origin`.
 ///
 /// Set-based: a handful of statements whatever the number of changes (a billing run records
 /// its outcomes in groups; one statement per outcome and side effect made the database, not
@@ -127,6 +193,7 @@ pub async fn apply(
 pub async fn apply_many(
     tx: &mut Tx,
     settings: &Settings,
+    origin: Origin,
     expect: &[&str],
     changes: &[Change<'_>],
 ) -> Result<Vec<Applied>, DbError> {
@@ -140,7 +207,7 @@ pub async fn apply_many(
         while end < changes.len() && seen.insert(changes[end].id) {
             end += 1;
         }
-        out.extend(apply_group(tx, settings, expect, &changes[start..end]).await?);
+        out.extend(apply_group(tx, settings, origin, expect, &changes[start..end]).await?);
         start = end;
     }
     Ok(out)
@@ -165,12 +232,14 @@ struct ProfileDelta {
     next: Option<DateTime<Utc>>,
     lifetime: i64,
     success: bool,
-    chargeback: bool,
+    deactivate: bool,
+    blacklist: Option<String>,
 }
 
 async fn apply_group(
     tx: &mut Tx,
     settings: &Settings,
+    origin: Origin,
     expect: &[&str],
     changes: &[Change<'_>],
 ) -> Result<Vec<Applied>, DbError> {
@@ -191,6 +260,7 @@ async fn apply_group(
     let mut profiles: BTreeMap<i64, ProfileDelta> = BTreeMap::new();
     let mut run_release: HashMap<uuid::Uuid, i64> = HashMap::new();
     let mut month_release: HashMap<(String, NaiveDate), i64> = HashMap::new();
+    let mut events = Events::default();
     for c in changes {
         let Some(row) = rows.get(&c.id) else {
             out.push(Applied::Missed);
@@ -211,13 +281,15 @@ async fn apply_group(
             continue;
         }
         if !allowed(from, c.to) {
-            tracing::warn!(attempt_id = c.id, from = %from, to = c.to, "refused an impossible attempt status change");
+            tracing::warn!(attempt_id = c.id, from = %from, to = c.to, source = origin.source, "refused an impossible attempt status change");
+            events.push(c, from, false);
             out.push(Applied::Refused {
                 current: from.to_string(),
             });
             continue;
         }
         upd.push(c);
+        events.push(c, from, true);
         let pending = matches!(c.to, "pending" | "pending_async");
         if matches!(from, "submitted" | "unknown") && (pending || c.to == "approved") {
             let p = profiles.entry(row.profile_id).or_default();
@@ -241,7 +313,15 @@ async fn apply_group(
                 .or_default() += row.amount_minor;
         }
         if c.to == "chargebacked" {
-            profiles.entry(row.profile_id).or_default().chargeback = true;
+            let p = profiles.entry(row.profile_id).or_default();
+            match ReasonEffect::of(settings, c.reason_code) {
+                ReasonEffect::Blacklist => {
+                    p.deactivate = true;
+                    p.blacklist = Some(c.reason_code.unwrap_or_default().to_ascii_uppercase());
+                }
+                ReasonEffect::Deactivate => p.deactivate = true,
+                ReasonEffect::Retry => {}
+            }
         }
         out.push(Applied::Changed {
             from: from.to_string(),
@@ -272,7 +352,8 @@ async fn apply_group(
             .bind(
                 chrono::Duration::from_std(settings.gateway.reconcile_interval)
                     .unwrap_or_else(|_| chrono::Duration::minutes(1)),
-            ),
+            )
+            .bind(&upd.reason_code),
         )
         .await?;
     }
@@ -295,9 +376,27 @@ async fn apply_group(
             .bind(d.iter().map(|p| p.next).collect::<Vec<_>>())
             .bind(d.iter().map(|p| p.lifetime).collect::<Vec<_>>())
             .bind(d.iter().map(|p| p.success).collect::<Vec<_>>())
-            .bind(d.iter().map(|p| p.chargeback).collect::<Vec<_>>()),
+            .bind(d.iter().map(|p| p.deactivate).collect::<Vec<_>>()),
         )
         .await?;
+        let (ids, codes): (Vec<i64>, Vec<String>) = profiles
+            .iter()
+            .filter_map(|(id, p)| p.blacklist.clone().map(|c| (*id, c)))
+            .unzip();
+        if !ids.is_empty() {
+            // By the profile's keyed IBAN hash: the IBAN itself is not stored with profiles.
+            tx.execute(
+                sqlx::query(
+                    "INSERT INTO blacklist (kind, iban_hash, reason, source) \
+                     SELECT 'iban', p.iban_hash, 'chargeback ' || v.code, 'chargeback' \
+                     FROM unnest($1::bigint[], $2::text[]) AS v(id, code) JOIN debtor_profiles p ON p.id = v.id \
+                     ON CONFLICT (iban_hash) WHERE kind = 'iban' DO NOTHING",
+                )
+                .bind(ids)
+                .bind(codes),
+            )
+            .await?;
+        }
     }
     if !run_release.is_empty() {
         let (runs, amounts): (Vec<uuid::Uuid>, Vec<i64>) = run_release.into_iter().unzip();
@@ -329,7 +428,58 @@ async fn apply_group(
         )
         .await?;
     }
+    events.insert(tx, origin).await?;
     Ok(out)
+}
+
+/// The `transaction_events` rows of a group.
+#[derive(Default)]
+struct Events {
+    attempt: Vec<i64>,
+    from: Vec<String>,
+    to: Vec<String>,
+    applied: Vec<bool>,
+    code: Vec<Option<String>>,
+    note: Vec<Option<String>>,
+}
+
+impl Events {
+    fn push(&mut self, c: &Change<'_>, from: &str, applied: bool) {
+        self.attempt.push(c.id);
+        self.from.push(from.to_string());
+        self.to.push(c.to.to_string());
+        self.applied.push(applied);
+        self.code.push(c.reason_code.map(str::to_string));
+        self.note.push(
+            c.note
+                .map(str::to_string)
+                .or_else(|| c.answer.and_then(|a| a.message.clone())),
+        );
+    }
+
+    async fn insert(self, tx: &mut Tx, origin: Origin) -> Result<(), DbError> {
+        if self.attempt.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO transaction_events (attempt_id, source, from_status, to_status, applied, reason_code, delivery_id, note) \
+                 SELECT v.attempt, $1, v.from_status, v.to_status, v.applied, v.code, $2, v.note \
+                 FROM unnest($3::bigint[], $4::text[], $5::text[], $6::bool[], $7::text[], $8::text[]) \
+                      AS v(attempt, from_status, to_status, applied, code, note)",
+            )
+            .bind(origin.source)
+            .bind(origin.delivery_id)
+            .bind(&self.attempt)
+            .bind(&self.from)
+            .bind(&self.to)
+            .bind(&self.applied)
+            .bind(&self.code)
+            .bind(&self.note),
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 /// The columns of a group's attempt updates.
@@ -342,6 +492,7 @@ struct AttemptUpdates {
     message: Vec<Option<String>>,
     technical: Vec<Option<String>>,
     answered: Vec<bool>,
+    reason_code: Vec<Option<String>>,
 }
 
 impl AttemptUpdates {
@@ -363,6 +514,7 @@ impl AttemptUpdates {
             }
         }
         self.answered.push(c.answer.is_some());
+        self.reason_code.push(c.reason_code.map(str::to_string));
     }
 }
 

@@ -114,6 +114,10 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     /// Billing runs and their rules.
     pub billing: BillingSettings,
+    /// The webhook receiver.
+    pub webhooks: WebhookSettings,
+    /// Transaction lifecycle: what chargebacks' reason codes do.
+    pub lifecycle: LifecycleSettings,
 }
 
 pub(crate) fn redact<S: serde::Serializer>(

@@ -477,6 +477,35 @@ fn default_true() -> bool {
     true
 }
 
+/// The webhook receiver (`POST /api/webhooks/<provider>/<account>`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// A delivery body over this is answered 413 and stored cut at this size.
+    pub max_body_bytes: usize,
+    /// Deliveries stored per commit, at most (group commit: a commit per delivery would cap
+    /// the receiver at Postgres's commit rate).
+    pub group_max: usize,
+    /// Group commits in flight at once.
+    pub writers: usize,
+    /// A delivery not stored within this long is answered 503 (the gateway sends it again).
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
+    /// Times an accepted delivery's processing is tried before it is left `failed` (replay
+    /// it after a fix).
+    pub max_attempts: i32,
+}
+
+/// What a chargeback's reason code does, the same on every path (webhook, reconcile, sweeps).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleSettings {
+    /// Codes that blacklist the IBAN and deactivate the profile.
+    pub blacklist_codes: Vec<String>,
+    /// Codes that do neither (the debtor may be billed in a later cycle: insufficient funds).
+    pub retry_codes: Vec<String>,
+}
+
 /// Billing runs and the rules that decide who may be debited.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

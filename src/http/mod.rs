@@ -36,6 +36,11 @@ pub fn router(ctx: AppContext) -> Router {
         .route("/api/uploads/{id}", get(uploads::show))
         .route("/api/reports/{id}", get(reports::show))
         .route("/reports/{id}/download", get(reports::download))
+        .route(
+            "/api/webhooks/emp/{account}",
+            post(crate::webhooks::emp)
+                .layer(axum::Extension(crate::webhooks::Ingress::start(&ctx))),
+        )
         .fallback(error::not_found)
         .layer(RequestBodyLimitLayer::new(http.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
@@ -76,7 +81,10 @@ pub async fn serve(
     ctx: AppContext,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(ctx))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(
+        listener,
+        router(ctx).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }

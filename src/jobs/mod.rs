@@ -4,6 +4,7 @@
 pub mod billing;
 pub mod billing_batch;
 pub mod billing_recurring;
+pub mod emp_webhook;
 mod noop;
 pub mod sweeper;
 mod test_job;
@@ -17,6 +18,7 @@ pub mod vop_report;
 pub use billing::Billing;
 pub use billing_batch::BillingBatch;
 pub use billing_recurring::BillingRecurring;
+pub use emp_webhook::EmpWebhook;
 pub use noop::Noop;
 pub use sweeper::Sweeper;
 pub use test_job::TestJob;
@@ -35,6 +37,7 @@ pub fn registry() -> Registry {
         .add::<Billing>()
         .add::<BillingBatch>()
         .add::<BillingRecurring>()
+        .add::<EmpWebhook>()
         .add::<Noop>()
         .add::<Sweeper>()
         .add::<TestJob>()

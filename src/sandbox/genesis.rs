@@ -43,6 +43,9 @@ pub struct Entry {
     pub status: String,
     /// Milliseconds since the sandbox started.
     pub at_ms: u64,
+    /// Where the gateway posts this transaction's notifications, as the request gave it.
+    #[serde(default)]
+    pub notification_url: Option<String>,
     #[serde(skip)]
     settle: Option<(Instant, &'static str)>,
 }
@@ -98,6 +101,7 @@ struct RequestXml {
     amount: Option<String>,
     currency: Option<String>,
     iban: Option<String>,
+    notification_url: Option<String>,
 }
 
 /// What an amount asks the simulator to do (its last two digits in minor units).
@@ -147,6 +151,8 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/reconcile/{token}/", post(reconcile))
         .route("/reconcile/{token}", post(reconcile))
         .route("/_sandbox/ledger", get(ledger).delete(clear_ledger))
+        .route("/_sandbox/genesis/events", post(super::notify::raise))
+        .route("/_sandbox/notifications", get(super::notify::list))
 }
 
 fn xml(status: StatusCode, body: String) -> Response {
@@ -332,8 +338,27 @@ async fn process(
             terminal: token.clone(),
             status: status.into(),
             at_ms: s.elapsed_ms(),
+            notification_url: req.notification_url.clone().filter(|u| !u.is_empty()),
             settle,
         };
+        if let (Some((_, to)), Some(url)) = (settle, e.notification_url.clone()) {
+            // The asynchronous outcome is notified when it settles.
+            let fields = vec![
+                ("transaction_id", e.transaction_id.clone()),
+                ("unique_id", e.unique_id.clone()),
+                ("transaction_type", e.transaction_type.clone()),
+                ("terminal_token", e.terminal.clone()),
+                ("status", to.to_string()),
+                ("amount", e.amount_minor.to_string()),
+                ("currency", e.currency.clone()),
+            ];
+            let s2 = s.clone();
+            let after = Duration::from_millis(k.genesis_async_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                super::notify::spawn(s2, url, fields, "sha256".into());
+            });
+        }
         let i = book.entries.len();
         book.by_tx.insert(tx_id.clone(), i);
         book.by_unique.insert(e.unique_id.clone(), i);
@@ -472,6 +497,26 @@ async fn clear_ledger(State(s): State<Sandbox>) -> StatusCode {
 }
 
 impl Sandbox {
+    /// Applies a raised event to the transaction it names (a chargeback of an approved debit
+    /// makes it `chargebacked`) and returns the transaction as it now is.
+    pub(super) fn genesis_event(&self, r: &super::notify::EventRequest) -> Option<Entry> {
+        let mut book = self.genesis();
+        let i = r
+            .transaction_id
+            .as_deref()
+            .and_then(|t| book.by_tx.get(t).copied())
+            .or_else(|| {
+                r.unique_id
+                    .as_deref()
+                    .and_then(|u| book.by_unique.get(u).copied())
+            })?;
+        book.settle(i);
+        if r.event == "chargeback" && book.entries[i].status == "approved" {
+            book.entries[i].status = "chargebacked".into();
+        }
+        Some(book.entries[i].clone())
+    }
+
     fn genesis(&self) -> std::sync::MutexGuard<'_, Book> {
         self.0.genesis.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -7,6 +7,7 @@
 //! log are under `/_sandbox/`. Behaviour is documented in `docs/sandbox.md`.
 
 pub mod genesis;
+pub mod notify;
 pub mod vop;
 
 use std::{
@@ -58,6 +59,8 @@ pub struct Knobs {
     pub genesis_async_ms: u64,
     /// Genesis: how long an "accepted then timeout" debit keeps the caller waiting.
     pub genesis_hang_ms: u64,
+    /// Multiplies the notification retry schedule (`notify::RETRY_SCHEDULE`); tests shorten it.
+    pub notify_retry_scale: f64,
 }
 
 impl Default for Knobs {
@@ -73,6 +76,7 @@ impl Default for Knobs {
             genesis_password: None,
             genesis_async_ms: 2000,
             genesis_hang_ms: 60_000,
+            notify_retry_scale: 1.0,
         }
     }
 }
@@ -136,6 +140,7 @@ struct Inner {
     counter: AtomicU64,
     limiter: Mutex<Option<(u32, Arc<DefaultDirectRateLimiter>)>>,
     genesis: Mutex<genesis::Book>,
+    notifications: Mutex<Vec<notify::Sent>>,
 }
 
 /// Shared sandbox state. Cheap to clone.
@@ -160,6 +165,7 @@ impl Sandbox {
             counter: AtomicU64::new(0),
             limiter: Mutex::new(None),
             genesis: Mutex::new(genesis::Book::default()),
+            notifications: Mutex::new(Vec::new()),
         }))
     }
 
@@ -175,6 +181,23 @@ impl Sandbox {
     /// Replaces the knobs.
     pub fn set_knobs(&self, k: Knobs) {
         *self.0.knobs.lock().unwrap_or_else(|p| p.into_inner()) = k;
+    }
+
+    fn log_notification(&self, n: notify::Sent) {
+        self.0
+            .notifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(n);
+    }
+
+    /// Every notification delivery attempt so far.
+    pub fn notifications(&self) -> Vec<notify::Sent> {
+        self.0
+            .notifications
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn elapsed_ms(&self) -> u64 {

@@ -390,6 +390,7 @@ async fn every_exclusion_rule_is_checked_and_every_excluded_debtor_stored_with_i
     finworker::billing::state::apply(
         &mut tx,
         &app.ctx.settings,
+        finworker::billing::state::Origin::of("ops"),
         x2,
         &["approved"],
         "chargebacked",

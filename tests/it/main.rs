@@ -24,3 +24,4 @@ mod storage;
 mod sweeper;
 mod uploads;
 mod verification;
+mod webhooks;
