@@ -25,8 +25,8 @@ use crate::{
 pub enum Processed {
     /// Applied (or already processed by someone else).
     Done,
-    /// No attempt of ours has this transaction.
-    Unmatched,
+    /// No attempt of ours has this transaction (stored as unmatched with the reason).
+    Unmatched(String),
     /// Cannot be processed (stored as failed with the reason).
     Failed(String),
     /// Try again later (gateway unreachable, breaker open).
@@ -85,7 +85,8 @@ pub async fn process(
     };
     let outcome = work(app, fence, delivery_id, &d).await?;
     match &outcome {
-        Processed::Done | Processed::Unmatched => {}
+        Processed::Done => {}
+        Processed::Unmatched(why) => finish(app, delivery_id, "unmatched", why).await?,
         Processed::Failed(why) => finish(app, delivery_id, "failed", why).await?,
         Processed::Later(why) if d.attempts >= app.settings.webhooks.max_attempts => {
             let why = format!("gave up after {} attempts: {why}", d.attempts);
@@ -168,18 +169,7 @@ async fn work(
             ids.join("/")
         );
         tracing::warn!(delivery_id, reason = %why, "webhook delivery for a transaction we do not know");
-        let mut tx = app.db.begin().await?;
-        tx.execute(
-            sqlx::query(
-                "UPDATE webhook_deliveries SET state = 'unmatched', error = $2, processed_at = now() \
-                 WHERE id = $1 AND state = 'queued'",
-            )
-            .bind(delivery_id)
-            .bind(&why),
-        )
-        .await?;
-        tx.commit().await?;
-        return Ok(Processed::Unmatched);
+        return Ok(Processed::Unmatched(why));
     };
     if a.account != d.account {
         return Ok(Processed::Failed(format!(
@@ -220,9 +210,7 @@ async fn work(
     // Only a chargeback's own code decides the chargeback policy (a retrieval request's code
     // says nothing about the debtor's account).
     let is_chargeback = kind.contains("chargeback");
-    let reason_code = n
-        .get("rc_code")
-        .or_else(|| n.get("reason_code"))
+    let reason_code = reason_code(&n)
         .map(str::to_ascii_uppercase)
         .filter(|_| is_chargeback);
     let mut tx = app.db.begin().await?;
@@ -262,6 +250,25 @@ async fn work(
     Ok(Processed::Done)
 }
 
+/// A chargeback's or retrieval request's reason code and its text, as Genesis names them in
+/// notifications (`rc_*`) or in by-date records (`reason_*`).
+fn reason_code(n: &Notification) -> Option<&str> {
+    n.get("rc_code").or_else(|| n.get("reason_code"))
+}
+
+fn reason_description(n: &Notification) -> Option<&str> {
+    n.get("rc_description")
+        .or_else(|| n.get("reason_description"))
+}
+
+/// The debit's gateway id: ours when we have it, else the one the notification names.
+fn original_unique_id(a: &AttemptRow, n: &Notification) -> String {
+    a.unique_id
+        .clone()
+        .or_else(|| n.unique_id().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn amount_minor(n: &Notification) -> Option<i64> {
     n.get("amount").and_then(|v| v.parse::<i64>().ok())
 }
@@ -290,11 +297,7 @@ async fn chargeback(
     reason_code: Option<&str>,
 ) -> Result<(), BillingError> {
     let effect = ReasonEffect::of(&app.settings, reason_code);
-    let original = a
-        .unique_id
-        .clone()
-        .or_else(|| n.unique_id().map(str::to_string))
-        .unwrap_or_default();
+    let original = original_unique_id(a, n);
     let inserted = tx
         .execute(
             sqlx::query(
@@ -313,7 +316,7 @@ async fn chargeback(
             .bind(n.get("arn"))
             .bind(n.get("chargeback_type").or_else(|| n.get("type")))
             .bind(reason_code)
-            .bind(n.get("rc_description").or_else(|| n.get("reason_description")))
+            .bind(reason_description(n))
             .bind(amount_minor(n))
             .bind(n.get("currency"))
             .bind(date(n, "post_date"))
@@ -359,11 +362,7 @@ async fn retrieval(
     n: &Notification,
     delivery_id: i64,
 ) -> Result<(), BillingError> {
-    let original = a
-        .unique_id
-        .clone()
-        .or_else(|| n.unique_id().map(str::to_string))
-        .unwrap_or_default();
+    let original = original_unique_id(a, n);
     tx.execute(
         sqlx::query(
             "INSERT INTO retrieval_requests (attempt_id, account, original_unique_id, arn, reason_code, \
@@ -375,8 +374,8 @@ async fn retrieval(
         .bind(&a.account)
         .bind(&original)
         .bind(n.get("arn"))
-        .bind(n.get("rc_code").or_else(|| n.get("reason_code")))
-        .bind(n.get("rc_description").or_else(|| n.get("reason_description")))
+        .bind(reason_code(n))
+        .bind(reason_description(n))
         .bind(amount_minor(n))
         .bind(n.get("currency"))
         .bind(date(n, "post_date"))
@@ -386,14 +385,7 @@ async fn retrieval(
     )
     .await?;
     tracing::warn!(attempt_id = a.id, account = %a.account, "retrieval request recorded: the debtor's bank asks for the mandate");
-    event(
-        tx,
-        a,
-        "retrieval_request",
-        delivery_id,
-        n.get("rc_code").or_else(|| n.get("reason_code")),
-    )
-    .await
+    event(tx, a, "retrieval_request", delivery_id, reason_code(n)).await
 }
 
 /// A chargeback or retrieval request in the attempt's history (beside any status change).

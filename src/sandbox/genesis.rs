@@ -343,15 +343,7 @@ async fn process(
         };
         if let (Some((_, to)), Some(url)) = (settle, e.notification_url.clone()) {
             // The asynchronous outcome is notified when it settles.
-            let fields = vec![
-                ("transaction_id", e.transaction_id.clone()),
-                ("unique_id", e.unique_id.clone()),
-                ("transaction_type", e.transaction_type.clone()),
-                ("terminal_token", e.terminal.clone()),
-                ("status", to.to_string()),
-                ("amount", e.amount_minor.to_string()),
-                ("currency", e.currency.clone()),
-            ];
+            let fields = super::notify::fields(&e, to);
             let s2 = s.clone();
             let after = Duration::from_millis(k.genesis_async_ms);
             tokio::spawn(async move {

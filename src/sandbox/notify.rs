@@ -81,15 +81,7 @@ pub(super) async fn raise(
         StatusCode::UNPROCESSABLE_ENTITY,
         "the debit had no notification_url and none was given".to_string(),
     ))?;
-    let mut fields = vec![
-        ("transaction_id", entry.transaction_id.clone()),
-        ("unique_id", entry.unique_id.clone()),
-        ("transaction_type", entry.transaction_type.clone()),
-        ("terminal_token", entry.terminal.clone()),
-        ("status", entry.status.clone()),
-        ("amount", entry.amount_minor.to_string()),
-        ("currency", entry.currency.clone()),
-    ];
+    let mut fields = fields(&entry, &entry.status);
     if r.event != "status" {
         fields.push(("event", r.event.clone()));
     }
@@ -102,6 +94,19 @@ pub(super) async fn raise(
     Ok(Json(
         serde_json::json!({ "unique_id": entry.unique_id, "status": entry.status }),
     ))
+}
+
+/// The fields of a transaction's notification, with `status` as its status.
+pub(super) fn fields(e: &super::genesis::Entry, status: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("transaction_id", e.transaction_id.clone()),
+        ("unique_id", e.unique_id.clone()),
+        ("transaction_type", e.transaction_type.clone()),
+        ("terminal_token", e.terminal.clone()),
+        ("status", status.to_string()),
+        ("amount", e.amount_minor.to_string()),
+        ("currency", e.currency.clone()),
+    ]
 }
 
 pub(super) async fn list(State(s): State<Sandbox>) -> Json<Notifications> {

@@ -138,24 +138,24 @@ pub async fn emp(
     Path(account): Path<String>,
     req: Request,
 ) -> Response {
-    let remote_addr = req
-        .extensions()
+    let (parts, body) = req.into_parts();
+    let remote_addr = parts
+        .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string());
-    let headers = req.headers().clone();
+    let headers = parts.headers;
     let limit = app.settings.webhooks.max_body_bytes;
     // The global body limit (http.max_body_bytes) bounds what is read; ours is smaller, so an
     // oversized delivery can still be stored, cut.
-    let body: Bytes =
-        match axum::body::to_bytes(req.into_body(), app.settings.http.max_body_bytes).await {
-            Ok(b) => b,
-            Err(_) => {
-                return refusal(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body over the receiver's limit",
-                );
-            }
-        };
+    let body: Bytes = match axum::body::to_bytes(body, app.settings.http.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body over the receiver's limit",
+            );
+        }
+    };
     let mut d = Delivery {
         provider: "emp",
         account: account.clone(),
@@ -225,10 +225,14 @@ fn judge(
     limit: usize,
     d: &mut Delivery,
 ) -> (StatusCode, String) {
+    // The reason goes both into the stored row and into the answer.
+    fn refuse(d: &mut Delivery, status: StatusCode, reason: String) -> (StatusCode, String) {
+        d.reason = Some(reason.clone());
+        (status, reason)
+    }
     if body.len() > limit {
         let r = format!("body of {} bytes, over the limit of {limit}", body.len());
-        d.reason = Some(r.clone());
-        return (StatusCode::PAYLOAD_TOO_LARGE, r);
+        return refuse(d, StatusCode::PAYLOAD_TOO_LARGE, r);
     }
     let form = headers
         .get(header::CONTENT_TYPE)
@@ -240,50 +244,42 @@ fn judge(
         });
     if !form {
         let r = "Content-Type must be application/x-www-form-urlencoded".to_string();
-        d.reason = Some(r.clone());
-        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, r);
+        return refuse(d, StatusCode::UNSUPPORTED_MEDIA_TYPE, r);
     }
     let Some(n) = genesis::Notification::parse(body) else {
         let r = "the body is not form-urlencoded UTF-8 text".to_string();
-        d.reason = Some(r.clone());
-        return (StatusCode::BAD_REQUEST, r);
+        return refuse(d, StatusCode::BAD_REQUEST, r);
     };
     d.unique_id = n.unique_id().map(str::to_string);
     d.transaction_id = n.get("transaction_id").map(str::to_string);
     d.kind = n.kind();
     if d.unique_id.is_none() {
-        let r = "no unique_id field".to_string();
-        d.reason = Some(r.clone());
-        return (StatusCode::BAD_REQUEST, r);
+        return refuse(d, StatusCode::BAD_REQUEST, "no unique_id field".into());
     }
     d.payload_hash = Some(n.payload_hash());
     d.verdict = "rejected";
     let Some(acct) = app.accounts.get(&d.account) else {
         let r = format!("no gateway account `{}`", d.account);
-        d.reason = Some(r.clone());
-        return (StatusCode::NOT_FOUND, r);
+        return refuse(d, StatusCode::NOT_FOUND, r);
     };
-    let password = acct
+    // An empty password would let anyone sign: refuse rather than check against it.
+    let Some(password) = acct
         .settings
         .password
         .as_ref()
-        .map(|p| p.expose_secret().to_string())
-        .unwrap_or_default();
-    match n.verify(&password) {
-        Ok(alg) if !password.is_empty() => {
+        .map(|p| p.expose_secret())
+        .filter(|p| !p.is_empty())
+    else {
+        let r = "the account has no API password to check signatures with".to_string();
+        return refuse(d, StatusCode::UNAUTHORIZED, r);
+    };
+    match n.verify(password) {
+        Ok(alg) => {
             d.signature = Some(alg);
             d.verdict = "accepted";
             (StatusCode::OK, String::new())
         }
-        Ok(_) => {
-            let r = "the account has no API password to check signatures with".to_string();
-            d.reason = Some(r.clone());
-            (StatusCode::UNAUTHORIZED, r)
-        }
-        Err(e) => {
-            d.reason = Some(e.to_string());
-            (StatusCode::UNAUTHORIZED, e.to_string())
-        }
+        Err(e) => refuse(d, StatusCode::UNAUTHORIZED, e.to_string()),
     }
 }
 

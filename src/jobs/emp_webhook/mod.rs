@@ -38,7 +38,7 @@ impl Job for EmpWebhook {
                 .map_err(crate::jobs::billing::to_job_error)?
             {
                 Processed::Later(why) => later.push(format!("delivery {id}: {why}")),
-                Processed::Done | Processed::Unmatched | Processed::Failed(_) => {}
+                Processed::Done | Processed::Unmatched(_) | Processed::Failed(_) => {}
             }
         }
         if later.is_empty() {
