@@ -47,6 +47,16 @@ pub enum Guarded {
 impl Account {
     /// Looks a transaction up under the account's breaker and shared rate limit.
     pub async fn reconcile(&self, key: gateway::TxKey<'_>) -> Result<gateway::Lookup, Guarded> {
+        self.guarded(|g| g.reconcile(key)).await
+    }
+
+    /// One gateway call (not a debit) under the account's breaker and shared rate limit.
+    pub async fn guarded<'a, T>(
+        &'a self,
+        call: impl FnOnce(
+            &'a dyn Gateway,
+        ) -> futures::future::BoxFuture<'a, Result<T, gateway::CallError>>,
+    ) -> Result<T, Guarded> {
         let Some(permit) = self.breaker.permit_shared().await else {
             return Err(Guarded::BreakerOpen);
         };
@@ -54,7 +64,7 @@ impl Account {
             permit.abandon();
             return Err(Guarded::Limiter(e));
         }
-        let r = self.gateway.reconcile(key).await;
+        let r = call(self.gateway.as_ref()).await;
         match &r {
             Ok(_) => permit.success(),
             Err(_) => permit.failure(),

@@ -504,6 +504,83 @@ pub struct LifecycleSettings {
     pub blacklist_codes: Vec<String>,
     /// Codes that do neither (the debtor may be billed in a later cycle: insufficient funds).
     pub retry_codes: Vec<String>,
+    /// When the `reconciliation` job runs (cron, seconds first, UTC); empty: never by itself.
+    pub reconcile_schedule: String,
+    /// An attempt still `submitted`/`unknown` this long after it was created is flagged for
+    /// a person (metric + error log); it is never guessed.
+    #[serde(with = "humantime_serde")]
+    pub unknown_hard_age: Duration,
+    /// Likewise for `pending`/`pending_async` (SEPA settles within days: keep this above the
+    /// scheme's two weeks).
+    #[serde(with = "humantime_serde")]
+    pub pending_hard_age: Duration,
+    /// When `emp_refresh` (ledger sync by date) runs for every account; empty: never.
+    pub ledger_sync_schedule: String,
+    /// When `chargeback_sweep` (chargebacks and retrieval requests by import date) runs.
+    pub sweep_schedule: String,
+    /// When `bic_blacklist` (the BIC auto-blacklist) runs.
+    pub bic_blacklist_schedule: String,
+    /// A scheduled sync covers from its last synced day less this many days (late records
+    /// are dated by event, not by the original transaction).
+    pub sync_overlap_days: u32,
+    /// A scheduled sync with no checkpoint yet covers this many days back.
+    pub sync_first_days: u32,
+    /// Records asked per page of reconcile by date (1–999).
+    pub sync_page_size: u32,
+    /// The BIC auto-blacklist rule.
+    pub bic_rule: BicRule,
+    /// The per-account chargeback-rate guard.
+    pub chargeback_guard: ChargebackGuard,
+}
+
+impl LifecycleSettings {
+    /// The built-in schedules: (setting, cron expression, job type).
+    pub fn schedules(&self) -> [(&'static str, &str); 4] {
+        [
+            ("reconcile_schedule", self.reconcile_schedule.as_str()),
+            ("ledger_sync_schedule", self.ledger_sync_schedule.as_str()),
+            ("sweep_schedule", self.sweep_schedule.as_str()),
+            ("bic_blacklist_schedule", self.bic_blacklist_schedule.as_str()),
+        ]
+    }
+}
+
+/// The BIC auto-blacklist: over `window_days`, a BIC with at least `min_transactions`
+/// debits of which more than `over_rate` were charged back, by any of `thresholds`, is
+/// blacklisted (source `auto`, with its figures).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BicRule {
+    /// Days looked back.
+    pub window_days: u32,
+    /// Chargeback reason codes that do not count (e.g. technical returns).
+    pub excluded_codes: Vec<String>,
+    /// Any one of them blacklists.
+    pub thresholds: Vec<BicThreshold>,
+}
+
+/// One threshold of [`BicRule`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BicThreshold {
+    /// Debits of the BIC in the window, at least.
+    pub min_transactions: u32,
+    /// Chargebacks / debits above this (0–1).
+    pub over_rate: f64,
+}
+
+/// Holds an account (no billing run of it starts or goes on) when its chargeback rate over
+/// `window_days` reaches `hold_at_rate` with at least `min_transactions` debits, before the
+/// acquirer's own threshold is reached. Ops release it with `finworker accounts release`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChargebackGuard {
+    /// Days looked back.
+    pub window_days: u32,
+    /// Debits in the window before the rate means anything.
+    pub min_transactions: u32,
+    /// Chargebacks / debits at which the account is held (0–1); 0: off.
+    pub hold_at_rate: f64,
 }
 
 /// Billing runs and the rules that decide who may be debited.

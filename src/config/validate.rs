@@ -175,6 +175,44 @@ impl Settings {
                 return bad(&format!("cron[{i}].schedule"), &e.to_string());
             }
         }
+        self.validate_lifecycle()
+    }
+
+    fn validate_lifecycle(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: format!("lifecycle.{key}"),
+                message: message.into(),
+            })
+        };
+        let l = &self.lifecycle;
+        for (key, v) in l.schedules() {
+            if !v.is_empty()
+                && let Err(e) = v.parse::<cron::Schedule>()
+            {
+                return bad(key, &e.to_string());
+            }
+        }
+        if !(1..=999).contains(&l.sync_page_size) {
+            return bad("sync_page_size", "must be 1-999 (the gateway's limit)");
+        }
+        if l.sync_first_days == 0 || l.sync_first_days > 400 {
+            return bad("sync_first_days", "must be 1-400");
+        }
+        if l.bic_rule.window_days == 0 || l.chargeback_guard.window_days == 0 {
+            return bad("bic_rule.window_days", "windows must be at least one day");
+        }
+        for t in &l.bic_rule.thresholds {
+            if !(0.0..1.0).contains(&t.over_rate) || t.min_transactions == 0 {
+                return bad(
+                    "bic_rule.thresholds",
+                    "each needs min_transactions >= 1 and 0 <= over_rate < 1",
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&l.chargeback_guard.hold_at_rate) {
+            return bad("chargeback_guard.hold_at_rate", "must be 0-1 (0: off)");
+        }
         Ok(())
     }
 

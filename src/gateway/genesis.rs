@@ -1,18 +1,24 @@
 //! Gateway module `genesis`: the emerchantpay Genesis XML API (payments.md §1), the subset
-//! billing needs: `sdd_sale`, single reconcile by `transaction_id`, `void`.
+//! billing and the lifecycle need: `sdd_sale`, single reconcile, `void`, reconcile by date,
+//! chargebacks and retrieval requests by date.
 //!
 //! POST of a `text/xml` body with HTTP Basic auth to `<endpoint>/process/<terminal_token>/`
-//! (debits, voids) and `<endpoint>/reconcile/<terminal_token>/`. No retries here.
+//! (debits, voids), `<endpoint>/reconcile/<terminal_token>/`,
+//! `<endpoint>/reconcile/by_date/<terminal_token>/`, `<endpoint>/chargebacks/by_date` and
+//! `<endpoint>/retrieval_requests/by_date`. No retries here.
 
 use futures::{FutureExt, future::BoxFuture};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{Answer, CallError, Debit, Gateway, Lookup, TxKey};
+use chrono::NaiveDate;
+
+use super::{Answer, CallError, Debit, Gateway, Lookup, Page, ReturnKind, ReturnRecord, TxKey};
 use crate::config::{GatewayAccountSettings, GatewaySettings};
 
-/// Answers above this size are not read (a gateway answer is a few hundred bytes).
-const MAX_ANSWER_BYTES: usize = 1 << 20;
+/// Answers above this size are not read (a gateway answer is a few hundred bytes; a page of
+/// 999 transactions by date about 1 MB).
+const MAX_ANSWER_BYTES: usize = 16 << 20;
 
 /// Codes of a reconcile that found no transaction (payments.md §1.6: 410 reference not found,
 /// 460 referenced transaction not found).
@@ -23,6 +29,8 @@ pub struct GenesisClient {
     http: reqwest::Client,
     process_url: String,
     reconcile_url: String,
+    by_date_url: String,
+    base: String,
     username: String,
     password: Option<SecretString>,
     notification_url: Option<String>,
@@ -101,6 +109,136 @@ struct ResponseXml {
     message: Option<String>,
     technical_message: Option<String>,
     amount: Option<String>,
+    currency: Option<String>,
+    transaction_type: Option<String>,
+    timestamp: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "reconcile")]
+struct ByDateXml {
+    start_date: String,
+    end_date: String,
+    page: u32,
+    records_per_page: u32,
+}
+
+#[derive(Serialize)]
+struct ReturnsByDateXml {
+    import_date: String,
+    page: u32,
+    per_page: u32,
+}
+
+/// A by-date answer: paging attributes and records; or a bare error answer.
+#[derive(Debug, Deserialize)]
+struct PageXml<T> {
+    #[serde(rename = "@page", default)]
+    page: Option<u32>,
+    #[serde(rename = "@pages_count", default)]
+    pages_count: Option<u32>,
+    #[serde(rename = "@total_count", default)]
+    total_count: Option<u64>,
+    #[serde(
+        default = "Vec::new",
+        alias = "payment_response",
+        alias = "chargeback_response",
+        alias = "retrieval_request_response"
+    )]
+    items: Vec<T>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    technical_message: Option<String>,
+}
+
+/// One record of chargebacks / retrieval requests by date.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct ReturnXml {
+    r#type: Option<String>,
+    arn: Option<String>,
+    unique_id: Option<String>,
+    original_transaction_unique_id: Option<String>,
+    transaction_id: Option<String>,
+    post_date: Option<String>,
+    import_date: Option<String>,
+    reason_code: Option<String>,
+    reason_description: Option<String>,
+    amount: Option<String>,
+    currency: Option<String>,
+}
+
+fn parse_date(v: Option<&str>) -> Option<NaiveDate> {
+    let v = v?.trim();
+    NaiveDate::parse_from_str(v.get(..10).unwrap_or(v), "%Y-%m-%d").ok()
+}
+
+fn nonempty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Reads a by-date answer; an error answer is a refusal.
+fn parse_page<T, U>(
+    xml: &str,
+    item: impl Fn(T) -> Result<U, String>,
+) -> Result<Page<U>, CallError>
+where
+    T: serde::de::DeserializeOwned,
+{
+    let p: PageXml<T> = quick_xml::de::from_str(xml)
+        .map_err(|e| CallError::Unknown(format!("unreadable page: {e}")))?;
+    if p.status.as_deref() == Some("error") {
+        return Err(CallError::Refused(format!(
+            "code {}: {}",
+            p.code.unwrap_or_default(),
+            p.technical_message.unwrap_or_default()
+        )));
+    }
+    let items = p
+        .items
+        .into_iter()
+        .map(item)
+        .collect::<Result<Vec<U>, String>>()
+        .map_err(|e| CallError::Unknown(format!("unreadable record: {e}")))?;
+    Ok(Page {
+        page: p.page.unwrap_or(1),
+        pages_count: p.pages_count.unwrap_or(u32::from(!items.is_empty())),
+        total_count: p.total_count.unwrap_or(items.len() as u64),
+        items,
+    })
+}
+
+/// Reads a page of reconcile by date.
+pub fn parse_transactions_page(xml: &str) -> Result<Page<Answer>, CallError> {
+    parse_page(xml, answer_of)
+}
+
+/// Reads a page of chargebacks or retrieval requests by date.
+pub fn parse_returns_page(xml: &str) -> Result<Page<ReturnRecord>, CallError> {
+    parse_page(xml, |r: ReturnXml| {
+        let amount_minor = nonempty(r.amount)
+            .map(|a| {
+                a.parse::<i64>()
+                    .map_err(|_| format!("amount `{a}` is not an integer"))
+            })
+            .transpose()?;
+        Ok(ReturnRecord {
+            original_unique_id: nonempty(r.original_transaction_unique_id),
+            unique_id: nonempty(r.unique_id),
+            transaction_id: nonempty(r.transaction_id),
+            arn: nonempty(r.arn),
+            r#type: nonempty(r.r#type),
+            reason_code: nonempty(r.reason_code).map(|c| c.to_ascii_uppercase()),
+            reason_description: nonempty(r.reason_description),
+            amount_minor,
+            currency: nonempty(r.currency),
+            post_date: parse_date(r.post_date.as_deref()),
+            import_date: parse_date(r.import_date.as_deref()),
+        })
+    })
 }
 
 /// Serialises a request body with its XML declaration.
@@ -114,7 +252,10 @@ pub fn to_xml<T: Serialize>(body: &T) -> Result<String, CallError> {
 
 /// Reads a `payment_response` (or any root holding its fields).
 pub fn parse_answer(xml: &str) -> Result<Answer, String> {
-    let r: ResponseXml = quick_xml::de::from_str(xml).map_err(|e| e.to_string())?;
+    answer_of(quick_xml::de::from_str(xml).map_err(|e| e.to_string())?)
+}
+
+fn answer_of(r: ResponseXml) -> Result<Answer, String> {
     let status = r.status.ok_or("the answer has no status")?;
     let num = |v: &Option<String>, what: &str| -> Result<Option<i64>, String> {
         v.as_deref()
@@ -134,6 +275,9 @@ pub fn parse_answer(xml: &str) -> Result<Answer, String> {
         message: r.message,
         technical_message: r.technical_message,
         amount_minor: num(&r.amount, "amount")?,
+        currency: nonempty(r.currency),
+        transaction_type: nonempty(r.transaction_type),
+        timestamp: nonempty(r.timestamp),
     })
 }
 
@@ -165,6 +309,8 @@ impl GenesisClient {
             http,
             process_url: format!("{base}/process/{}/", a.terminal_token),
             reconcile_url: format!("{base}/reconcile/{}/", a.terminal_token),
+            by_date_url: format!("{base}/reconcile/by_date/{}/", a.terminal_token),
+            base: base.to_string(),
             username: a.username.clone(),
             password: a.password.clone(),
             notification_url: (!s.notification_url.is_empty()).then(|| s.notification_url.clone()),
@@ -173,6 +319,11 @@ impl GenesisClient {
     }
 
     async fn post(&self, url: &str, body: String) -> Result<Answer, CallError> {
+        let text = self.post_text(url, body).await?;
+        parse_answer(&text).map_err(|e| CallError::Unknown(format!("unreadable answer: {e}")))
+    }
+
+    async fn post_text(&self, url: &str, body: String) -> Result<String, CallError> {
         let resp = self
             .http
             .post(url)
@@ -208,7 +359,7 @@ impl GenesisClient {
                 snippet(&text)
             )));
         }
-        parse_answer(&text).map_err(|e| CallError::Unknown(format!("unreadable answer: {e}")))
+        Ok(text.into_owned())
     }
 }
 
@@ -218,7 +369,7 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, CallError> 
         match resp.chunk().await {
             Ok(Some(c)) => {
                 if out.len() + c.len() > MAX_ANSWER_BYTES {
-                    return Err(CallError::Unknown("answer larger than 1 MiB".into()));
+                    return Err(CallError::Unknown("answer larger than 16 MiB".into()));
                 }
                 out.extend_from_slice(&c);
             }
@@ -303,6 +454,52 @@ impl Gateway for GenesisClient {
         }
         .boxed()
     }
+
+    fn transactions_by_date(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        page: u32,
+        per_page: u32,
+    ) -> BoxFuture<'_, Result<Page<Answer>, CallError>> {
+        async move {
+            let body = to_xml(&ByDateXml {
+                start_date: from.to_string(),
+                end_date: to.to_string(),
+                page,
+                records_per_page: per_page.clamp(1, 999),
+            })?;
+            parse_transactions_page(&self.post_text(&self.by_date_url, body).await?)
+        }
+        .boxed()
+    }
+
+    fn returns_by_date(
+        &self,
+        kind: ReturnKind,
+        import_date: NaiveDate,
+        page: u32,
+        per_page: u32,
+    ) -> BoxFuture<'_, Result<Page<ReturnRecord>, CallError>> {
+        async move {
+            let q = ReturnsByDateXml {
+                import_date: import_date.to_string(),
+                page,
+                per_page,
+            };
+            let body = match kind {
+                ReturnKind::Chargebacks => quick_xml::se::to_string_with_root("chargeback_request", &q),
+                ReturnKind::RetrievalRequests => {
+                    quick_xml::se::to_string_with_root("retrieval_request_request", &q)
+                }
+            }
+            .map_err(|e| CallError::Refused(format!("cannot build the request: {e}")))?;
+            let url = format!("{}/{}/by_date", self.base, kind.as_str());
+            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n{body}");
+            parse_returns_page(&self.post_text(&url, body).await?)
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]
@@ -374,5 +571,48 @@ mod tests {
             "{by_unique}"
         );
         assert!(parse_answer("not xml at all").is_err());
+    }
+
+    #[test]
+    fn by_date_pages_are_read_with_their_paging_and_errors_are_refusals() {
+        let p = parse_transactions_page(
+            "<?xml version=\"1.0\"?><payment_responses page=\"2\" per_page=\"2\" total_count=\"3\" pages_count=\"2\">\
+             <payment_response><transaction_type>sdd_sale</transaction_type><status>approved</status>\
+             <unique_id>u1</unique_id><transaction_id>fw-1</transaction_id><amount>995</amount><currency>EUR</currency>\
+             <timestamp>2026-11-30T10:00:00Z</timestamp></payment_response></payment_responses>",
+        )
+        .unwrap();
+        assert_eq!((p.page, p.pages_count, p.total_count), (2, 2, 3));
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].amount_minor, Some(995));
+        assert_eq!(p.items[0].transaction_type.as_deref(), Some("sdd_sale"));
+        let two = parse_transactions_page(
+            "<payment_responses page=\"1\" pages_count=\"1\" total_count=\"2\">\
+             <payment_response><status>approved</status><unique_id>a</unique_id></payment_response>\
+             <payment_response><status>chargebacked</status><unique_id>b</unique_id></payment_response></payment_responses>",
+        )
+        .unwrap();
+        assert_eq!(two.items.len(), 2);
+        let empty = parse_transactions_page(
+            "<payment_responses page=\"1\" per_page=\"999\" total_count=\"0\" pages_count=\"0\"></payment_responses>",
+        )
+        .unwrap();
+        assert!(empty.items.is_empty());
+        let err = parse_transactions_page(
+            "<payment_response><status>error</status><code>340</code><technical_message>start_date has an invalid format</technical_message></payment_response>",
+        )
+        .unwrap_err();
+        assert!(matches!(err, CallError::Refused(ref m) if m.contains("340")), "{err}");
+        let r = parse_returns_page(
+            "<chargeback_responses page=\"1\" pages_count=\"1\" total_count=\"1\"><chargeback_response>\
+             <type>1st chargeback</type><arn>74</arn><post_date>2026-11-28</post_date><import_date>2026-11-29 00:00:00</import_date>\
+             <reason_code>ac04</reason_code><amount>995</amount><currency>EUR</currency>\
+             <original_transaction_unique_id>u1</original_transaction_unique_id></chargeback_response></chargeback_responses>",
+        )
+        .unwrap();
+        assert_eq!(r.items[0].reason_code.as_deref(), Some("AC04"));
+        assert_eq!(r.items[0].import_date, NaiveDate::from_ymd_opt(2026, 11, 29));
+        assert_eq!(r.items[0].original_unique_id.as_deref(), Some("u1"));
+        assert_eq!(r.items[0].r#type.as_deref(), Some("1st chargeback"));
     }
 }

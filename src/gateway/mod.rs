@@ -71,6 +71,74 @@ pub struct Answer {
     pub technical_message: Option<String>,
     /// Amount, minor units, as the gateway has it.
     pub amount_minor: Option<i64>,
+    /// Currency, when the answer names it.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// `sdd_sale`, `void` … when the answer names it.
+    #[serde(default)]
+    pub transaction_type: Option<String>,
+    /// When the gateway dated the transaction, as it wrote it.
+    #[serde(default)]
+    pub timestamp: Option<String>,
+}
+
+/// One page of a by-date listing (pages start at 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// This page's number.
+    pub page: u32,
+    /// How many pages the listing has (0 when empty).
+    pub pages_count: u32,
+    /// Records in the whole listing.
+    pub total_count: u64,
+    /// This page's records.
+    pub items: Vec<T>,
+}
+
+/// What a returns sweep lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReturnKind {
+    /// Chargebacks (SDD returns).
+    Chargebacks,
+    /// Retrieval requests (the debtor's bank asks for the mandate).
+    RetrievalRequests,
+}
+
+impl ReturnKind {
+    /// As in `ledger_syncs.kind` and URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chargebacks => "chargebacks",
+            Self::RetrievalRequests => "retrieval_requests",
+        }
+    }
+}
+
+/// A chargeback or retrieval request as a notification or a by-date listing gives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnRecord {
+    /// The debit's gateway id.
+    pub original_unique_id: Option<String>,
+    /// The record's own gateway id (a SEPA return may carry the debit's).
+    pub unique_id: Option<String>,
+    /// Our id of the debit, when given.
+    pub transaction_id: Option<String>,
+    /// Acquirer reference number.
+    pub arn: Option<String>,
+    /// `1st chargeback`, `2nd chargeback` … (chargebacks).
+    pub r#type: Option<String>,
+    /// Reason code (AC04, AM04 …).
+    pub reason_code: Option<String>,
+    /// Its text.
+    pub reason_description: Option<String>,
+    /// Minor units.
+    pub amount_minor: Option<i64>,
+    /// Currency.
+    pub currency: Option<String>,
+    /// When the bank posted it.
+    pub post_date: Option<chrono::NaiveDate>,
+    /// When it was imported into the gateway.
+    pub import_date: Option<chrono::NaiveDate>,
 }
 
 /// Why a gateway call gave no answer to record.
@@ -119,6 +187,22 @@ pub trait Gateway: Send + Sync + std::fmt::Debug {
         void_transaction_id: &'a str,
         unique_id: &'a str,
     ) -> BoxFuture<'a, Result<Answer, CallError>>;
+    /// One page of the transactions dated within `from..=to` (reconcile by date).
+    fn transactions_by_date(
+        &self,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+        page: u32,
+        per_page: u32,
+    ) -> BoxFuture<'_, Result<Page<Answer>, CallError>>;
+    /// One page of the chargebacks or retrieval requests imported on `import_date`.
+    fn returns_by_date(
+        &self,
+        kind: ReturnKind,
+        import_date: chrono::NaiveDate,
+        page: u32,
+        per_page: u32,
+    ) -> BoxFuture<'_, Result<Page<ReturnRecord>, CallError>>;
 }
 
 /// How an answer's status maps onto an attempt's status.

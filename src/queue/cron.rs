@@ -37,6 +37,32 @@ pub async fn run(ctx: AppContext, stop: CancellationToken) {
             stop.clone(),
         )));
     }
+    // The lifecycle's schedules (reconciliation, ledger sync, sweeps, BIC rule): only where
+    // there is a gateway account to work on.
+    if !ctx.settings.gateway.accounts.is_empty() {
+        let jobs = [
+            "reconciliation",
+            "emp_refresh",
+            "chargeback_sweep",
+            "bic_blacklist",
+        ];
+        for ((_, schedule), job_type) in ctx.settings.lifecycle.schedules().into_iter().zip(jobs) {
+            if schedule.is_empty() || ctx.registry.get(job_type).is_none() {
+                continue;
+            }
+            let Ok(schedule) = cron::Schedule::from_str(schedule) else {
+                continue; // validated at start-up
+            };
+            tasks.push(tokio::spawn(run_schedule(
+                ctx.clone(),
+                job_type.to_string(),
+                schedule,
+                job_type.to_string(),
+                "{}".to_string(),
+                stop.clone(),
+            )));
+        }
+    }
     for t in tasks {
         let _ = t.await;
     }
@@ -97,6 +123,18 @@ async fn run_entry(ctx: AppContext, entry: CronEntry, stop: CancellationToken) {
             return;
         }
     };
+    run_schedule(ctx, entry.name, schedule, entry.job_type, payload, stop).await;
+}
+
+/// Pushes `job_type` at every time of `schedule`, under `cron:<name>:<tick>`.
+async fn run_schedule(
+    ctx: AppContext,
+    name: String,
+    schedule: cron::Schedule,
+    job_type: String,
+    payload: String,
+    stop: CancellationToken,
+) {
     loop {
         let Some(next) = schedule.upcoming(Utc).next() else {
             return;
@@ -107,6 +145,6 @@ async fn run_entry(ctx: AppContext, entry: CronEntry, stop: CancellationToken) {
             _ = tokio::time::sleep(wait) => {}
         }
         let tick = next.timestamp();
-        push_tick(&ctx, &entry.name, &entry.job_type, payload.clone(), tick).await;
+        push_tick(&ctx, &name, &job_type, payload.clone(), tick).await;
     }
 }

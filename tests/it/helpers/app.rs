@@ -42,6 +42,11 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     // The built-in sweeper tick adds `sweeper` jobs every interval: tests that count jobs
     // would count them too. Tests of the sweeper turn it on.
     s.sweeper.enabled = false;
+    // Likewise the lifecycle's schedules (reconciliation, ledger sync, sweeps, BIC rule).
+    s.lifecycle.reconcile_schedule.clear();
+    s.lifecycle.ledger_sync_schedule.clear();
+    s.lifecycle.sweep_schedule.clear();
+    s.lifecycle.bic_blacklist_schedule.clear();
     s.worker.poll_interval = Duration::from_millis(50);
     s.worker.heartbeat_interval = Duration::from_millis(500);
     s.worker.missed_heartbeats = 3;
