@@ -96,3 +96,11 @@ ALTER TABLE transaction_events ADD CONSTRAINT transaction_events_source_check
 -- The ledger-sync report is downloaded like the VOP report.
 ALTER TABLE reports DROP CONSTRAINT reports_kind_check;
 ALTER TABLE reports ADD CONSTRAINT reports_kind_check CHECK (kind IN ('vop', 'ledger_sync'));
+
+-- A run paused by the chargeback-rate guard (its account is held).
+ALTER TABLE billing_runs DROP CONSTRAINT billing_runs_paused_by_check;
+ALTER TABLE billing_runs ADD CONSTRAINT billing_runs_paused_by_check
+    CHECK (paused_by IN ('ops', 'breaker', 'chargeback_guard'));
+
+-- When the sweeper last handed a queued delivery out again (its job was lost).
+ALTER TABLE webhook_deliveries ADD COLUMN last_queued_at timestamptz;

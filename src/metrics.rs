@@ -81,6 +81,30 @@ pub struct ChargebackLabels {
     pub effect: String,
 }
 
+/// Labels of per-account series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabels {
+    /// Gateway account.
+    pub account: String,
+}
+
+/// Labels of attempt-status series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// Attempt status.
+    pub status: String,
+}
+
+/// Labels of sync-difference series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    /// Gateway account.
+    pub account: String,
+    /// corrected | repaired | refused | missing_locally | missing_remotely | recorded |
+    /// backfilled | unmatched.
+    pub kind: String,
+}
+
 /// Labels of per-queue series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -151,6 +175,18 @@ pub struct Metrics {
     pub transaction_events: Family<EventLabels, Counter>,
     /// Chargebacks recorded, by account and what their reason code did.
     pub chargebacks: Family<ChargebackLabels, Counter>,
+    /// Open attempts older than their hard age (flagged for ops), by status.
+    pub attempts_past_hard_age: Family<StatusLabels, Gauge>,
+    /// Open attempts by status (pending, pending_async, submitted, unknown).
+    pub open_attempts: Family<StatusLabels, Gauge>,
+    /// Age of the oldest open attempt, by status (reconciliation lag).
+    pub oldest_open_attempt_seconds: Family<StatusLabels, Gauge>,
+    /// Chargeback rate per account over the guard's window (0–1).
+    pub chargeback_rate: Family<AccountLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 while an account is held by the chargeback-rate guard.
+    pub account_held: Family<AccountLabels, Gauge>,
+    /// Differences found by ledger syncs and sweeps, by account and kind.
+    pub sync_differences: Family<SyncLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -191,7 +227,43 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             transaction_events: Family::default(),
             chargebacks: Family::default(),
+            attempts_past_hard_age: Family::default(),
+            open_attempts: Family::default(),
+            oldest_open_attempt_seconds: Family::default(),
+            chargeback_rate: Family::default(),
+            account_held: Family::default(),
+            sync_differences: Family::default(),
         };
+        r.register(
+            "attempts_past_hard_age",
+            "Open attempts (submitted/unknown, pending/pending_async) older than lifecycle.*_hard_age: flagged for a person, never guessed",
+            m.attempts_past_hard_age.clone(),
+        );
+        r.register(
+            "open_attempts",
+            "Attempts whose outcome is not known yet, by status (as of the last reconciliation)",
+            m.open_attempts.clone(),
+        );
+        r.register(
+            "oldest_open_attempt_seconds",
+            "Age of the oldest attempt in each open status (as of the last reconciliation)",
+            m.oldest_open_attempt_seconds.clone(),
+        );
+        r.register(
+            "chargeback_rate",
+            "Chargebacks / debits per account over lifecycle.chargeback_guard.window_days",
+            m.chargeback_rate.clone(),
+        );
+        r.register(
+            "account_held",
+            "1 while the chargeback-rate guard holds the account's billing runs",
+            m.account_held.clone(),
+        );
+        r.register(
+            "sync_differences",
+            "Differences found by ledger syncs and chargeback/retrieval sweeps, by account and kind",
+            m.sync_differences.clone(),
+        );
         r.register(
             "webhook_deliveries",
             "Webhook deliveries received, by provider and verdict (accepted, repeat, rejected, malformed, unavailable = not stored, answered 503)",

@@ -200,6 +200,8 @@ pub struct AccountRow {
     pub month_committed_minor: i64,
     /// Enabled.
     pub enabled: bool,
+    /// Why the chargeback-rate guard holds it (no billing run debits through it), if it does.
+    pub hold_reason: Option<String>,
 }
 
 /// Every account in the table.
@@ -211,7 +213,7 @@ pub async fn list(db: &Db) -> Result<Vec<AccountRow>, DbError> {
              a.monthly_cap_minor, coalesce((SELECT sum(b.amount_minor) FROM billing_attempts b WHERE b.account = a.name \
                AND b.created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' \
                AND b.status IN ('submitted', 'unknown', 'pending', 'pending_async', 'approved')), 0)::bigint AS month_committed_minor, \
-             a.enabled FROM gateway_accounts a ORDER BY a.name",
+             a.enabled, a.hold_reason FROM gateway_accounts a ORDER BY a.name",
         ))
         .await?;
     tx.commit().await?;

@@ -214,12 +214,29 @@ pub async fn claim(app: &AppContext, fence: &Fence, run_id: Uuid) -> Result<Clai
         .bind(&nos),
     )
     .await?;
-    let (enabled, currency): (bool, String) = tx
+    let (enabled, currency, hold): (bool, String, Option<String>) = tx
         .fetch_one(
-            sqlx::query_as("SELECT enabled, currency FROM gateway_accounts WHERE name = $1")
-                .bind(&account),
+            sqlx::query_as(
+                "SELECT enabled, currency, hold_reason FROM gateway_accounts WHERE name = $1",
+            )
+            .bind(&account),
         )
         .await?;
+    if let Some(hold) = hold {
+        tx.execute(
+            sqlx::query(
+                "UPDATE billing_runs SET status = 'paused', paused_by = 'chargeback_guard', \
+                 pause_reason = $2, updated_at = now() WHERE id = $1",
+            )
+            .bind(run_id)
+            .bind(format!("the gateway account is held: {hold}")),
+        )
+        .await?;
+        tracing::error!(run_id = %run_id, account = %account, hold = %hold, "billing run paused: its gateway account is held by the chargeback-rate guard");
+        fence.check(&mut tx).await?;
+        tx.commit().await?;
+        return Ok(Claimed::Halted("paused".into()));
+    }
     if !enabled {
         tx.execute(
             sqlx::query(

@@ -32,6 +32,21 @@ pub const LIVE: &[&str] = &[
     "approved",
 ];
 
+/// Every status an attempt can have: a webhook, ledger sync or sweep may find it in any, the
+/// table decides.
+pub const ANY: &[&str] = &[
+    "submitted",
+    "unknown",
+    "pending",
+    "pending_async",
+    "approved",
+    "declined",
+    "error",
+    "voided",
+    "chargebacked",
+    "refunded",
+];
+
 /// Statuses whose outcome is not known yet (reconciled).
 pub const OPEN: &[&str] = &["submitted", "unknown", "pending", "pending_async"];
 
@@ -149,6 +164,44 @@ impl ReasonEffect {
             Self::Deactivate => "deactivated",
         }
     }
+}
+
+/// Applies the reason-code policy to the profile of attempt `id` when the code arrives after
+/// the status change (a sweep back-filling a chargeback's code): blacklist and deactivate,
+/// or deactivate. A retry code changes nothing here (see `lifecycle::returns`).
+pub async fn apply_reason(
+    tx: &mut Tx,
+    settings: &Settings,
+    id: i64,
+    code: Option<&str>,
+) -> Result<(), DbError> {
+    let effect = ReasonEffect::of(settings, code);
+    if effect == ReasonEffect::Retry {
+        return Ok(());
+    }
+    tx.execute(
+        sqlx::query(
+            "UPDATE debtor_profiles p SET active = false, deactivated_reason = 'chargeback', \
+             chargebacked_at = coalesce(p.chargebacked_at, now()), updated_at = now() \
+             FROM billing_attempts a WHERE a.id = $1 AND p.id = a.profile_id",
+        )
+        .bind(id),
+    )
+    .await?;
+    if effect == ReasonEffect::Blacklist {
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO blacklist (kind, iban_hash, reason, source) \
+                 SELECT 'iban', p.iban_hash, 'chargeback ' || $2, 'chargeback' \
+                 FROM billing_attempts a JOIN debtor_profiles p ON p.id = a.profile_id WHERE a.id = $1 \
+                 ON CONFLICT (iban_hash) WHERE kind = 'iban' DO NOTHING",
+            )
+            .bind(id)
+            .bind(code.unwrap_or_default().trim().to_ascii_uppercase()),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Moves attempt `id` to `to`: [`apply_many`] for one change.

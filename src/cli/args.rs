@@ -59,6 +59,18 @@ pub enum Command {
     /// The blacklist: IBANs, names, e-mails and BICs that are never debited.
     #[command(subcommand)]
     Blacklist(BlacklistCommand),
+    /// Reconcile open attempts (pending, pending_async, unknown) whose backoff is due, now.
+    Reconcile {
+        /// Only this billing run's attempts.
+        #[arg(long)]
+        run: Option<uuid::Uuid>,
+    },
+    /// Ledger sync by date and the chargeback / retrieval-request sweeps.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Stored webhook deliveries: list, replay.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
     /// Internal: read a spreadsheet from stdin under memory and CPU limits and write its rows
     /// as JSON lines (the upload job runs it; see src/jobs/upload/isolated.rs).
     #[command(hide = true)]
@@ -141,6 +153,7 @@ pub enum UploadsCommand {
 
 /// `sandbox` flags: the starting knobs (PUT /_sandbox/config changes them later).
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct SandboxArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:9300")]
@@ -163,6 +176,43 @@ pub struct SandboxArgs {
     /// Genesis: a repeated transaction_id is refused (error 450) or accepted as a second debit.
     #[arg(long, default_value = "refuse", value_parser = ["refuse", "accept"])]
     pub genesis_duplicates: String,
+    /// Instead of serving: tell a running sandbox that something happened to a transaction.
+    #[command(subcommand)]
+    pub event: Option<SandboxEvent>,
+}
+
+/// `sandbox chargeback|retrieval|status`: raise an event at a running sandbox gateway, which
+/// notifies the debit's notification_url (signed, retried until acknowledged).
+#[derive(Debug, Subcommand)]
+pub enum SandboxEvent {
+    /// The debtor's bank returns the debit (the transaction becomes chargebacked).
+    Chargeback(SandboxEventArgs),
+    /// The debtor's bank asks for the mandate.
+    Retrieval(SandboxEventArgs),
+    /// The transaction's status changes (`--status`), e.g. an injected mismatch.
+    Status(SandboxEventArgs),
+}
+
+/// Arguments of a sandbox event.
+#[derive(Debug, Args)]
+pub struct SandboxEventArgs {
+    /// Our transaction_id of the debit (or its gateway unique_id with --unique-id).
+    pub transaction_id: String,
+    /// The argument is the gateway's unique_id.
+    #[arg(long)]
+    pub unique_id: bool,
+    /// Reason code (AC04, AM04, MD01 …).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// New status (status events).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Change the gateway's books without a notification (found by reconcile and the sweeps).
+    #[arg(long)]
+    pub silent: bool,
+    /// The running sandbox.
+    #[arg(long, default_value = "http://127.0.0.1:9300", env = "FINWORKER_SANDBOX_URL")]
+    pub sandbox: String,
 }
 
 /// `reports` subcommands.
@@ -291,6 +341,11 @@ pub enum AccountsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Release an account held by the chargeback-rate guard and resume the runs it paused.
+    Release {
+        /// The account.
+        name: String,
+    },
 }
 
 /// `billing` subcommands.
@@ -374,4 +429,81 @@ pub enum BlacklistCommand {
     },
     /// Every entry (IBANs appear as hashes).
     List,
+}
+
+/// `ledger` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Compare the gateway's transactions of a date window with ours, correct statuses through
+    /// the state machine, and report every difference (printed, and as a download link).
+    Sync {
+        /// First day (UTC, YYYY-MM-DD).
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last day (inclusive).
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// One account (default: every configured account).
+        #[arg(long)]
+        account: Option<String>,
+        /// Report format: csv or xlsx.
+        #[arg(long, default_value = "xlsx")]
+        format: String,
+    },
+    /// Read chargebacks and retrieval requests by import date and store what is new.
+    Sweep {
+        /// First import date (UTC).
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last import date (inclusive; default: the same day).
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        /// One account (default: every configured account).
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Recent syncs and sweeps with their figures.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the BIC auto-blacklist rule now and print every decision.
+    BicRule,
+}
+
+/// `webhooks` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Stored deliveries, oldest first.
+    List {
+        /// Only this state or verdict: queued, processed, unmatched, failed, ignored,
+        /// accepted, rejected, malformed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Received at or after (RFC 3339, or a duration ago such as 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// How many at most.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Process deliveries again (after a fix), with the same idempotency: by id, or every one
+    /// since a time (with --status, default failed).
+    Replay {
+        /// Delivery ids.
+        ids: Vec<i64>,
+        /// Every delivery received at or after (RFC 3339, or a duration ago such as 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// With --since: only this state or verdict (default failed).
+        #[arg(long)]
+        status: Option<String>,
+    },
 }

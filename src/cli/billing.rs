@@ -23,6 +23,11 @@ pub(super) async fn accounts_command(cmd: AccountsCommand) -> anyhow::Result<()>
             if rows.is_empty() {
                 println!("no gateway accounts: declare them in [gateway.accounts.<name>]");
             }
+            for a in &rows {
+                if let Some(h) = &a.hold_reason {
+                    println!("{:<16} HELD: {h}", a.name);
+                }
+            }
             for a in rows {
                 println!(
                     "{:<16} {:<8} {:<8} {} user {} password from ${} {} {} req/s, month {} / {}",
@@ -39,6 +44,27 @@ pub(super) async fn accounts_command(cmd: AccountsCommand) -> anyhow::Result<()>
                         .map(format_minor)
                         .unwrap_or_else(|| "no cap".into()),
                 );
+            }
+        }
+        AccountsCommand::Release { name } => {
+            if !crate::lifecycle::guard::release(&ctx, &name).await? {
+                println!("account {name} was not held");
+                return Ok(());
+            }
+            println!("account {name} released");
+            for r in run::list(&ctx.db, 10_000).await? {
+                if r.account == name
+                    && r.status == "paused"
+                    && r.paused_by.as_deref() == Some("chargeback_guard")
+                {
+                    let r = run::control(&ctx.db, r.id, "resume").await?;
+                    if r.status == "running" {
+                        jobs::billing_batch::fan_out(&ctx, r.id).await?;
+                    } else {
+                        jobs::billing::restart_selection(&ctx, &r).await?;
+                    }
+                    println!("resumed run {}", r.id);
+                }
             }
         }
     }

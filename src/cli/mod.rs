@@ -4,6 +4,7 @@
 mod args;
 mod billing;
 mod job_ops;
+mod lifecycle;
 mod reports;
 
 pub use args::*;
@@ -212,6 +213,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
+        Command::Sandbox(SandboxArgs {
+            event: Some(event), ..
+        }) => sandbox_event(event).await,
         Command::Sandbox(a) => {
             load().await?; // for logging only: the sandbox reads no finworker settings
             let token = CancellationToken::new();
@@ -234,6 +238,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reports(cmd) => reports::reports_command(cmd).await,
+        Command::Reconcile { run } => lifecycle::reconcile(run).await,
+        Command::Ledger(cmd) => lifecycle::ledger_command(cmd).await,
+        Command::Webhooks(cmd) => lifecycle::webhooks_command(cmd).await,
         Command::Accounts(cmd) => billing::accounts_command(cmd).await,
         Command::Billing(cmd) => billing::billing_command(cmd).await,
         Command::Blacklist(cmd) => billing::blacklist_command(cmd).await,
@@ -244,4 +251,42 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `finworker sandbox chargeback|retrieval|status …`: posts to the sandbox's control endpoint.
+async fn sandbox_event(event: args::SandboxEvent) -> anyhow::Result<()> {
+    let (name, a) = match event {
+        args::SandboxEvent::Chargeback(a) => ("chargeback", a),
+        args::SandboxEvent::Retrieval(a) => ("retrieval_request", a),
+        args::SandboxEvent::Status(a) => ("status", a),
+    };
+    if name == "status" && a.status.is_none() {
+        anyhow::bail!("a status event needs --status (e.g. --status chargebacked)");
+    }
+    let mut body = serde_json::json!({
+        "event": name,
+        "reason_code": a.reason,
+        "status": a.status,
+        "notify": !a.silent,
+    });
+    let key = if a.unique_id {
+        "unique_id"
+    } else {
+        "transaction_id"
+    };
+    body[key] = serde_json::json!(a.transaction_id);
+    let url = format!("{}/_sandbox/genesis/events", a.sandbox.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("is the sandbox running at {}?", a.sandbox))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("the sandbox answered {status}: {text}");
+    }
+    println!("{name} raised: {text}");
+    Ok(())
 }

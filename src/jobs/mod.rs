@@ -1,11 +1,15 @@
 //! One module per job type: payload, handler, tests. Registering a new job is one line in
 //! [`registry`].
 
+pub mod bic_blacklist;
 pub mod billing;
 pub mod billing_batch;
 pub mod billing_recurring;
+pub mod chargeback_sweep;
+pub mod emp_refresh;
 pub mod emp_webhook;
 mod noop;
+pub mod reconciliation;
 pub mod sweeper;
 mod test_job;
 pub mod upload;
@@ -15,11 +19,15 @@ pub mod validation_chunk;
 pub mod vop;
 pub mod vop_report;
 
+pub use bic_blacklist::BicBlacklist;
 pub use billing::Billing;
 pub use billing_batch::BillingBatch;
 pub use billing_recurring::BillingRecurring;
+pub use chargeback_sweep::ChargebackSweep;
+pub use emp_refresh::EmpRefresh;
 pub use emp_webhook::EmpWebhook;
 pub use noop::Noop;
+pub use reconciliation::Reconciliation;
 pub use sweeper::Sweeper;
 pub use test_job::TestJob;
 pub use upload::Upload;
@@ -34,11 +42,15 @@ use crate::queue::registry::Registry;
 /// Every job type this binary runs.
 pub fn registry() -> Registry {
     Registry::new()
+        .add::<BicBlacklist>()
         .add::<Billing>()
         .add::<BillingBatch>()
         .add::<BillingRecurring>()
+        .add::<ChargebackSweep>()
+        .add::<EmpRefresh>()
         .add::<EmpWebhook>()
         .add::<Noop>()
+        .add::<Reconciliation>()
         .add::<Sweeper>()
         .add::<TestJob>()
         .add::<Upload>()

@@ -51,6 +51,11 @@ impl Job for Sweeper {
                 .inc();
             tracing::info!(run_id = %r.id, status = %r.status, "sweeper re-drove a stale billing run");
         }
+        // Webhook deliveries stored but never handed to a job (Redis lost it, or the push
+        // after the store failed).
+        crate::webhooks::replay::requeue_stale(app, crate::webhooks::REQUEUE_AFTER, s.batch)
+            .await
+            .map_err(JobError::Retryable)?;
         Ok(())
     }
 }

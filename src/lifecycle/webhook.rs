@@ -5,17 +5,16 @@
 //! the condition that it still was queued: two processors of one delivery apply it once.
 
 use chrono::NaiveDate;
-use serde_json::json;
 
 use crate::{
     billing::{
         BillingError,
         accounts::Guarded,
-        state::{self, Change, Origin, ReasonEffect},
+        state::{self, Change, Origin},
     },
     context::AppContext,
-    db::Tx,
-    gateway::{self, Lookup, Settled, TxKey},
+    gateway::{self, Lookup, ReturnRecord, Settled, TxKey},
+    lifecycle::returns::{self, Recorded},
     queue::fence::Fence,
     webhooks::genesis::Notification,
 };
@@ -40,28 +39,6 @@ struct DeliveryRow {
     attempts: i32,
 }
 
-#[derive(sqlx::FromRow)]
-struct AttemptRow {
-    id: i64,
-    account: String,
-    status: String,
-    unique_id: Option<String>,
-    transaction_id: String,
-}
-
-/// Every status an attempt can have: a webhook may find it in any, the table decides.
-const ANY: &[&str] = &[
-    "submitted",
-    "unknown",
-    "pending",
-    "pending_async",
-    "approved",
-    "declined",
-    "error",
-    "voided",
-    "chargebacked",
-    "refunded",
-];
 
 /// Processes one delivery (if still queued).
 pub async fn process(
@@ -152,16 +129,7 @@ async fn work(
     ids.dedup();
     let tx_id = n.get("transaction_id").unwrap_or("").to_string();
     let mut tx = app.db.begin().await?;
-    let attempt: Option<AttemptRow> = tx
-        .fetch_optional(
-            sqlx::query_as(
-                "SELECT id, account, status, unique_id, transaction_id FROM billing_attempts \
-                 WHERE unique_id = ANY($1) OR transaction_id = $2 ORDER BY id LIMIT 1",
-            )
-            .bind(&ids)
-            .bind(&tx_id),
-        )
-        .await?;
+    let attempt = returns::find_attempt(&mut tx, &ids, Some(&tx_id)).await?;
     tx.commit().await?;
     let Some(a) = attempt else {
         let why = format!(
@@ -210,7 +178,7 @@ async fn work(
     // Only a chargeback's own code decides the chargeback policy (a retrieval request's code
     // says nothing about the debtor's account).
     let is_chargeback = kind.contains("chargeback");
-    let reason_code = reason_code(&n)
+    let reason_code = reason_code_of(&n)
         .map(str::to_ascii_uppercase)
         .filter(|_| is_chargeback);
     let mut tx = app.db.begin().await?;
@@ -238,39 +206,32 @@ async fn work(
         note: None,
         reason_code: reason_code.as_deref(),
     };
-    let applied = state::apply_many(&mut tx, &app.settings, origin, ANY, &[change]).await?;
+    let applied = state::apply_many(&mut tx, &app.settings, origin, state::ANY, &[change]).await?;
+    let src = returns::Source {
+        name: "webhook",
+        delivery_id: Some(delivery_id),
+    };
+    let mut new_chargeback = false;
     if is_chargeback {
-        chargeback(app, &mut tx, &a, &n, delivery_id, reason_code.as_deref()).await?;
+        let r = return_record(&n, reason_code.as_deref());
+        new_chargeback = returns::chargeback(app, &mut tx, &a, &r, src).await? == Recorded::New;
     } else if kind.contains("retrieval") {
-        retrieval(&mut tx, &a, &n, delivery_id).await?;
+        let r = return_record(&n, reason_code_of(&n));
+        returns::retrieval(&mut tx, &a, &r, src).await?;
     }
     fence.check(&mut tx).await?;
     tx.commit().await?;
+    if new_chargeback {
+        super::guard::check(app, &a.account).await?;
+    }
     tracing::info!(delivery_id, attempt_id = a.id, from = %a.status, to, kind = %kind, applied = ?applied.first(), "webhook delivery processed");
     Ok(Processed::Done)
 }
 
-/// A chargeback's or retrieval request's reason code and its text, as Genesis names them in
-/// notifications (`rc_*`) or in by-date records (`reason_*`).
-fn reason_code(n: &Notification) -> Option<&str> {
+/// A chargeback's or retrieval request's reason code, as Genesis names it in notifications
+/// (`rc_code`) or in by-date records (`reason_code`).
+fn reason_code_of(n: &Notification) -> Option<&str> {
     n.get("rc_code").or_else(|| n.get("reason_code"))
-}
-
-fn reason_description(n: &Notification) -> Option<&str> {
-    n.get("rc_description")
-        .or_else(|| n.get("reason_description"))
-}
-
-/// The debit's gateway id: ours when we have it, else the one the notification names.
-fn original_unique_id(a: &AttemptRow, n: &Notification) -> String {
-    a.unique_id
-        .clone()
-        .or_else(|| n.unique_id().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn amount_minor(n: &Notification) -> Option<i64> {
-    n.get("amount").and_then(|v| v.parse::<i64>().ok())
 }
 
 fn date(n: &Notification, key: &str) -> Option<NaiveDate> {
@@ -278,134 +239,21 @@ fn date(n: &Notification, key: &str) -> Option<NaiveDate> {
         .and_then(|v| NaiveDate::parse_from_str(v.get(..10).unwrap_or(v), "%Y-%m-%d").ok())
 }
 
-fn raw(n: &Notification) -> serde_json::Value {
-    let m: serde_json::Map<String, serde_json::Value> = n
-        .fields
-        .iter()
-        .filter(|(k, _)| k != "signature")
-        .map(|(k, v)| (k.clone(), json!(v)))
-        .collect();
-    serde_json::Value::Object(m)
-}
-
-async fn chargeback(
-    app: &AppContext,
-    tx: &mut Tx,
-    a: &AttemptRow,
-    n: &Notification,
-    delivery_id: i64,
-    reason_code: Option<&str>,
-) -> Result<(), BillingError> {
-    let effect = ReasonEffect::of(&app.settings, reason_code);
-    let original = original_unique_id(a, n);
-    let inserted = tx
-        .execute(
-            sqlx::query(
-                "INSERT INTO chargebacks (attempt_id, account, original_unique_id, arn, type, reason_code, \
-                    reason_description, amount_minor, currency, post_date, import_date, source, delivery_id, \
-                    blacklisted, deactivated, raw) \
-                 VALUES ($1, $2, $3, $4, coalesce($5, 'chargeback'), $6, $7, $8, $9, $10, $11, 'webhook', $12, $13, $14, $15) \
-                 ON CONFLICT (original_unique_id, type) DO UPDATE SET \
-                    reason_code = coalesce(chargebacks.reason_code, EXCLUDED.reason_code), \
-                    reason_description = coalesce(chargebacks.reason_description, EXCLUDED.reason_description), \
-                    updated_at = now()",
-            )
-            .bind(a.id)
-            .bind(&a.account)
-            .bind(&original)
-            .bind(n.get("arn"))
-            .bind(n.get("chargeback_type").or_else(|| n.get("type")))
-            .bind(reason_code)
-            .bind(reason_description(n))
-            .bind(amount_minor(n))
-            .bind(n.get("currency"))
-            .bind(date(n, "post_date"))
-            .bind(date(n, "import_date"))
-            .bind(delivery_id)
-            .bind(effect == ReasonEffect::Blacklist)
-            .bind(effect != ReasonEffect::Retry)
-            .bind(raw(n)),
-        )
-        .await?;
-    if inserted > 0 && effect == ReasonEffect::Retry {
-        // A status change seen before this chargeback (without its code) deactivated the
-        // profile; a retry code says it may be billed again, unless another chargeback of it
-        // says otherwise.
-        tx.execute(
-            sqlx::query(
-                "UPDATE debtor_profiles p SET active = true, deactivated_reason = NULL, updated_at = now() \
-                 FROM billing_attempts a WHERE a.id = $1 AND p.id = a.profile_id \
-                   AND NOT p.active AND p.deactivated_reason = 'chargeback' \
-                   AND NOT EXISTS (SELECT 1 FROM chargebacks c JOIN billing_attempts b ON b.id = c.attempt_id \
-                                   WHERE b.profile_id = p.id AND c.deactivated)",
-            )
-            .bind(a.id),
-        )
-        .await?;
+/// The return a chargeback or retrieval-request notification describes.
+fn return_record(n: &Notification, reason_code: Option<&str>) -> ReturnRecord {
+    let s = |k: &str| n.get(k).map(str::to_string);
+    ReturnRecord {
+        original_unique_id: s("original_transaction_unique_id")
+            .or_else(|| s("reference_transaction_unique_id")),
+        unique_id: s("unique_id"),
+        transaction_id: s("transaction_id"),
+        arn: s("arn"),
+        r#type: s("chargeback_type").or_else(|| s("type")),
+        reason_code: reason_code.map(str::to_string),
+        reason_description: s("rc_description").or_else(|| s("reason_description")),
+        amount_minor: n.get("amount").and_then(|v| v.parse::<i64>().ok()),
+        currency: s("currency"),
+        post_date: date(n, "post_date"),
+        import_date: date(n, "import_date"),
     }
-    if inserted > 0 {
-        app.metrics
-            .chargebacks
-            .get_or_create(&crate::metrics::ChargebackLabels {
-                account: a.account.clone(),
-                effect: effect.label().into(),
-            })
-            .inc();
-        tracing::warn!(attempt_id = a.id, account = %a.account, reason_code = reason_code.unwrap_or("-"), effect = effect.label(), "chargeback recorded");
-    }
-    event(tx, a, "chargeback", delivery_id, reason_code).await
-}
-
-async fn retrieval(
-    tx: &mut Tx,
-    a: &AttemptRow,
-    n: &Notification,
-    delivery_id: i64,
-) -> Result<(), BillingError> {
-    let original = original_unique_id(a, n);
-    tx.execute(
-        sqlx::query(
-            "INSERT INTO retrieval_requests (attempt_id, account, original_unique_id, arn, reason_code, \
-                reason_description, amount_minor, currency, post_date, import_date, source, delivery_id, raw) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'webhook', $11, $12) \
-             ON CONFLICT (original_unique_id) DO NOTHING",
-        )
-        .bind(a.id)
-        .bind(&a.account)
-        .bind(&original)
-        .bind(n.get("arn"))
-        .bind(reason_code(n))
-        .bind(reason_description(n))
-        .bind(amount_minor(n))
-        .bind(n.get("currency"))
-        .bind(date(n, "post_date"))
-        .bind(date(n, "import_date"))
-        .bind(delivery_id)
-        .bind(raw(n)),
-    )
-    .await?;
-    tracing::warn!(attempt_id = a.id, account = %a.account, "retrieval request recorded: the debtor's bank asks for the mandate");
-    event(tx, a, "retrieval_request", delivery_id, reason_code(n)).await
-}
-
-/// A chargeback or retrieval request in the attempt's history (beside any status change).
-async fn event(
-    tx: &mut Tx,
-    a: &AttemptRow,
-    event: &str,
-    delivery_id: i64,
-    reason_code: Option<&str>,
-) -> Result<(), BillingError> {
-    tx.execute(
-        sqlx::query(
-            "INSERT INTO transaction_events (attempt_id, event, source, from_status, to_status, applied, reason_code, delivery_id) \
-             SELECT id, $2, 'webhook', status, status, true, $3, $4 FROM billing_attempts WHERE id = $1",
-        )
-        .bind(a.id)
-        .bind(event)
-        .bind(reason_code)
-        .bind(delivery_id),
-    )
-    .await?;
-    Ok(())
 }

@@ -130,6 +130,12 @@ pub struct VopRow {
     pub cells: [String; 11],
 }
 
+impl AsRef<[String]> for VopRow {
+    fn as_ref(&self) -> &[String] {
+        &self.cells
+    }
+}
+
 /// Totals shown on the report's summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -266,16 +272,21 @@ pub async fn vop_content(db: &Db, scope: &Scope) -> Result<(Summary, Vec<VopRow>
 
 /// Writes the report as CSV: the summary as `key,value` lines, a blank line, then the
 /// result table with a header. Every text cell is neutralised.
-pub fn write_csv(path: &Path, summary: &Summary, rows: &[VopRow]) -> anyhow::Result<()> {
+pub fn write_csv<R: AsRef<[String]>>(
+    path: &Path,
+    summary: &Summary,
+    columns: &[&str],
+    rows: &[R],
+) -> anyhow::Result<()> {
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut w = csv::WriterBuilder::new().flexible(true).from_writer(file);
     for (k, v) in &summary.lines {
         w.write_record([neutralise(k).as_ref(), neutralise(v).as_ref()])?;
     }
     w.write_record([""])?;
-    w.write_record(VOP_COLUMNS)?;
+    w.write_record(columns)?;
     for r in rows {
-        w.write_record(r.cells.iter().map(|c| neutralise(c).into_owned()))?;
+        w.write_record(r.as_ref().iter().map(|c| neutralise(c).into_owned()))?;
     }
     w.into_inner()
         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -284,7 +295,12 @@ pub fn write_csv(path: &Path, summary: &Summary, rows: &[VopRow]) -> anyhow::Res
 }
 
 /// Writes the report as XLSX: a `Summary` sheet and a `Results` sheet (constant memory).
-pub fn write_xlsx(path: &Path, summary: &Summary, rows: &[VopRow]) -> anyhow::Result<()> {
+pub fn write_xlsx<R: AsRef<[String]>>(
+    path: &Path,
+    summary: &Summary,
+    columns: &[&str],
+    rows: &[R],
+) -> anyhow::Result<()> {
     use rust_xlsxwriter::{Format as XFormat, Workbook};
     let mut wb = Workbook::new();
     let bold = XFormat::new().set_bold();
@@ -302,12 +318,12 @@ pub fn write_xlsx(path: &Path, summary: &Summary, rows: &[VopRow]) -> anyhow::Re
     {
         let s = wb.add_worksheet_with_constant_memory()?;
         s.set_name("Results")?;
-        for (c, h) in VOP_COLUMNS.iter().enumerate() {
+        for (c, h) in columns.iter().enumerate() {
             s.write_string_with_format(0, u16::try_from(c)?, *h, &bold)?;
         }
         for (i, r) in rows.iter().enumerate() {
             let row = u32::try_from(i + 1)?;
-            for (c, v) in r.cells.iter().enumerate() {
+            for (c, v) in r.as_ref().iter().enumerate() {
                 s.write_string(row, u16::try_from(c)?, neutralise(v).as_ref())?;
             }
         }

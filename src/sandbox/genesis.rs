@@ -1,6 +1,7 @@
-//! The Genesis gateway simulator: `sdd_sale`, `void` and single reconcile, over the same XML
-//! and Basic auth as the real gateway, with deterministic outcomes chosen by the amount's
-//! last two digits (see `docs/sandbox.md`), and a ledger of every debit it accepted
+//! The Genesis gateway simulator: `sdd_sale`, `void`, single reconcile, reconcile by date
+//! (paged), chargebacks and retrieval requests by import date (paged), over the same XML and
+//! Basic auth as the real gateway, with deterministic outcomes chosen by the amount's last two
+//! digits (see `docs/sandbox.md`), and a ledger of every debit it accepted
 //! (`GET /_sandbox/ledger`) so tests count debits per debtor.
 
 use std::{
@@ -18,6 +19,7 @@ use axum::{
     routing::{get, post},
 };
 use base64::Engine as _;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{Gate, Sandbox};
@@ -46,8 +48,44 @@ pub struct Entry {
     /// Where the gateway posts this transaction's notifications, as the request gave it.
     #[serde(default)]
     pub notification_url: Option<String>,
+    /// The merchant login (Basic auth user) that made it: by-date returns are per login.
+    #[serde(default)]
+    pub username: String,
+    /// When it was taken.
+    #[serde(default = "Utc::now")]
+    pub created_at: DateTime<Utc>,
+    /// When its status last changed (reconcile by date lists a transaction on both days).
+    #[serde(default = "Utc::now")]
+    pub changed_at: DateTime<Utc>,
     #[serde(skip)]
     settle: Option<(Instant, &'static str)>,
+}
+
+/// A chargeback or retrieval request the simulated gateway holds (listed by import date).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReturnEntry {
+    /// `chargeback` or `retrieval_request`.
+    pub kind: String,
+    /// Its own id.
+    pub unique_id: String,
+    /// The debit's id.
+    pub original_unique_id: String,
+    /// The debit's transaction_id.
+    pub transaction_id: String,
+    /// `1st chargeback` …
+    pub r#type: String,
+    /// Reason code.
+    pub reason_code: Option<String>,
+    /// Minor units.
+    pub amount_minor: i64,
+    /// Currency.
+    pub currency: String,
+    /// Posted by the bank.
+    pub post_date: NaiveDate,
+    /// Imported into the gateway.
+    pub import_date: NaiveDate,
+    /// The debit's merchant login.
+    pub username: String,
 }
 
 /// `GET /_sandbox/ledger`: every debit the gateway accepted (a declined or refused request
@@ -73,6 +111,7 @@ impl Ledger {
 #[derive(Debug, Default)]
 pub struct Book {
     entries: Vec<Entry>,
+    returns: Vec<ReturnEntry>,
     by_tx: HashMap<String, usize>,
     by_unique: HashMap<String, usize>,
     seq: AtomicU64,
@@ -86,6 +125,7 @@ impl Book {
         {
             e.status = to.to_string();
             e.settle = None;
+            e.changed_at = Utc::now();
         }
         &self.entries[i]
     }
@@ -102,6 +142,12 @@ struct RequestXml {
     currency: Option<String>,
     iban: Option<String>,
     notification_url: Option<String>,
+    start_date: Option<String>,
+    end_date: Option<String>,
+    import_date: Option<String>,
+    page: Option<u32>,
+    records_per_page: Option<u32>,
+    per_page: Option<u32>,
 }
 
 /// What an amount asks the simulator to do (its last two digits in minor units).
@@ -150,6 +196,19 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/process/{token}", post(process))
         .route("/reconcile/{token}/", post(reconcile))
         .route("/reconcile/{token}", post(reconcile))
+        .route("/reconcile/by_date/{token}/", post(reconcile_by_date))
+        .route("/reconcile/by_date/{token}", post(reconcile_by_date))
+        .route("/chargebacks/by_date", post(chargebacks_by_date))
+        .route("/chargebacks/by_date/", post(chargebacks_by_date))
+        .route(
+            "/retrieval_requests/by_date",
+            post(retrieval_requests_by_date),
+        )
+        .route(
+            "/retrieval_requests/by_date/",
+            post(retrieval_requests_by_date),
+        )
+        .route("/_sandbox/genesis/transactions", post(inject))
         .route("/_sandbox/ledger", get(ledger).delete(clear_ledger))
         .route("/_sandbox/genesis/events", post(super::notify::raise))
         .route("/_sandbox/notifications", get(super::notify::list))
@@ -167,13 +226,14 @@ fn answer(e: &Entry, code: Option<i32>, message: Option<&str>) -> String {
     let mut s = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<payment_response><transaction_type>{}</transaction_type>\
          <status>{}</status><unique_id>{}</unique_id><transaction_id>{}</transaction_id>\
-         <amount>{}</amount><currency>{}</currency><mode>test</mode>",
+         <amount>{}</amount><currency>{}</currency><timestamp>{}</timestamp><mode>test</mode>",
         esc(&e.transaction_type),
         esc(&e.status),
         esc(&e.unique_id),
         esc(&e.transaction_id),
         e.amount_minor,
-        esc(&e.currency)
+        esc(&e.currency),
+        e.created_at.format("%Y-%m-%dT%H:%M:%SZ"),
     );
     if let Some(c) = code {
         s.push_str(&format!("<code>{c}</code>"));
@@ -203,20 +263,21 @@ fn error_answer(code: i32, message: &str, transaction_id: Option<&str>) -> Strin
 
 /// Basic auth present, and right when `genesis_password` is set.
 fn authorised(s: &Sandbox, headers: &HeaderMap) -> bool {
-    let Some(v) = headers
+    login(s, headers).is_some()
+}
+
+/// The Basic-auth user, when the credentials are acceptable.
+fn login(s: &Sandbox, headers: &HeaderMap) -> Option<String> {
+    let v = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-    else {
-        return false;
-    };
-    let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(v) else {
-        return false;
-    };
+        .and_then(|v| v.strip_prefix("Basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
     let raw = String::from_utf8_lossy(&raw).to_string();
+    let (user, pw) = raw.split_once(':').unwrap_or((raw.as_str(), ""));
     match s.knobs().genesis_password {
-        Some(p) => raw.split_once(':').is_some_and(|(_, pw)| pw == p),
-        None => true,
+        Some(p) if pw != p => None,
+        _ => Some(user.to_string()),
     }
 }
 
@@ -236,10 +297,10 @@ async fn process(
     body: Bytes,
 ) -> Response {
     let path = format!("/process/{token}/");
-    if !authorised(&s, &headers) {
+    let Some(username) = login(&s, &headers) else {
         s.served(&path, 401, None);
         return unauthorised();
-    }
+    };
     let Ok(req) = quick_xml::de::from_str::<RequestXml>(&String::from_utf8_lossy(&body)) else {
         s.served(&path, 200, None);
         return xml(
@@ -339,6 +400,9 @@ async fn process(
             status: status.into(),
             at_ms: s.elapsed_ms(),
             notification_url: req.notification_url.clone().filter(|u| !u.is_empty()),
+            username,
+            created_at: Utc::now(),
+            changed_at: Utc::now(),
             settle,
         };
         if let (Some((_, to)), Some(url)) = (settle, e.notification_url.clone()) {
@@ -425,6 +489,7 @@ fn void(s: &Sandbox, path: &str, tx_id: &str, reference: Option<&str>, token: &s
     }
     book.entries[i].status = "voided".into();
     book.entries[i].settle = None;
+    book.entries[i].changed_at = Utc::now();
     let n = book.seq.fetch_add(1, Ordering::SeqCst);
     let orig = book.entries[i].clone();
     drop(book);
@@ -435,6 +500,8 @@ fn void(s: &Sandbox, path: &str, tx_id: &str, reference: Option<&str>, token: &s
         transaction_type: "void".into(),
         status: "approved".into(),
         terminal: token.to_string(),
+        created_at: Utc::now(),
+        changed_at: Utc::now(),
         ..orig
     };
     xml(StatusCode::OK, answer(&e, None, None))
@@ -479,6 +546,210 @@ async fn reconcile(
     }
 }
 
+fn day(v: Option<&str>) -> Option<NaiveDate> {
+    let v = v?.trim();
+    NaiveDate::parse_from_str(v.get(..10).unwrap_or(v), "%Y-%m-%d").ok()
+}
+
+/// A page of `items` (pages from 1) as `<root page per_page total_count pages_count>`.
+fn page_xml(root: &str, items: &[String], page: u32, per_page: u32) -> String {
+    let per = per_page.max(1) as usize;
+    let total = items.len();
+    let pages = total.div_ceil(per);
+    let start = (page.max(1) as usize - 1).saturating_mul(per);
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{root} page=\"{page}\" per_page=\"{per}\" total_count=\"{total}\" pages_count=\"{pages}\">"
+    );
+    for i in items.iter().skip(start).take(per) {
+        out.push_str(i);
+    }
+    out.push_str(&format!("</{root}>"));
+    out
+}
+
+/// `POST /reconcile/by_date/<token>/`: the terminal's transactions taken or changed within
+/// `start_date..=end_date` (UTC), oldest first, `records_per_page` (1–999, default 100).
+async fn reconcile_by_date(
+    State(s): State<Sandbox>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("/reconcile/by_date/{token}/");
+    if !authorised(&s, &headers) {
+        s.served(&path, 401, None);
+        return unauthorised();
+    }
+    if let Gate::Fail(r) = s.gate(&path, None, None).await {
+        return r;
+    }
+    s.served(&path, 200, None);
+    let req =
+        quick_xml::de::from_str::<RequestXml>(&String::from_utf8_lossy(&body)).unwrap_or_default();
+    let Some(from) = day(req.start_date.as_deref()) else {
+        return xml(
+            StatusCode::OK,
+            error_answer(340, "start_date has an invalid format", None),
+        );
+    };
+    let to = day(req.end_date.as_deref()).unwrap_or_else(|| Utc::now().date_naive());
+    let per_page = req.records_per_page.unwrap_or(100);
+    if !(1..=999).contains(&per_page) {
+        return xml(
+            StatusCode::OK,
+            error_answer(340, "records_per_page must be 1-999", None),
+        );
+    }
+    let items: Vec<String> = {
+        let mut book = s.genesis();
+        let n = book.entries.len();
+        (0..n)
+            .filter_map(|i| {
+                let e = book.settle(i);
+                let within = |d: DateTime<Utc>| (from..=to).contains(&d.date_naive());
+                (e.terminal == token && (within(e.created_at) || within(e.changed_at)))
+                    .then(|| answer(e, None, None).replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", ""))
+            })
+            .collect()
+    };
+    xml(
+        StatusCode::OK,
+        page_xml("payment_responses", &items, req.page.unwrap_or(1), per_page),
+    )
+}
+
+async fn chargebacks_by_date(
+    State(s): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    returns_by_date(s, headers, body, "chargeback").await
+}
+
+async fn retrieval_requests_by_date(
+    State(s): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    returns_by_date(s, headers, body, "retrieval_request").await
+}
+
+/// Chargebacks / retrieval requests of the caller's login imported on `import_date` (or
+/// posted within `start_date..=end_date`), `per_page` default 100.
+async fn returns_by_date(s: Sandbox, headers: HeaderMap, body: Bytes, kind: &str) -> Response {
+    let path = format!("/{kind}s/by_date");
+    let Some(user) = login(&s, &headers) else {
+        s.served(&path, 401, None);
+        return unauthorised();
+    };
+    if let Gate::Fail(r) = s.gate(&path, None, None).await {
+        return r;
+    }
+    s.served(&path, 200, None);
+    let req =
+        quick_xml::de::from_str::<RequestXml>(&String::from_utf8_lossy(&body)).unwrap_or_default();
+    let import = day(req.import_date.as_deref());
+    let range = day(req.start_date.as_deref())
+        .map(|f| (f, day(req.end_date.as_deref()).unwrap_or(f)));
+    if import.is_some() == range.is_some() {
+        return xml(
+            StatusCode::OK,
+            error_answer(340, "give import_date or start_date/end_date, not both", None),
+        );
+    }
+    let items: Vec<String> = s
+        .genesis()
+        .returns
+        .iter()
+        .filter(|r| r.kind == kind && r.username == user)
+        .filter(|r| match (import, range) {
+            (Some(d), _) => r.import_date == d,
+            (None, Some((f, t))) => (f..=t).contains(&r.post_date),
+            _ => false,
+        })
+        .map(|r| {
+            format!(
+                "<{kind}_response><type>{}</type><unique_id>{}</unique_id><arn>{}</arn>\
+                 <post_date>{}</post_date><import_date>{}</import_date>{}\
+                 <amount>{}</amount><currency>{}</currency><transaction_type>sdd_sale</transaction_type>\
+                 <original_transaction_unique_id>{}</original_transaction_unique_id></{kind}_response>",
+                esc(&r.r#type),
+                esc(&r.unique_id),
+                esc(&format!("arn{}", r.unique_id)),
+                r.post_date,
+                r.import_date,
+                r.reason_code
+                    .as_deref()
+                    .map(|c| format!(
+                        "<reason_code>{}</reason_code><reason_description>sandbox {kind}</reason_description>",
+                        esc(c)
+                    ))
+                    .unwrap_or_default(),
+                r.amount_minor,
+                esc(&r.currency),
+                esc(&r.original_unique_id),
+            )
+        })
+        .collect();
+    xml(
+        StatusCode::OK,
+        page_xml(
+            &format!("{kind}_responses"),
+            &items,
+            req.page.unwrap_or(1),
+            req.per_page.unwrap_or(100),
+        ),
+    )
+}
+
+/// `POST /_sandbox/genesis/transactions`: a transaction someone else made through a terminal
+/// (the ledger sync must report it as missing locally).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectRequest {
+    /// Its transaction_id.
+    pub transaction_id: String,
+    /// Terminal token.
+    pub terminal: String,
+    /// Merchant login.
+    #[serde(default)]
+    pub username: String,
+    /// Minor units.
+    pub amount_minor: i64,
+    /// Status (default approved).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// IBAN (sandbox data).
+    #[serde(default)]
+    pub iban: Option<String>,
+}
+
+async fn inject(State(s): State<Sandbox>, Json(r): Json<InjectRequest>) -> Json<Entry> {
+    let mut book = s.genesis();
+    let n = book.seq.fetch_add(1, Ordering::SeqCst);
+    let e = Entry {
+        transaction_id: r.transaction_id.clone(),
+        unique_id: format!("sbx{n:029x}"),
+        transaction_type: "sdd_sale".into(),
+        iban: r.iban.unwrap_or_default(),
+        amount_minor: r.amount_minor,
+        currency: "EUR".into(),
+        terminal: r.terminal,
+        status: r.status.unwrap_or_else(|| "approved".into()),
+        at_ms: s.elapsed_ms(),
+        notification_url: None,
+        username: r.username,
+        created_at: Utc::now(),
+        changed_at: Utc::now(),
+        settle: None,
+    };
+    let i = book.entries.len();
+    book.by_tx.insert(e.transaction_id.clone(), i);
+    book.by_unique.insert(e.unique_id.clone(), i);
+    book.entries.push(e.clone());
+    Json(e)
+}
+
 async fn ledger(State(s): State<Sandbox>) -> Json<Ledger> {
     Json(s.ledger())
 }
@@ -503,10 +774,45 @@ impl Sandbox {
                     .and_then(|u| book.by_unique.get(u).copied())
             })?;
         book.settle(i);
-        if r.event == "chargeback" && book.entries[i].status == "approved" {
-            book.entries[i].status = "chargebacked".into();
+        let today = Utc::now().date_naive();
+        let e = &mut book.entries[i];
+        match r.event.as_str() {
+            "chargeback" if e.status == "approved" => {
+                e.status = "chargebacked".into();
+                e.changed_at = Utc::now();
+            }
+            "status" => {
+                if let Some(to) = &r.status {
+                    e.status = to.clone();
+                    e.settle = None;
+                    e.changed_at = Utc::now();
+                }
+            }
+            _ => {}
         }
-        Some(book.entries[i].clone())
+        let e = e.clone();
+        if matches!(r.event.as_str(), "chargeback" | "retrieval_request") {
+            let n = book.seq.fetch_add(1, Ordering::SeqCst);
+            let import_date = r.import_date.unwrap_or(today);
+            book.returns.push(ReturnEntry {
+                kind: r.event.clone(),
+                unique_id: format!("sbx{n:029x}"),
+                original_unique_id: e.unique_id.clone(),
+                transaction_id: e.transaction_id.clone(),
+                r#type: if r.event == "chargeback" {
+                    "1st chargeback".into()
+                } else {
+                    "retrieval request".into()
+                },
+                reason_code: r.reason_code.clone(),
+                amount_minor: e.amount_minor,
+                currency: e.currency.clone(),
+                post_date: import_date.pred_opt().unwrap_or(import_date),
+                import_date,
+                username: e.username.clone(),
+            });
+        }
+        Some(e)
     }
 
     fn genesis(&self) -> std::sync::MutexGuard<'_, Book> {

@@ -61,6 +61,16 @@ pub struct EventRequest {
     /// sha1 | sha256 | sha512 (default sha256).
     #[serde(default)]
     pub signature: Option<String>,
+    /// Send a notification (default); false: the gateway's books change silently, to be found
+    /// by reconcile, ledger sync or the by-date sweeps.
+    #[serde(default)]
+    pub notify: Option<bool>,
+    /// `status` event: the transaction's new status (an injected mismatch).
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Chargebacks and retrieval requests: the import date listed by date (default today).
+    #[serde(default)]
+    pub import_date: Option<chrono::NaiveDate>,
 }
 
 /// `GET /_sandbox/notifications`.
@@ -77,6 +87,11 @@ pub(super) async fn raise(
     let Some(entry) = s.genesis_event(&r) else {
         return Err((StatusCode::NOT_FOUND, "no such transaction".into()));
     };
+    if r.notify == Some(false) {
+        return Ok(Json(
+            serde_json::json!({ "unique_id": entry.unique_id, "status": entry.status, "notified": false }),
+        ));
+    }
     let url = r.url.clone().or(entry.notification_url.clone()).ok_or((
         StatusCode::UNPROCESSABLE_ENTITY,
         "the debit had no notification_url and none was given".to_string(),

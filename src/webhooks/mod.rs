@@ -17,6 +17,7 @@
 //! No per-IP throttle: the gateway's bursts come from few addresses.
 
 pub mod genesis;
+pub mod replay;
 pub mod store;
 
 use std::{net::SocketAddr, time::Duration};

@@ -181,8 +181,8 @@ async fn generate(app: &AppContext, id: Uuid, job: &VopReport) -> anyhow::Result
     let format = job.format;
     let p = path.clone();
     tokio::task::spawn_blocking(move || match format {
-        Format::Csv => reports::write_csv(&p, &summary, &rows),
-        Format::Xlsx => reports::write_xlsx(&p, &summary, &rows),
+        Format::Csv => reports::write_csv(&p, &summary, &reports::VOP_COLUMNS, &rows),
+        Format::Xlsx => reports::write_xlsx(&p, &summary, &reports::VOP_COLUMNS, &rows),
     })
     .await??;
     let key = format!("reports/{id}/{file_name}");
