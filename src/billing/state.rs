@@ -629,4 +629,70 @@ mod tests {
         assert!(!allowed("approved", "unknown"));
         assert!(!allowed("pending", "unknown"));
     }
+
+    /// The whole table, every status against every status, as documented above and in
+    /// docs/lifecycle.md (rows: from; columns: to, in [`ANY`]'s order; `=`: the same status,
+    /// nothing to do).
+    #[test]
+    fn the_state_machine_table_every_event_against_every_state() {
+        //                      sub unk pen pas app dec err voi chb ref
+        let table: [(&str, [char; 10]); 10] = [
+            (
+                "submitted",
+                ['=', 'y', 'y', 'y', 'y', 'y', 'y', 'y', 'y', 'y'],
+            ),
+            (
+                "unknown",
+                ['-', '=', 'y', 'y', 'y', 'y', 'y', 'y', 'y', 'y'],
+            ),
+            (
+                "pending",
+                ['-', '-', '=', 'y', 'y', 'y', 'y', 'y', 'y', 'y'],
+            ),
+            (
+                "pending_async",
+                ['-', '-', 'y', '=', 'y', 'y', 'y', 'y', 'y', 'y'],
+            ),
+            (
+                "approved",
+                ['-', '-', '-', '-', '=', '-', '-', 'y', 'y', 'y'],
+            ),
+            (
+                "declined",
+                ['-', '-', '-', '-', '-', '=', '-', '-', '-', '-'],
+            ),
+            ("error", ['-', '-', '-', '-', '-', '-', '=', '-', '-', '-']),
+            ("voided", ['-', '-', '-', '-', '-', '-', '-', '=', '-', '-']),
+            (
+                "chargebacked",
+                ['-', '-', '-', '-', '-', '-', '-', '-', '=', '-'],
+            ),
+            (
+                "refunded",
+                ['-', '-', '-', '-', '-', '-', '-', '-', '-', '='],
+            ),
+        ];
+        for (i, (from, row)) in table.iter().enumerate() {
+            assert_eq!(*from, ANY[i]);
+            for (j, to) in ANY.iter().enumerate() {
+                if row[j] == '=' {
+                    continue; // a repeat: [`apply_many`] reports `Same` and writes nothing
+                }
+                assert_eq!(
+                    allowed(from, to),
+                    row[j] == 'y',
+                    "{from} -> {to} should be {}",
+                    if row[j] == 'y' { "allowed" } else { "refused" }
+                );
+            }
+        }
+        // Terminal statuses accept nothing; live ones are exactly those that hold the slot.
+        for t in ["declined", "error", "voided", "chargebacked", "refunded"] {
+            assert!(ANY.iter().all(|to| !allowed(t, to)), "{t} is final");
+            assert!(!LIVE.contains(&t));
+        }
+        for o in OPEN {
+            assert!(LIVE.contains(o) && allowed(o, "approved"));
+        }
+    }
 }

@@ -211,7 +211,11 @@ pub struct SandboxEventArgs {
     #[arg(long)]
     pub silent: bool,
     /// The running sandbox.
-    #[arg(long, default_value = "http://127.0.0.1:9300", env = "FINWORKER_SANDBOX_URL")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:9300",
+        env = "FINWORKER_SANDBOX_URL"
+    )]
     pub sandbox: String,
 }
 

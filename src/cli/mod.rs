@@ -275,7 +275,10 @@ async fn sandbox_event(event: args::SandboxEvent) -> anyhow::Result<()> {
         "transaction_id"
     };
     body[key] = serde_json::json!(a.transaction_id);
-    let url = format!("{}/_sandbox/genesis/events", a.sandbox.trim_end_matches('/'));
+    let url = format!(
+        "{}/_sandbox/genesis/events",
+        a.sandbox.trim_end_matches('/')
+    );
     let resp = reqwest::Client::new()
         .post(&url)
         .json(&body)

@@ -540,7 +540,10 @@ impl LifecycleSettings {
             ("reconcile_schedule", self.reconcile_schedule.as_str()),
             ("ledger_sync_schedule", self.ledger_sync_schedule.as_str()),
             ("sweep_schedule", self.sweep_schedule.as_str()),
-            ("bic_blacklist_schedule", self.bic_blacklist_schedule.as_str()),
+            (
+                "bic_blacklist_schedule",
+                self.bic_blacklist_schedule.as_str(),
+            ),
         ]
     }
 }

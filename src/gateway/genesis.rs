@@ -181,10 +181,7 @@ fn nonempty(v: Option<String>) -> Option<String> {
 }
 
 /// Reads a by-date answer; an error answer is a refusal.
-fn parse_page<T, U>(
-    xml: &str,
-    item: impl Fn(T) -> Result<U, String>,
-) -> Result<Page<U>, CallError>
+fn parse_page<T, U>(xml: &str, item: impl Fn(T) -> Result<U, String>) -> Result<Page<U>, CallError>
 where
     T: serde::de::DeserializeOwned,
 {
@@ -488,7 +485,9 @@ impl Gateway for GenesisClient {
                 per_page,
             };
             let body = match kind {
-                ReturnKind::Chargebacks => quick_xml::se::to_string_with_root("chargeback_request", &q),
+                ReturnKind::Chargebacks => {
+                    quick_xml::se::to_string_with_root("chargeback_request", &q)
+                }
                 ReturnKind::RetrievalRequests => {
                     quick_xml::se::to_string_with_root("retrieval_request_request", &q)
                 }
@@ -602,7 +601,10 @@ mod tests {
             "<payment_response><status>error</status><code>340</code><technical_message>start_date has an invalid format</technical_message></payment_response>",
         )
         .unwrap_err();
-        assert!(matches!(err, CallError::Refused(ref m) if m.contains("340")), "{err}");
+        assert!(
+            matches!(err, CallError::Refused(ref m) if m.contains("340")),
+            "{err}"
+        );
         let r = parse_returns_page(
             "<chargeback_responses page=\"1\" pages_count=\"1\" total_count=\"1\"><chargeback_response>\
              <type>1st chargeback</type><arn>74</arn><post_date>2026-11-28</post_date><import_date>2026-11-29 00:00:00</import_date>\
@@ -611,7 +613,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.items[0].reason_code.as_deref(), Some("AC04"));
-        assert_eq!(r.items[0].import_date, NaiveDate::from_ymd_opt(2026, 11, 29));
+        assert_eq!(
+            r.items[0].import_date,
+            NaiveDate::from_ymd_opt(2026, 11, 29)
+        );
         assert_eq!(r.items[0].original_unique_id.as_deref(), Some("u1"));
         assert_eq!(r.items[0].r#type.as_deref(), Some("1st chargeback"));
     }

@@ -154,7 +154,10 @@ mod tests {
         // > 50 debits and > 50 %.
         assert!(decide(&r, 51, 26));
         assert!(!decide(&r, 51, 25), "exactly 49% is not over half");
-        assert!(!decide(&r, 50, 26), "50 debits is not more than 50 (and 52% < 80%)");
+        assert!(
+            !decide(&r, 50, 26),
+            "50 debits is not more than 50 (and 52% < 80%)"
+        );
         assert!(!decide(&r, 100, 50), "exactly 50% is not more than half");
         // ≥ 10 debits and > 80 %.
         assert!(decide(&r, 10, 9));

@@ -60,7 +60,10 @@ pub async fn check(app: &AppContext, account: &str) -> Result<bool, BillingError
     let labels = AccountLabels {
         account: account.to_string(),
     };
-    app.metrics.chargeback_rate.get_or_create(&labels).set(f.rate);
+    app.metrics
+        .chargeback_rate
+        .get_or_create(&labels)
+        .set(f.rate);
     let over = g.hold_at_rate > 0.0
         && f.debits >= i64::from(g.min_transactions)
         && f.rate >= g.hold_at_rate;
@@ -91,7 +94,15 @@ pub async fn check(app: &AppContext, account: &str) -> Result<bool, BillingError
             .bind(serde_json::to_value(&f).unwrap_or_default()),
         )
         .await?;
-        tracing::error!(account, rate = f.rate, chargebacks = f.chargebacks, debits = f.debits, window_days = f.window_days, hold_at_rate = g.hold_at_rate, "account held by the chargeback-rate guard: its billing runs pause until ops release it (finworker accounts release {account})");
+        tracing::error!(
+            account,
+            rate = f.rate,
+            chargebacks = f.chargebacks,
+            debits = f.debits,
+            window_days = f.window_days,
+            hold_at_rate = g.hold_at_rate,
+            "account held by the chargeback-rate guard: its billing runs pause until ops release it (finworker accounts release {account})"
+        );
     }
     tx.commit().await?;
     let now_held = already || over;

@@ -368,17 +368,7 @@ pub async fn sync(
             .await?;
         let mut tx = app.db.begin().await?;
         let (items, counts) = compare(app, &mut tx, account, &p.items, &mut seen).await?;
-        add(
-            app,
-            &mut tx,
-            &row,
-            &items,
-            Counts {
-                pages: 1,
-                ..counts
-            },
-        )
-        .await?;
+        add(app, &mut tx, &row, &items, Counts { pages: 1, ..counts }).await?;
         fence.check(&mut tx).await.map_err(BillingError::from)?;
         tx.commit().await.map_err(BillingError::from)?;
         if page >= p.pages_count {
@@ -453,7 +443,11 @@ async fn compare(
     // Voids and other kinds are the gateway's own follow-ups of a debit, not debits.
     let records: Vec<&Answer> = records
         .iter()
-        .filter(|r| r.transaction_type.as_deref().is_none_or(|t| t == "sdd_sale"))
+        .filter(|r| {
+            r.transaction_type
+                .as_deref()
+                .is_none_or(|t| t == "sdd_sale")
+        })
         .collect();
     let uids: Vec<String> = records.iter().filter_map(|r| r.unique_id.clone()).collect();
     let txids: Vec<String> = records

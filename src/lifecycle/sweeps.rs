@@ -100,7 +100,11 @@ async fn one(
     let mut tx = app.db.begin().await?;
     let Some(a) = returns::find_attempt(&mut tx, &ids, r.transaction_id.as_deref()).await? else {
         tx.commit().await?;
-        tracing::warn!(kind = kind.as_str(), original_unique_id = r.original_unique_id.as_deref().unwrap_or("-"), "sweep: a record for a transaction we have no attempt of");
+        tracing::warn!(
+            kind = kind.as_str(),
+            original_unique_id = r.original_unique_id.as_deref().unwrap_or("-"),
+            "sweep: a record for a transaction we have no attempt of"
+        );
         return Ok((
             Some(Item {
                 kind: "unmatched",

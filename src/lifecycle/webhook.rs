@@ -39,7 +39,6 @@ struct DeliveryRow {
     attempts: i32,
 }
 
-
 /// Processes one delivery (if still queued).
 pub async fn process(
     app: &AppContext,

@@ -607,8 +607,10 @@ async fn reconcile_by_date(
             .filter_map(|i| {
                 let e = book.settle(i);
                 let within = |d: DateTime<Utc>| (from..=to).contains(&d.date_naive());
-                (e.terminal == token && (within(e.created_at) || within(e.changed_at)))
-                    .then(|| answer(e, None, None).replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", ""))
+                (e.terminal == token && (within(e.created_at) || within(e.changed_at))).then(|| {
+                    answer(e, None, None)
+                        .replace("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n", "")
+                })
             })
             .collect()
     };
@@ -649,12 +651,16 @@ async fn returns_by_date(s: Sandbox, headers: HeaderMap, body: Bytes, kind: &str
     let req =
         quick_xml::de::from_str::<RequestXml>(&String::from_utf8_lossy(&body)).unwrap_or_default();
     let import = day(req.import_date.as_deref());
-    let range = day(req.start_date.as_deref())
-        .map(|f| (f, day(req.end_date.as_deref()).unwrap_or(f)));
+    let range =
+        day(req.start_date.as_deref()).map(|f| (f, day(req.end_date.as_deref()).unwrap_or(f)));
     if import.is_some() == range.is_some() {
         return xml(
             StatusCode::OK,
-            error_answer(340, "give import_date or start_date/end_date, not both", None),
+            error_answer(
+                340,
+                "give import_date or start_date/end_date, not both",
+                None,
+            ),
         );
     }
     let items: Vec<String> = s
@@ -755,7 +761,12 @@ async fn ledger(State(s): State<Sandbox>) -> Json<Ledger> {
 }
 
 async fn clear_ledger(State(s): State<Sandbox>) -> StatusCode {
-    *s.genesis() = Book::default();
+    let mut book = s.genesis();
+    // The gateway forgets its transactions, never reuses an id.
+    let seq = book.seq.load(Ordering::SeqCst);
+    *book = Book::default();
+    book.seq.store(seq, Ordering::SeqCst);
+    drop(book);
     StatusCode::NO_CONTENT
 }
 

@@ -71,6 +71,10 @@ pub struct EventRequest {
     /// Chargebacks and retrieval requests: the import date listed by date (default today).
     #[serde(default)]
     pub import_date: Option<chrono::NaiveDate>,
+    /// The notification carries the reason code (default); false: only the by-date record
+    /// does (a code to be back-filled by the sweep).
+    #[serde(default)]
+    pub notify_code: Option<bool>,
 }
 
 /// `GET /_sandbox/notifications`.
@@ -100,7 +104,11 @@ pub(super) async fn raise(
     if r.event != "status" {
         fields.push(("event", r.event.clone()));
     }
-    if let Some(c) = &r.reason_code {
+    if let Some(c) = r
+        .reason_code
+        .as_ref()
+        .filter(|_| r.notify_code != Some(false))
+    {
         fields.push(("rc_code", c.clone()));
         fields.push(("rc_description", format!("sandbox {}", r.event)));
     }

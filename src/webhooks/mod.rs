@@ -41,16 +41,15 @@ use crate::{context::AppContext, queue::engine::NewJob};
 #[derive(Debug, Clone)]
 pub struct Ingress {
     store: DeliveryStore,
-    new: mpsc::UnboundedSender<i64>,
 }
 
 impl Ingress {
     /// Starts the writers and the enqueuer. They stop when the last clone is dropped.
     pub fn start(app: &AppContext) -> Self {
-        let store = DeliveryStore::start(app.db.clone(), &app.settings.webhooks);
         let (new, rx) = mpsc::unbounded_channel();
+        let store = DeliveryStore::start(app.db.clone(), &app.settings.webhooks, new);
         tokio::spawn(enqueue_new(app.clone(), rx));
-        Self { store, new }
+        Self { store }
     }
 }
 
@@ -177,9 +176,6 @@ pub async fn emp(
     match ingress.store.store(d).await {
         Ok(stored) => {
             delivery_metric(&app, verdict_label(status, stored));
-            if let Stored::New(id) = stored {
-                let _ = ingress.new.send(id);
-            }
             match (status, unique_id) {
                 (StatusCode::OK, Some(u)) => xml(StatusCode::OK, genesis::echo(&u)),
                 _ => {

@@ -73,13 +73,15 @@ pub struct DeliveryStore {
 }
 
 impl DeliveryStore {
-    /// Starts `settings.writers` writer tasks.
-    pub fn start(db: Db, settings: &WebhookSettings) -> Self {
+    /// Starts `settings.writers` writer tasks. The id of every newly stored accepted delivery
+    /// goes to `new` once committed — also when its request gave up waiting (a 503 already
+    /// answered), so no stored delivery waits for the sweeper.
+    pub fn start(db: Db, settings: &WebhookSettings, new: mpsc::UnboundedSender<i64>) -> Self {
         let group = settings.group_max.max(1);
         let (tx, rx) = mpsc::channel::<(Delivery, Reply)>(group * settings.writers.max(1) * 4);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..settings.writers.max(1) {
-            let (db, rx) = (db.clone(), rx.clone());
+            let (db, rx, new) = (db.clone(), rx.clone(), new.clone());
             tokio::spawn(async move {
                 loop {
                     // One writer at a time takes what is waiting (up to a group), then commits
@@ -98,7 +100,7 @@ impl DeliveryStore {
                             }
                         }
                     }
-                    commit(&db, batch).await;
+                    commit(&db, batch, &new).await;
                 }
             });
         }
@@ -129,10 +131,13 @@ impl DeliveryStore {
     }
 }
 
-async fn commit(db: &Db, batch: Vec<(Delivery, Reply)>) {
+async fn commit(db: &Db, batch: Vec<(Delivery, Reply)>, new: &mpsc::UnboundedSender<i64>) {
     match insert(db, &batch).await {
         Ok(results) => {
             for ((_, reply), r) in batch.into_iter().zip(results) {
+                if let Stored::New(id) = r {
+                    let _ = new.send(id);
+                }
                 let _ = reply.send(Ok(r));
             }
         }

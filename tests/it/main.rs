@@ -14,6 +14,7 @@ mod drain;
 mod enqueue;
 mod hardening;
 mod hostile;
+mod lifecycle;
 mod migrations;
 mod pgbouncer;
 mod readiness;

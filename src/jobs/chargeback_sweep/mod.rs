@@ -57,8 +57,12 @@ impl Job for ChargebackSweep {
                 };
                 let id = Uuid::new_v5(
                     &Uuid::NAMESPACE_OID,
-                    format!("chargeback_sweep:{}:{account}:{}", ctx.job_id, kind.as_str())
-                        .as_bytes(),
+                    format!(
+                        "chargeback_sweep:{}:{account}:{}",
+                        ctx.job_id,
+                        kind.as_str()
+                    )
+                    .as_bytes(),
                 );
                 let row = sweeps::sweep(app, &ctx.fence, id, &account, kind, window, "schedule")
                     .await

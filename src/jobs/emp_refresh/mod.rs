@@ -91,9 +91,7 @@ pub async fn sync_account(
             .map_err(super::billing::to_job_error)?,
     };
     if from > to {
-        return Err(JobError::Permanent(format!(
-            "from {from} is after to {to}"
-        )));
+        return Err(JobError::Permanent(format!("from {from} is after to {to}")));
     }
     ledger::sync(app, fence, id, account, from, to, requested_by, p.format)
         .await

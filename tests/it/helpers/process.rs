@@ -96,10 +96,19 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
     add("SWEEPER__INTERVAL", d(s.sweeper.interval));
     add("SWEEPER__STALE_AFTER", d(s.sweeper.stale_after));
     let l = &s.lifecycle;
-    add("LIFECYCLE__RECONCILE_SCHEDULE", l.reconcile_schedule.clone());
-    add("LIFECYCLE__LEDGER_SYNC_SCHEDULE", l.ledger_sync_schedule.clone());
+    add(
+        "LIFECYCLE__RECONCILE_SCHEDULE",
+        l.reconcile_schedule.clone(),
+    );
+    add(
+        "LIFECYCLE__LEDGER_SYNC_SCHEDULE",
+        l.ledger_sync_schedule.clone(),
+    );
     add("LIFECYCLE__SWEEP_SCHEDULE", l.sweep_schedule.clone());
-    add("LIFECYCLE__BIC_BLACKLIST_SCHEDULE", l.bic_blacklist_schedule.clone());
+    add(
+        "LIFECYCLE__BIC_BLACKLIST_SCHEDULE",
+        l.bic_blacklist_schedule.clone(),
+    );
     let g = &s.gateway;
     add("GATEWAY__REQUEST_TIMEOUT", d(g.request_timeout));
     add("GATEWAY__CONNECT_TIMEOUT", d(g.connect_timeout));
