@@ -484,7 +484,7 @@ pub async fn record(
         });
         out.push(Outcome::Recorded(to));
     }
-    state::apply_many(
+    let applied = state::apply_many(
         &mut tx,
         &app.settings,
         state::Origin::of("send"),
@@ -494,6 +494,7 @@ pub async fn record(
     .await?;
     fence.check(&mut tx).await?;
     tx.commit().await?;
+    state::observe(&app.metrics, state::Origin::of("send"), &changes, &applied);
     crate::faults::point("outcome_recorded");
     Ok(out)
 }
@@ -619,19 +620,20 @@ async fn reconcile_one(app: &AppContext, fence: &Fence, d: &Due) -> Result<(), B
         Ok(Lookup::Found(a)) => {
             if let Settled::Known(to) = gateway::settle(&a) {
                 let mut tx = app.db.begin().await?;
-                state::apply(
-                    &mut tx,
-                    &app.settings,
-                    state::Origin::of("reconcile"),
-                    d.id,
-                    state::OPEN,
+                let change = state::Change {
+                    id: d.id,
                     to,
-                    Some(&a),
-                    None,
-                )
-                .await?;
+                    answer: Some(&a),
+                    note: None,
+                    reason_code: None,
+                };
+                let origin = state::Origin::of("reconcile");
+                let applied =
+                    state::apply_many(&mut tx, &app.settings, origin, state::OPEN, &[change])
+                        .await?;
                 fence.check(&mut tx).await?;
                 tx.commit().await?;
+                state::observe(&app.metrics, origin, &[change], &applied);
                 tracing::info!(attempt_id = d.id, from = %d.status, to, "debit reconciled");
             }
         }

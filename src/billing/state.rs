@@ -204,6 +204,30 @@ pub async fn apply_reason(
     Ok(())
 }
 
+/// Counts what [`apply_many`] did in `finworker_transaction_events{source, to}` (`to` is
+/// `refused` for a change the table refused). Call it after the transaction committed.
+pub fn observe(
+    metrics: &crate::metrics::Metrics,
+    origin: Origin,
+    changes: &[Change<'_>],
+    applied: &[Applied],
+) {
+    for (c, a) in changes.iter().zip(applied) {
+        let to = match a {
+            Applied::Changed { .. } => c.to,
+            Applied::Refused { .. } => "refused",
+            Applied::Same | Applied::Missed => continue,
+        };
+        metrics
+            .transaction_events
+            .get_or_create(&crate::metrics::EventLabels {
+                source: origin.source.to_string(),
+                to: to.to_string(),
+            })
+            .inc();
+    }
+}
+
 /// Moves attempt `id` to `to`: [`apply_many`] for one change.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(

@@ -526,7 +526,8 @@ async fn compare(
         &list,
     )
     .await?;
-    for ((ch, l, r), a) in changes.iter().zip(applied) {
+    state::observe(&app.metrics, Origin::of("ledger_sync"), &list, &applied);
+    for ((ch, l, r), a) in changes.iter().zip(applied.iter().cloned()) {
         let kind = match a {
             Applied::Changed { ref from } if state::OPEN.contains(&from.as_str()) => {
                 c.repaired += 1;

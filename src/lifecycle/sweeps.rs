@@ -133,7 +133,7 @@ async fn one(
             };
             // approved → chargebacked (or already chargebacked: the same; anything else is
             // stored as refused in the history).
-            state::apply_many(
+            let applied = state::apply_many(
                 &mut tx,
                 &app.settings,
                 Origin::of("chargeback_sweep"),
@@ -141,6 +141,14 @@ async fn one(
                 &[change],
             )
             .await?;
+            // Counted before the commit: a failed commit retries the record, which then
+            // finds nothing to change.
+            state::observe(
+                &app.metrics,
+                Origin::of("chargeback_sweep"),
+                &[change],
+                &applied,
+            );
             returns::chargeback(app, &mut tx, &a, r, src).await?
         }
         ReturnKind::RetrievalRequests => {

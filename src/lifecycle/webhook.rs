@@ -220,6 +220,7 @@ async fn work(
     }
     fence.check(&mut tx).await?;
     tx.commit().await?;
+    state::observe(&app.metrics, origin, &[change], &applied);
     if new_chargeback {
         super::guard::check(app, &a.account).await?;
     }

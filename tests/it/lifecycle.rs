@@ -203,7 +203,12 @@ async fn reconciliation_settles_unknown_attempts_both_ways_and_flags_those_past_
 async fn ledger_sync_corrects_a_status_mismatch_repairs_an_unknown_and_reports_what_is_missing_both_ways()
  {
     let sb = sandbox(sandbox_knobs()).await;
-    let mut app = spawn_app_with(|s| billing(s, &sb)).await;
+    // Two records a page: the five are read in three pages.
+    let mut app = spawn_app_with(|s| {
+        billing(s, &sb);
+        s.lifecycle.sync_page_size = 2;
+    })
+    .await;
     one_debtor_run(
         &app,
         &[
@@ -276,6 +281,15 @@ async fn ledger_sync_corrects_a_status_mismatch_repairs_an_unknown_and_reports_w
     let (sync_id, st, seen, matched, corrected, repaired, refused, missing_l, missing_r, report) =
         sync(1).await;
     assert_eq!(st, "completed");
+    let pages: i32 = {
+        let mut c = app.db.connect().await;
+        sqlx::query_scalar("SELECT pages FROM ledger_syncs WHERE id = $1")
+            .bind(sync_id)
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    };
+    assert_eq!(pages, 3);
     assert_eq!(seen, 5, "four debits of ours and one of someone else's");
     assert_eq!(
         (matched, corrected, repaired, refused),
