@@ -9,10 +9,12 @@
 #      at the same offered loads.
 # After each finworker run every acknowledged delivery is counted in Postgres.
 # The daemon runs HTTP only (--no-workers): the receiver is measured, not the processing.
-# Usage: scripts/bench-webhooks.sh    DURATION=10s CONNS=64 RATES="2000 10000"
+# 256 connections: a gateway's burst after an outage, retrying many deliveries at once (with 64,
+# throughput is capped at 64 / commit latency).
+# Usage: scripts/bench-webhooks.sh    DURATION=10s CONNS=256 RATES="2000 10000"
 source "$(dirname "$0")/bench-lib.sh"
 DURATION=${DURATION:-10s}
-CONNS=${CONNS:-64}
+CONNS=${CONNS:-256}
 RATES=${RATES:-"2000 10000"}
 PORT=${PORT:-18480}
 AIO_PORT=${AIO_PORT:-18481}
@@ -53,16 +55,21 @@ with open(f"{work}/json.txt", "w") as j:
     for i in range(n):
         j.write(json.dumps(fields(i)) + "\n")
 PY
-# The Lua script: each wrk thread takes every k-th line from its own offset; with RATE set, each
-# connection waits 1000*CONNS/RATE ms between requests (the offered load); counts 200s.
+# The Lua script: each wrk thread takes every k-th line from its own offset and counts 200s.
+# With a RATE, each thread hands out send times on a fixed schedule (rate / threads per second,
+# whatever the answers' latency: an open loop, as long as connections are free) — the offered load.
 cat > "$WORK/post.lua" <<'LUA'
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_usec; } fw_timeval; int gettimeofday(fw_timeval *tv, void *tz); ]]
+local tv = ffi.new("fw_timeval")
+local function now_ms() ffi.C.gettimeofday(tv, nil); return tonumber(tv.tv_sec) * 1000 + tonumber(tv.tv_usec) / 1000 end
 local threads, counter = {}, 0
 function setup(thread)
   thread:set("id", counter); counter = counter + 1; table.insert(threads, thread)
 end
 function init(args)
-  local file, ctype, nthreads = args[1], args[2], tonumber(args[3])
-  delay_ms = tonumber(args[4]) or 0
+  local file, ctype, nthreads, rate = args[1], args[2], tonumber(args[3]), tonumber(args[4]) or 0
+  interval = rate > 0 and 1000 * nthreads / rate or 0
   bodies, i = {}, 0
   local n = 0
   for line in io.lines(file) do
@@ -76,7 +83,15 @@ function request()
   i = i + 1
   return wrk.format(nil, nil, nil, bodies[(i - 1) % #bodies + 1])
 end
-function delay() return delay_ms end
+function delay()
+  if interval == 0 then return 0 end
+  local t = now_ms()
+  if next_at == nil or next_at < t - 1000 then next_at = t end
+  next_at = next_at + interval
+  local d = next_at - t
+  if d < 0 then return 0 end
+  return d
+end
 function response(status, headers, body)
   if status == 200 then ok = ok + 1 else other = other + 1 end
 end
@@ -98,7 +113,10 @@ end
 LUA
 
 "$BIN" run --no-workers >"$WORK/daemon.log" 2>&1 &
-PIDS+=($!)
+FW_PID=$!
+PIDS+=($FW_PID)
+ticks() { local s=0; for p in "$@"; do s=$((s + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $s; }
+cores() { python3 -c "import sys; a,b,t0,t1=map(float,sys.argv[1:]); print(f'{(b-a)/100/(t1-t0):.2f}')" "$@"; }
 until curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null; do sleep 0.2; done
 AIO_DB="fw_bench_aio_$$"
 psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "CREATE DATABASE $AIO_DB"
@@ -110,11 +128,13 @@ until curl -s -o /dev/null "http://127.0.0.1:$AIO_PORT/"; do sleep 0.2; done
 
 acked_total=0
 run() { # run <label> <url> <lua> <file> <ctype> [rate]
-  local label=$1 url=$2 lua=$3 file=${4:-} ctype=${5:-} rate=${6:-} delay=0 conns=$CONNS
-  if [ -n "$rate" ]; then conns=$(( rate / 100 < CONNS ? rate / 100 : CONNS )); [ "$conns" -lt 2 ] && conns=2
-    delay=$(( 1000 * conns / rate )); fi
-  local out
-  out=$(wrk -t2 -c"$conns" -d"$DURATION" --latency -s "$lua" "$url" -- "$file" "$ctype" 2 "$delay" 2>&1 | grep '^RESULT' || true)
+  local label=$1 url=$2 lua=$3 file=${4:-} ctype=${5:-} rate=${6:-0}
+  local out fw0 pg0 bo0 t0 t1
+  fw0=$(ticks "$FW_PID"); pg0=$(ticks $(pgrep -x postgres)); bo0=$(ticks $(pgrep -x pgbouncer)); t0=$(date +%s.%N)
+  out=$(wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s "$lua" "$url" -- "$file" "$ctype" 2 "$rate" 2>&1 | grep '^RESULT' || true)
+  t1=$(date +%s.%N)
+  out="$out cpu_cores[finworker=$(cores "$fw0" "$(ticks "$FW_PID")" "$t0" "$t1") postgres=$(cores "$pg0" "$(ticks $(pgrep -x postgres))" "$t0" "$t1") pgbouncer=$(cores "$bo0" "$(ticks $(pgrep -x pgbouncer))" "$t0" "$t1")]"
+  [ "$rate" = 0 ] && rate=
   printf '%-44s %s\n' "$label${rate:+ @ $rate/s offered}" "${out#RESULT }"
   if [[ $label == finworker* && $out == *ok=* ]]; then
     local ok=${out#*ok=}; acked_total=$((acked_total + ${ok%% *}))
@@ -133,5 +153,11 @@ for r in $RATES; do
 done
 stored=$(q "$DB" "SELECT count(*) + coalesce(sum(repeats), 0) FROM webhook_deliveries WHERE verdict = 'accepted'")
 rows=$(q "$DB" "SELECT count(*) FROM webhook_deliveries")
+# wrk stops with requests in flight: those are stored but their answer is never read, so
+# stored may exceed acknowledged by at most the connections of the runs; never the reverse.
 echo "acknowledged by finworker (200 + echo): $acked_total; in Postgres afterwards: $stored (rows $rows, repeats counted on their first)"
-[ "$acked_total" = "$stored" ] && echo "every acknowledged delivery is stored" || { echo "MISMATCH"; exit 1; }
+if [ "$stored" -ge "$acked_total" ] && [ $((stored - acked_total)) -le $((CONNS * FW_RUNS)) ]; then
+  echo "every acknowledged delivery is stored ($((stored - acked_total)) more were stored whose answers wrk did not wait for at the end of a run)"
+else
+  echo "MISMATCH"; exit 1
+fi
