@@ -99,6 +99,7 @@ wait_for "SELECT status = 'completed' FROM billing_runs WHERE id = '$run'"
 c1=$(ticks $W1); t1=$(date +%s%N)
 hwm=$(awk '/VmHWM/ {print $2}' /proc/$W1/status)
 report "one account" "$RATE" "$c0" "$c1" "$(awk "BEGIN{print ($t1-$t0)/1e9}")" "$hz" 1
+[ -n "${KEEP_CALLS:-}" ] && cp "$WORK/w1.log" "$KEEP_CALLS-w1.log"
 echo "    worker peak RSS: $((hwm / 1024)) MB"
 q "SELECT format('    attempts: %s', string_agg(status || ' ' || n, ', ')) FROM (SELECT status, count(*) n FROM billing_attempts WHERE run_id = '$run' GROUP BY status) s"
 
