@@ -1092,7 +1092,23 @@ async fn write_running_rows(s: &Arc<Shared>) {
         }
         Err(e) => {
             s.ctx.metrics.runtime_errors.inc();
-            warn!(error = %e, "writing running rows failed");
+            // Tried every tick: during a Postgres outage, say so every 10 s, not 10 times a
+            // second (the metric counts every failure).
+            static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+            let now = Utc::now().timestamp();
+            let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+            if now - last >= 10
+                && LAST
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                warn!(error = %e, "writing running rows failed (repeats are not logged for 10 s)");
+            }
         }
     }
 }
