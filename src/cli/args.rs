@@ -30,8 +30,13 @@ pub enum Command {
     /// Inspect and repair jobs.
     #[command(subcommand)]
     Jobs(JobsCommand),
-    /// Depth of every queue: waiting, scheduled, in flight, failed, oldest waiting.
-    Queues,
+    /// Depth of every queue (waiting, scheduled, in flight, failed, oldest waiting, paused);
+    /// `queues pause|resume <queue>`.
+    Queues {
+        /// pause or resume a queue.
+        #[command(subcommand)]
+        action: Option<QueuesCommand>,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -509,5 +514,24 @@ pub enum WebhooksCommand {
         /// With --since: only this state or verdict (default failed).
         #[arg(long)]
         status: Option<String>,
+    },
+}
+
+/// `queues` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// No process fetches this queue's jobs until it is resumed (survives restarts); jobs
+    /// already running finish.
+    Pause {
+        /// The queue (a job type).
+        queue: String,
+        /// Why (shown by `finworker queues`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Fetch this queue's jobs again.
+    Resume {
+        /// The queue.
+        queue: String,
     },
 }

@@ -160,7 +160,31 @@ struct RunRow {
     duration_ms: Option<i64>,
 }
 
-pub(super) async fn queues_command(ctx: &AppContext) -> anyhow::Result<()> {
+pub(super) async fn queues_command(
+    ctx: &AppContext,
+    action: Option<super::QueuesCommand>,
+) -> anyhow::Result<()> {
+    use crate::queue::pause;
+    match action {
+        Some(super::QueuesCommand::Pause { queue, reason }) => {
+            if pause::pause(ctx, &queue, "cli", reason.as_deref()).await? {
+                println!("queue {queue} paused");
+            } else {
+                println!("queue {queue} was already paused");
+            }
+            return Ok(());
+        }
+        Some(super::QueuesCommand::Resume { queue }) => {
+            if pause::resume(ctx, &queue).await? {
+                println!("queue {queue} resumed");
+            } else {
+                println!("queue {queue} was not paused");
+            }
+            return Ok(());
+        }
+        None => {}
+    }
+    let paused = pause::list(ctx).await?;
     let mut tx = ctx.db.begin().await?;
     let dead = crate::queue::dead_letter::counts(&mut tx).await?;
     tx.commit().await?;
@@ -174,8 +198,22 @@ pub(super) async fn queues_command(ctx: &AppContext) -> anyhow::Result<()> {
         let oldest = s.oldest_waiting_ms.map_or("-".to_string(), |ms| {
             humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
         });
+        let p = paused
+            .iter()
+            .find(|p| p.queue == name)
+            .map_or(String::new(), |p| {
+                format!(
+                    "  PAUSED since {} by {}{}",
+                    p.paused_at.format("%Y-%m-%d %H:%M"),
+                    p.paused_by,
+                    p.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                )
+            });
         println!(
-            "{:<16} {:>10} {:>10} {:>10} {:>10} {:>16}",
+            "{:<16} {:>10} {:>10} {:>10} {:>10} {:>16}{p}",
             name, s.waiting, s.scheduled, s.in_flight, failed, oldest
         );
     }

@@ -124,9 +124,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let ctx = startup::build_context(load().await?).await?;
             job_ops::jobs_command(&ctx, cmd).await
         }
-        Command::Queues => {
+        Command::Queues { action } => {
             let ctx = startup::build_context(load().await?).await?;
-            job_ops::queues_command(&ctx).await
+            job_ops::queues_command(&ctx, action).await
         }
         Command::Bench(BenchCommand::XlsxRead { file }) => bench::xlsx_read(&file),
         Command::SheetReader(args) => {

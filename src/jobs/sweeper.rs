@@ -51,6 +51,10 @@ impl Job for Sweeper {
                 .inc();
             tracing::info!(run_id = %r.id, status = %r.status, "sweeper re-drove a stale billing run");
         }
+        // Paused queues: Redis's copy follows Postgres's record (Redis may have lost it).
+        crate::queue::pause::sync(app)
+            .await
+            .map_err(|e| JobError::Retryable(e.into()))?;
         // Webhook deliveries stored but never handed to a job (Redis lost it, or the push
         // after the store failed).
         crate::webhooks::replay::requeue_stale(app, crate::webhooks::REQUEUE_AFTER, s.batch)

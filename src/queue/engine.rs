@@ -4,7 +4,10 @@
 //! Every state change is one Lua script (atomic in Redis), timed by the Redis server's clock
 //! (no client clock skew), and batched: one round trip fetches or settles many jobs.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use redis::{
     AsyncCommands, Client, Script, Value,
@@ -525,6 +528,25 @@ impl Engine {
     pub async fn held_by(&self, worker: &str) -> Result<Vec<String>, QueueError> {
         let mut c = self.conn.clone();
         Ok(c.hkeys(format!("{}:wip:{worker}", self.prefix)).await?)
+    }
+
+    /// Queues paused in Redis (the copy every fetch checks).
+    pub async fn paused(&self) -> Result<BTreeSet<String>, QueueError> {
+        let mut c = self.conn.clone();
+        Ok(c.smembers(format!("{}:paused", self.prefix)).await?)
+    }
+
+    /// Makes Redis's set of paused queues exactly `queues` (one transaction).
+    pub async fn set_paused(&self, queues: &BTreeSet<String>) -> Result<(), QueueError> {
+        let mut c = self.conn.clone();
+        let key = format!("{}:paused", self.prefix);
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key);
+        if !queues.is_empty() {
+            pipe.sadd(&key, queues.iter().collect::<Vec<_>>());
+        }
+        pipe.query_async::<()>(&mut c).await?;
+        Ok(())
     }
 
     /// Queues that ever received a job.

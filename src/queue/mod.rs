@@ -8,6 +8,7 @@ pub mod dead_letter;
 pub mod engine;
 pub mod fence;
 pub mod job;
+pub mod pause;
 pub mod registry;
 pub mod retry;
 pub mod runtime;

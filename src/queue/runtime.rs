@@ -139,6 +139,17 @@ pub async fn run(
         .heartbeat(&worker, lease, true)
         .await
         .context("registering the worker in redis")?;
+    // Paused queues: Redis's copy is rebuilt from Postgres's record before the first fetch
+    // (a pause survives a restart of Redis too).
+    match super::pause::sync(&ctx).await {
+        Ok(p) if !p.is_empty() => {
+            warn!(paused = ?p, "these queues are paused: no process fetches them until `finworker queues resume`")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(error = %e, "paused queues could not be read at start; the sweeper tries again")
+        }
+    }
     info!(worker = %worker, queues = ?queues, "worker process started");
     // The lease keeper's own connection: pipelined pushes on the shared one cannot delay it.
     let keeper_queue = Engine::connect(&settings.redis)

@@ -5,7 +5,7 @@
 -- max_attempts ('' = queue default), enqueued_at_ms, snoozes — as stored: a foreign writer's
 -- bad field is judged per job by the caller, never for the batch. A job whose data is missing
 -- comes back with an empty job_type. Returns 'unregistered' when the worker's lease has lapsed (it
--- must heartbeat again before taking work nobody would watch).
+-- must heartbeat again before taking work nobody would watch). A paused queue gives no jobs.
 local p, q, w, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -16,6 +16,10 @@ local wip = p .. ':wip:' .. w
 local lease = redis.call('ZSCORE', p .. ':workers', w)
 if not lease or tonumber(lease) < now then
   return { 'unregistered' }
+end
+-- A paused queue is fetched by no process (its jobs wait, scheduled ones stay scheduled).
+if redis.call('SISMEMBER', p .. ':paused', q) == 1 then
+  return { 'ok' }
 end
 local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
 if #due > 0 then
