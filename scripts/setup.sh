@@ -147,6 +147,8 @@ fi
 # moto's server mode from PyPI: a real S3 HTTP endpoint, in memory, on loopback. Any access
 # key is accepted; buckets are created by the tests.
 if [ "${1:-}" = "--with-s3" ]; then
+  # promtool checks the alert rules in config/prometheus (tests/it/observability.rs).
+  ensure_pkg promtool prometheus
   MOTO_PORT=${FINWORKER_TEST_S3_PORT:-9100}
   MOTO_VENV=/opt/finworker-moto
   if ! port_open $MOTO_PORT; then

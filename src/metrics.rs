@@ -81,6 +81,9 @@ pub struct ChargebackLabels {
     pub effect: String,
 }
 
+/// VOP request outcomes known at start (errors add their own).
+const VOP_OUTCOMES: &[&str] = &["ok", "rejected_by_breaker"];
+
 /// Labels of per-account series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabels {
@@ -196,6 +199,105 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Creates the series whose labels are known at start (every job type, gateway account,
+    /// open status, delivery verdict…) at zero, so they are exported before their first event:
+    /// dashboards show them, and `increase()`/`rate()` in alert rules see the first event too.
+    pub fn init_series<'a>(
+        &self,
+        job_types: impl IntoIterator<Item = &'a str>,
+        accounts: impl IntoIterator<Item = String>,
+        vop_provider: &str,
+    ) {
+        for jt in job_types {
+            let l = JobLabels {
+                job_type: jt.to_string(),
+            };
+            for f in [
+                &self.started,
+                &self.succeeded,
+                &self.failed,
+                &self.retried,
+                &self.dead,
+                &self.orphans_recovered,
+                &self.snoozed,
+                &self.stale,
+            ] {
+                let _ = f.get_or_create(&l);
+            }
+            let _ = self.in_flight.get_or_create(&l);
+            let _ = self.duration.get_or_create(&l);
+        }
+        for account in accounts {
+            let a = AccountLabels {
+                account: account.clone(),
+            };
+            let _ = self.account_held.get_or_create(&a);
+            let _ = self.chargeback_rate.get_or_create(&a);
+            for effect in ["blacklisted", "deactivated", "retry"] {
+                let _ = self.chargebacks.get_or_create(&ChargebackLabels {
+                    account: account.clone(),
+                    effect: effect.into(),
+                });
+            }
+            for kind in [
+                "corrected",
+                "repaired",
+                "refused",
+                "missing_locally",
+                "missing_remotely",
+                "recorded",
+                "backfilled",
+                "unmatched",
+            ] {
+                let _ = self.sync_differences.get_or_create(&SyncLabels {
+                    account: account.clone(),
+                    kind: kind.into(),
+                });
+            }
+        }
+        for status in ["submitted", "unknown", "pending", "pending_async"] {
+            let l = StatusLabels {
+                status: status.into(),
+            };
+            let _ = self.open_attempts.get_or_create(&l);
+            let _ = self.attempts_past_hard_age.get_or_create(&l);
+            let _ = self.oldest_open_attempt_seconds.get_or_create(&l);
+        }
+        for verdict in ["accepted", "repeat", "rejected", "malformed", "unavailable"] {
+            let _ = self.webhook_deliveries.get_or_create(&DeliveryLabels {
+                provider: "emp".into(),
+                verdict: verdict.into(),
+            });
+        }
+        for source in [
+            "send",
+            "webhook",
+            "reconcile",
+            "ledger_sync",
+            "chargeback_sweep",
+        ] {
+            for to in [
+                "approved",
+                "declined",
+                "error",
+                "pending_async",
+                "chargebacked",
+                "refused",
+            ] {
+                let _ = self.transaction_events.get_or_create(&EventLabels {
+                    source: source.into(),
+                    to: to.into(),
+                });
+            }
+        }
+        for outcome in VOP_OUTCOMES {
+            let _ = self.provider_requests.get_or_create(&ProviderLabels {
+                provider: vop_provider.to_string(),
+                outcome: (*outcome).into(),
+            });
+        }
+    }
+
     /// Creates and registers every series.
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("finworker");

@@ -94,6 +94,7 @@ pub async fn build_context(settings: Settings) -> anyhow::Result<AppContext> {
         metrics.clone(),
     )
     .context("building the gateway account clients")?;
+    metrics.init_series(registry.names(), accounts.names(), vop.provider_name());
     Ok(AppContext {
         accounts,
         db,

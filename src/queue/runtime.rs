@@ -139,6 +139,11 @@ pub async fn run(
         .heartbeat(&worker, lease, true)
         .await
         .context("registering the worker in redis")?;
+    info!(worker = %worker, queues = ?queues, "worker process started");
+    // The lease keeper's own connection: pipelined pushes on the shared one cannot delay it.
+    let keeper_queue = Engine::connect(&settings.redis)
+        .await
+        .context("connecting the lease keeper to redis")?;
     // Paused queues: Redis's copy is rebuilt from Postgres's record before the first fetch
     // (a pause survives a restart of Redis too).
     match super::pause::sync(&ctx).await {
@@ -150,11 +155,6 @@ pub async fn run(
             warn!(error = %e, "paused queues could not be read at start; the sweeper tries again")
         }
     }
-    info!(worker = %worker, queues = ?queues, "worker process started");
-    // The lease keeper's own connection: pipelined pushes on the shared one cannot delay it.
-    let keeper_queue = Engine::connect(&settings.redis)
-        .await
-        .context("connecting the lease keeper to redis")?;
 
     let (completions, completion_rx) = mpsc::channel(8192);
     let shared = Arc::new(Shared {

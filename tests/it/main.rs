@@ -16,6 +16,7 @@ mod hardening;
 mod hostile;
 mod lifecycle;
 mod migrations;
+mod observability;
 mod operations;
 mod pgbouncer;
 mod readiness;

@@ -253,9 +253,16 @@ async fn a_chargeback_after_an_approval_is_processed_and_its_reason_code_blackli
     raise(json!({"transaction_id": tx1, "event": "chargeback", "reason_code": "AC04", "url": hook, "signature": "sha512"})).await;
     raise(json!({"transaction_id": tx2, "event": "retrieval_request", "reason_code": "MD01", "url": hook})).await;
     raise(json!({"transaction_id": tx2, "event": "chargeback", "reason_code": "AM04", "url": hook, "signature": "sha1"})).await;
+    // C2's retrieval request may be processed first and already find it chargebacked at the
+    // gateway: wait for the chargeback rows too, not only the statuses.
     eventually(Duration::from_secs(30), "chargebacks applied", || async {
         let got = attempts(&app, run).await;
-        (got["C1"] == ["chargebacked"] && got["C2"] == ["chargebacked"]).then_some(())
+        let mut c = app.db.connect().await;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM chargebacks")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        (got["C1"] == ["chargebacked"] && got["C2"] == ["chargebacked"] && n == 2).then_some(())
     })
     .await;
     let cbs: Vec<(String, Option<String>, bool, bool)> = sqlx::query_as(
