@@ -247,6 +247,30 @@ pub enum ReportsCommand {
         /// Report id.
         id: uuid::Uuid,
     },
+    /// A billing run's report: every attempt with outcome, amount, codes; wait, print its link.
+    Billing {
+        /// The run.
+        #[arg(long)]
+        run: uuid::Uuid,
+        /// csv or xlsx.
+        #[arg(long, default_value = "xlsx")]
+        format: String,
+    },
+    /// Chargebacks and retrieval requests recorded within a period; wait, print its link.
+    Returns {
+        /// First day (UTC).
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last day (inclusive).
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// One gateway account (default all).
+        #[arg(long)]
+        account: Option<String>,
+        /// csv or xlsx.
+        #[arg(long, default_value = "xlsx")]
+        format: String,
+    },
     /// Print a signed download link (valid for reports.link_ttl, or --ttl).
     Link {
         /// Report id.

@@ -31,17 +31,49 @@ pub(super) async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            eprintln!("report {id} enqueued; waiting for workers");
-            loop {
-                match crate::reports::get(&ctx.db, id).await? {
-                    Some(r) if r.status == "ready" => break,
-                    Some(r) if r.status == "failed" => {
-                        anyhow::bail!("report {id} failed: {}", r.error.unwrap_or_default())
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
+            wait_and_link(&ctx, id).await?;
+        }
+        ReportsCommand::Billing { run, format } => {
+            let format = parse_format(&format)?;
+            let id = jobs::finance_report::enqueue(
+                &ctx,
+                jobs::FinanceReport {
+                    kind: jobs::finance_report::FinanceKind::BillingRun,
+                    report_id: None,
+                    run_id: Some(run),
+                    from: None,
+                    to: None,
+                    account: None,
+                    format,
+                },
+            )
+            .await?;
+            wait_and_link(&ctx, id).await?;
+        }
+        ReportsCommand::Returns {
+            from,
+            to,
+            account,
+            format,
+        } => {
+            let format = parse_format(&format)?;
+            if from > to {
+                anyhow::bail!("--from {from} is after --to {to}");
             }
-            println!("{}", report_link(&ctx, id, None)?);
+            let id = jobs::finance_report::enqueue(
+                &ctx,
+                jobs::FinanceReport {
+                    kind: jobs::finance_report::FinanceKind::Returns,
+                    report_id: None,
+                    run_id: None,
+                    from: Some(from),
+                    to: Some(to),
+                    account,
+                    format,
+                },
+            )
+            .await?;
+            wait_and_link(&ctx, id).await?;
         }
         ReportsCommand::Show { id } => {
             let r = crate::reports::get(&ctx.db, id)
@@ -62,6 +94,26 @@ pub(super) async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
             println!("{}", report_link(&ctx, id, ttl)?);
         }
     }
+    Ok(())
+}
+
+fn parse_format(f: &str) -> anyhow::Result<crate::reports::Format> {
+    crate::reports::Format::parse(f).ok_or_else(|| anyhow::anyhow!("--format {f}: use csv or xlsx"))
+}
+
+/// Waits until the workers wrote report `id`, then prints its signed link.
+async fn wait_and_link(ctx: &crate::context::AppContext, id: uuid::Uuid) -> anyhow::Result<()> {
+    eprintln!("report {id} enqueued; waiting for workers");
+    loop {
+        match crate::reports::get(&ctx.db, id).await? {
+            Some(r) if r.status == "ready" => break,
+            Some(r) if r.status == "failed" => {
+                anyhow::bail!("report {id} failed: {}", r.error.unwrap_or_default())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    println!("{}", report_link(ctx, id, None)?);
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod billing_recurring;
 pub mod chargeback_sweep;
 pub mod emp_refresh;
 pub mod emp_webhook;
+pub mod finance_report;
 mod noop;
 pub mod reconciliation;
 pub mod sweeper;
@@ -26,6 +27,7 @@ pub use billing_recurring::BillingRecurring;
 pub use chargeback_sweep::ChargebackSweep;
 pub use emp_refresh::EmpRefresh;
 pub use emp_webhook::EmpWebhook;
+pub use finance_report::FinanceReport;
 pub use noop::Noop;
 pub use reconciliation::Reconciliation;
 pub use sweeper::Sweeper;
@@ -48,6 +50,7 @@ pub fn registry() -> Registry {
         .add::<BillingRecurring>()
         .add::<ChargebackSweep>()
         .add::<EmpRefresh>()
+        .add::<FinanceReport>()
         .add::<EmpWebhook>()
         .add::<Noop>()
         .add::<Reconciliation>()

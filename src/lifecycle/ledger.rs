@@ -581,18 +581,6 @@ pub async fn report(app: &AppContext, sync: &SyncRow, format: Format) -> anyhow:
         &Uuid::NAMESPACE_OID,
         format!("ledger_sync:{}:{}", sync.id, format.as_str()).as_bytes(),
     );
-    let mut tx = app.db.begin().await?;
-    tx.execute(
-        sqlx::query(
-            "INSERT INTO reports (id, kind, format, date_from, date_to) VALUES ($1, 'ledger_sync', $2, $3, $4) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(format.as_str())
-        .bind(sync.from_date)
-        .bind(sync.to_date),
-    )
-    .await?;
     type R = (
         i32,
         String,
@@ -605,6 +593,7 @@ pub async fn report(app: &AppContext, sync: &SyncRow, format: Format) -> anyhow:
         Option<String>,
         Option<String>,
     );
+    let mut tx = app.db.begin().await?;
     let rows: Vec<R> = tx
         .fetch_all(
             sqlx::query_as(
@@ -652,37 +641,22 @@ pub async fn report(app: &AppContext, sync: &SyncRow, format: Format) -> anyhow:
             line("Generated", Utc::now().to_rfc3339()),
         ],
     };
-    let n = cells.len();
-    let file_name = format!(
-        "{}-sync-{}-{}-{}.{}",
-        sync.kind.replace('_', "-"),
-        sync.account,
-        sync.from_date,
-        sync.to_date,
-        format.as_str()
-    );
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join(&file_name);
-    let p = path.clone();
-    tokio::task::spawn_blocking(move || match format {
-        Format::Csv => reports::write_csv(&p, &summary, &REPORT_COLUMNS, &cells),
-        Format::Xlsx => reports::write_xlsx(&p, &summary, &REPORT_COLUMNS, &cells),
-    })
-    .await??;
-    let key = format!("reports/{id}/{file_name}");
-    app.storage.put_file(&key, &path).await?;
+    let meta = reports::Meta {
+        id,
+        kind: "ledger_sync",
+        format,
+        name: format!(
+            "{}-sync-{}-{}-{}",
+            sync.kind.replace('_', "-"),
+            sync.account,
+            sync.from_date,
+            sync.to_date
+        ),
+        date_from: Some(sync.from_date),
+        date_to: Some(sync.to_date),
+    };
+    reports::publish(app, meta, summary, &REPORT_COLUMNS, cells).await?;
     let mut tx = app.db.begin().await?;
-    tx.execute(
-        sqlx::query(
-            "UPDATE reports SET status = 'ready', object_key = $2, file_name = $3, rows = $4, error = NULL, \
-             finished_at = now() WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&key)
-        .bind(&file_name)
-        .bind(i64::try_from(n)?),
-    )
-    .await?;
     tx.execute(
         sqlx::query("UPDATE ledger_syncs SET report_id = $2 WHERE id = $1")
             .bind(sync.id)

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
+pub mod finance;
+
 use crate::{
     db::{Db, DbError},
     uploads::mask_iban,
@@ -329,6 +331,75 @@ pub fn write_xlsx<R: AsRef<[String]>>(
         }
     }
     wb.save(path)?;
+    Ok(())
+}
+
+/// What a generated report is about (the `reports` row's own columns).
+#[derive(Debug, Clone)]
+pub struct Meta<'a> {
+    /// Report id (deterministic per request: a repeat writes the same report).
+    pub id: Uuid,
+    /// `vop`, `ledger_sync`, `billing_run`, `returns`.
+    pub kind: &'a str,
+    /// File format.
+    pub format: Format,
+    /// Download file name (without extension).
+    pub name: String,
+    /// First day covered.
+    pub date_from: Option<NaiveDate>,
+    /// Last day covered.
+    pub date_to: Option<NaiveDate>,
+}
+
+/// Writes a report (summary, header, rows; formula-safe) to object storage and records it as
+/// ready in `reports`, downloadable through a signed link.
+pub async fn publish<R: AsRef<[String]> + Send + Sync + 'static>(
+    app: &crate::context::AppContext,
+    meta: Meta<'_>,
+    summary: Summary,
+    columns: &'static [&'static str],
+    rows: Vec<R>,
+) -> anyhow::Result<()> {
+    let mut tx = app.db.begin().await?;
+    tx.execute(
+        sqlx::query(
+            "INSERT INTO reports (id, kind, format, date_from, date_to) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(meta.id)
+        .bind(meta.kind)
+        .bind(meta.format.as_str())
+        .bind(meta.date_from)
+        .bind(meta.date_to),
+    )
+    .await?;
+    tx.commit().await?;
+    let n = rows.len();
+    let file_name = format!("{}.{}", meta.name, meta.format.as_str());
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(&file_name);
+    let (p, format) = (path.clone(), meta.format);
+    tokio::task::spawn_blocking(move || match format {
+        Format::Csv => write_csv(&p, &summary, columns, &rows),
+        Format::Xlsx => write_xlsx(&p, &summary, columns, &rows),
+    })
+    .await??;
+    let key = format!("reports/{}/{file_name}", meta.id);
+    app.storage.put_file(&key, &path).await?;
+    let mut tx = app.db.begin().await?;
+    tx.execute(
+        sqlx::query(
+            "UPDATE reports SET status = 'ready', object_key = $2, file_name = $3, rows = $4, error = NULL, \
+             finished_at = now() WHERE id = $1",
+        )
+        .bind(meta.id)
+        .bind(&key)
+        .bind(&file_name)
+        .bind(i64::try_from(n)?),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(report_id = %meta.id, kind = meta.kind, rows = n, "report ready");
     Ok(())
 }
 

@@ -755,3 +755,78 @@ async fn postgres_unavailable_is_answered_503_and_the_gateways_retry_later_succe
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn finance_downloads_list_a_runs_attempts_and_the_periods_returns_with_ibans_masked() {
+    let sb = sandbox(sandbox_knobs()).await;
+    let mut app = spawn_app_with(|s| billing(s, &sb)).await;
+    // F2's amount ends in 01: declined (insufficient funds).
+    let run = one_debtor_run(&app, &[("F1", 1401, 2500), ("F2", 1402, 2601)]).await;
+    let (_, f1_tx) = ids(&app, "F1").await;
+    raise(&sb, json!({"transaction_id": f1_tx, "event": "chargeback", "reason_code": "AC04", "notify": false})).await;
+    let job = app
+        .enqueue("chargeback_sweep", json!({"account": "main"}))
+        .await;
+    app.finished_runs(&job, Duration::from_secs(30)).await;
+
+    let download = |link: String| {
+        let app = &app;
+        async move {
+            let path = link.split_once("/reports/").unwrap().1.trim().to_string();
+            let r = app
+                .http
+                .get(app.url(&format!("/reports/{path}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let out = cli(
+        &app,
+        &[
+            "reports",
+            "billing",
+            "--run",
+            &run.to_string(),
+            "--format",
+            "csv",
+        ],
+    )
+    .await;
+    let csv = download(out).await;
+    assert!(csv.contains("Attempts,2"), "{csv}");
+    assert!(
+        csv.contains("attempt_id,debtor_reference,name,iban,amount"),
+        "{csv}"
+    );
+    let f1 = csv.lines().find(|l| l.contains(",F1,")).unwrap();
+    let f2 = csv.lines().find(|l| l.contains(",F2,")).unwrap();
+    assert!(f1.contains(",25.00,EUR,chargebacked,"), "{f1}");
+    assert!(f2.contains(",26.01,EUR,declined,"), "{f2}");
+    assert!(
+        !csv.contains(&iban(1401)) && !csv.contains(&iban(1402)),
+        "IBANs masked: {csv}"
+    );
+    let masked = finworker::uploads::mask_iban(&iban(1401));
+    assert!(f1.contains(&masked), "{f1} / {masked}");
+
+    let today = Utc::now().date_naive().to_string();
+    let out = cli(
+        &app,
+        &[
+            "reports", "returns", "--from", &today, "--to", &today, "--format", "csv",
+        ],
+    )
+    .await;
+    let csv = download(out).await;
+    assert!(csv.contains("Chargebacks,1 (25.00)"), "{csv}");
+    let row = csv.lines().find(|l| l.starts_with("chargeback,")).unwrap();
+    assert!(
+        row.contains(",F1,") && row.contains(",AC04,") && row.contains("IBAN blacklisted"),
+        "{row}"
+    );
+    assert!(!csv.contains(&iban(1401)));
+    app.stop().await;
+}

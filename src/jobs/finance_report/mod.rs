@@ -1,0 +1,191 @@
+//! `finance_report`: the finance downloads besides the VOP report (`reports::finance`) — a
+//! billing run's attempts (`billing_run`), or the chargebacks and retrieval requests of a
+//! period (`returns`) — as CSV or XLSX behind signed links, IBANs masked. Idempotent: the
+//! report id comes with the payload or is derived from the job id.
+
+use chrono::NaiveDate;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    context::AppContext,
+    queue::{
+        engine::NewJob,
+        job::{Job, JobContext, JobError},
+    },
+    reports::{self, Format, Meta, finance},
+};
+
+/// Which report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinanceKind {
+    /// Every attempt of one billing run (`run_id`).
+    BillingRun,
+    /// Chargebacks and retrieval requests recorded within `from`..`to`.
+    Returns,
+}
+
+/// Payload of `finance_report`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinanceReport {
+    /// `billing_run` or `returns`.
+    pub kind: FinanceKind,
+    /// Id of the report to write; derived from the job id when absent.
+    #[serde(default)]
+    pub report_id: Option<Uuid>,
+    /// The run (`billing_run`).
+    #[serde(default)]
+    pub run_id: Option<Uuid>,
+    /// First day (`returns`, UTC).
+    #[serde(default)]
+    pub from: Option<NaiveDate>,
+    /// Last day (inclusive).
+    #[serde(default)]
+    pub to: Option<NaiveDate>,
+    /// One gateway account (`returns`; default all).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// `csv` or `xlsx` (default).
+    #[serde(default)]
+    pub format: Format,
+}
+
+impl Job for FinanceReport {
+    const NAME: &'static str = "finance_report";
+    const PRODUCER: bool = true;
+
+    fn example() -> Self {
+        Self {
+            kind: FinanceKind::BillingRun,
+            report_id: None,
+            run_id: Some(Uuid::from_u128(0x0196f1c2_7d1e_7c3a_9f00_5b2a7e0e4a12)),
+            from: None,
+            to: None,
+            account: None,
+            format: Format::Xlsx,
+        }
+    }
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let id = self.report_id.unwrap_or_else(|| {
+            Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("finance_report:{}", ctx.job_id).as_bytes(),
+            )
+        });
+        generate(&ctx.app, id, &self).await
+    }
+
+    async fn on_failure(self, ctx: JobContext, error: String) -> anyhow::Result<()> {
+        let id = self.report_id.unwrap_or_else(|| {
+            Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("finance_report:{}", ctx.job_id).as_bytes(),
+            )
+        });
+        tracing::error!(report_id = %id, error = %error, "finance report failed for good");
+        // Finance staff get a sentence; the chain is in the log.
+        let msg = if error.starts_with("a ") {
+            error
+        } else {
+            "the report could not be generated because of an internal error; operations have been alerted".to_string()
+        };
+        let kind = match self.kind {
+            FinanceKind::BillingRun => "billing_run",
+            FinanceKind::Returns => "returns",
+        };
+        let mut tx = ctx.app.db.begin().await?;
+        ctx.fence.check(&mut tx).await?;
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO reports (id, kind, format, status, error, finished_at) VALUES ($1, $2, $3, 'failed', $4, now()) \
+                 ON CONFLICT (id) DO UPDATE SET status = 'failed', error = $4, finished_at = now() \
+                 WHERE reports.status = 'pending'",
+            )
+            .bind(id)
+            .bind(kind)
+            .bind(self.format.as_str())
+            .bind(&msg),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn generate(app: &AppContext, id: Uuid, job: &FinanceReport) -> Result<(), JobError> {
+    if reports::get(&app.db, id)
+        .await
+        .map_err(|e| JobError::Retryable(e.into()))?
+        .is_some_and(|r| r.status == "ready")
+    {
+        return Ok(());
+    }
+    let retry = |e: anyhow::Error| JobError::Retryable(e);
+    match job.kind {
+        FinanceKind::BillingRun => {
+            let Some(run) = job.run_id else {
+                return Err(JobError::permanent("a billing_run report needs run_id"));
+            };
+            let (summary, rows) = finance::billing_run(&app.db, run)
+                .await
+                .map_err(|e| retry(e.into()))?;
+            let meta = Meta {
+                id,
+                kind: "billing_run",
+                format: job.format,
+                name: format!("billing-run-{run}"),
+                date_from: None,
+                date_to: None,
+            };
+            reports::publish(app, meta, summary, &finance::BILLING_COLUMNS, rows)
+                .await
+                .map_err(retry)
+        }
+        FinanceKind::Returns => {
+            let (Some(from), Some(to)) = (job.from, job.to) else {
+                return Err(JobError::permanent("a returns report needs from and to"));
+            };
+            let (summary, rows) = finance::returns(&app.db, from, to, job.account.as_deref())
+                .await
+                .map_err(|e| retry(e.into()))?;
+            let meta = Meta {
+                id,
+                kind: "returns",
+                format: job.format,
+                name: format!(
+                    "chargebacks-{}-{from}-{to}",
+                    job.account.as_deref().unwrap_or("all")
+                ),
+                date_from: Some(from),
+                date_to: Some(to),
+            };
+            reports::publish(app, meta, summary, &finance::RETURNS_COLUMNS, rows)
+                .await
+                .map_err(retry)
+        }
+    }
+}
+
+/// Enqueues a finance report (once per id) and returns its id.
+pub async fn enqueue(app: &AppContext, job: FinanceReport) -> anyhow::Result<Uuid> {
+    let id = job.report_id.unwrap_or_else(Uuid::now_v7);
+    let job = FinanceReport {
+        report_id: Some(id),
+        ..job
+    };
+    let nj = NewJob {
+        idempotency_key: Some(format!("finance_report:{id}")),
+        ..NewJob::new(FinanceReport::NAME, serde_json::to_string(&job)?)
+    };
+    app.queue
+        .push(
+            std::slice::from_ref(&nj),
+            app.settings.worker.idempotency_ttl,
+        )
+        .await?;
+    Ok(id)
+}
