@@ -108,7 +108,7 @@ pub async fn billing_run(db: &Db, run_id: Uuid) -> Result<(Summary, Vec<Vec<Stri
     lines.push(("Attempts".into(), cells.len().to_string()));
     for (status, (n, amount)) in by_status {
         lines.push((
-            format!("{status}"),
+            status.to_string(),
             format!("{n} attempts, {}", format_minor(amount)),
         ));
     }
