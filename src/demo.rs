@@ -94,6 +94,12 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     );
     settings.gateway.request_timeout = Duration::from_secs(2);
     settings.billing.recurring = false;
+    // Each demo starts a new sandbox gateway: the open debits of earlier demos (kept in the
+    // database) are not its own, and reconciling them against it would send them again.
+    settings.lifecycle.reconcile_schedule.clear();
+    settings.lifecycle.ledger_sync_schedule.clear();
+    settings.lifecycle.sweep_schedule.clear();
+    settings.lifecycle.bic_blacklist_schedule.clear();
     let ephemeral_secret = settings.reports.link_secret.is_none();
     if ephemeral_secret {
         settings.reports.link_secret = Some(SecretString::from(

@@ -117,6 +117,24 @@ pub struct Book {
     seq: AtomicU64,
 }
 
+/// Distinguishes this sandbox's ids from an earlier run's: a gateway never gives two
+/// transactions one `unique_id`, also across restarts of the simulator.
+fn instance() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id())
+    })
+}
+
+/// The `unique_id` of the `n`th transaction: 32 characters, unique per run.
+fn sandbox_id(n: u64) -> String {
+    format!("sbx{:013x}{n:016x}", instance() & 0x000f_ffff_ffff_ffff)
+}
+
 impl Book {
     fn settle(&mut self, i: usize) -> &Entry {
         let e = &mut self.entries[i];
@@ -391,7 +409,7 @@ async fn process(
         };
         let e = Entry {
             transaction_id: tx_id.clone(),
-            unique_id: format!("sbx{n:029x}"),
+            unique_id: sandbox_id(n),
             transaction_type: "sdd_sale".into(),
             iban: iban.clone(),
             amount_minor: amount,
@@ -496,7 +514,7 @@ fn void(s: &Sandbox, path: &str, tx_id: &str, reference: Option<&str>, token: &s
     s.served(path, 200, Some(&orig.iban));
     let e = Entry {
         transaction_id: tx_id.to_string(),
-        unique_id: format!("sbx{n:029x}"),
+        unique_id: sandbox_id(n),
         transaction_type: "void".into(),
         status: "approved".into(),
         terminal: token.to_string(),
@@ -735,7 +753,7 @@ async fn inject(State(s): State<Sandbox>, Json(r): Json<InjectRequest>) -> Json<
     let n = book.seq.fetch_add(1, Ordering::SeqCst);
     let e = Entry {
         transaction_id: r.transaction_id.clone(),
-        unique_id: format!("sbx{n:029x}"),
+        unique_id: sandbox_id(n),
         transaction_type: "sdd_sale".into(),
         iban: r.iban.unwrap_or_default(),
         amount_minor: r.amount_minor,
@@ -807,7 +825,7 @@ impl Sandbox {
             let import_date = r.import_date.unwrap_or(today);
             book.returns.push(ReturnEntry {
                 kind: r.event.clone(),
-                unique_id: format!("sbx{n:029x}"),
+                unique_id: sandbox_id(n),
                 original_unique_id: e.unique_id.clone(),
                 transaction_id: e.transaction_id.clone(),
                 r#type: if r.event == "chargeback" {
