@@ -171,7 +171,8 @@ struct ReturnXml {
     currency: Option<String>,
 }
 
-fn parse_date(v: Option<&str>) -> Option<NaiveDate> {
+/// A `YYYY-MM-DD` date, with any time part after it ignored (Genesis writes both).
+pub fn parse_date(v: Option<&str>) -> Option<NaiveDate> {
     let v = v?.trim();
     NaiveDate::parse_from_str(v.get(..10).unwrap_or(v), "%Y-%m-%d").ok()
 }

@@ -308,6 +308,21 @@ pub async fn window(
     Ok((from.min(today), today))
 }
 
+/// The window of a sync job: `from..=to` as asked (`to` defaults to today), else the
+/// scheduled window from the account's checkpoint ([`window`]).
+pub async fn window_or(
+    app: &AppContext,
+    account: &str,
+    kind: &str,
+    from: Option<NaiveDate>,
+    to: Option<NaiveDate>,
+) -> Result<(NaiveDate, NaiveDate), BillingError> {
+    match from {
+        Some(f) => Ok((f, to.unwrap_or_else(|| Utc::now().date_naive()))),
+        None => window(app, account, kind).await,
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct Local {
     id: i64,

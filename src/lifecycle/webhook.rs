@@ -235,8 +235,7 @@ fn reason_code_of(n: &Notification) -> Option<&str> {
 }
 
 fn date(n: &Notification, key: &str) -> Option<NaiveDate> {
-    n.get(key)
-        .and_then(|v| NaiveDate::parse_from_str(v.get(..10).unwrap_or(v), "%Y-%m-%d").ok())
+    crate::gateway::genesis::parse_date(n.get(key))
 }
 
 /// The return a chargeback or retrieval-request notification describes.

@@ -564,11 +564,6 @@ async fn reconcile(
     }
 }
 
-fn day(v: Option<&str>) -> Option<NaiveDate> {
-    let v = v?.trim();
-    NaiveDate::parse_from_str(v.get(..10).unwrap_or(v), "%Y-%m-%d").ok()
-}
-
 /// A page of `items` (pages from 1) as `<root page per_page total_count pages_count>`.
 fn page_xml(root: &str, items: &[String], page: u32, per_page: u32) -> String {
     let per = per_page.max(1) as usize;
@@ -604,13 +599,14 @@ async fn reconcile_by_date(
     s.served(&path, 200, None);
     let req =
         quick_xml::de::from_str::<RequestXml>(&String::from_utf8_lossy(&body)).unwrap_or_default();
-    let Some(from) = day(req.start_date.as_deref()) else {
+    let Some(from) = crate::gateway::genesis::parse_date(req.start_date.as_deref()) else {
         return xml(
             StatusCode::OK,
             error_answer(340, "start_date has an invalid format", None),
         );
     };
-    let to = day(req.end_date.as_deref()).unwrap_or_else(|| Utc::now().date_naive());
+    let to = crate::gateway::genesis::parse_date(req.end_date.as_deref())
+        .unwrap_or_else(|| Utc::now().date_naive());
     let per_page = req.records_per_page.unwrap_or(100);
     if !(1..=999).contains(&per_page) {
         return xml(
@@ -668,9 +664,13 @@ async fn returns_by_date(s: Sandbox, headers: HeaderMap, body: Bytes, kind: &str
     s.served(&path, 200, None);
     let req =
         quick_xml::de::from_str::<RequestXml>(&String::from_utf8_lossy(&body)).unwrap_or_default();
-    let import = day(req.import_date.as_deref());
-    let range =
-        day(req.start_date.as_deref()).map(|f| (f, day(req.end_date.as_deref()).unwrap_or(f)));
+    let import = crate::gateway::genesis::parse_date(req.import_date.as_deref());
+    let range = crate::gateway::genesis::parse_date(req.start_date.as_deref()).map(|f| {
+        (
+            f,
+            crate::gateway::genesis::parse_date(req.end_date.as_deref()).unwrap_or(f),
+        )
+    });
     if import.is_some() == range.is_some() {
         return xml(
             StatusCode::OK,

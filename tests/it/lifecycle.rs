@@ -18,16 +18,8 @@ use crate::{
     verification::{SandboxServer, sandbox},
 };
 
-/// Runs a CLI command off the test's runtime (the sandbox it may call runs on that runtime).
 async fn cli(app: &TestApp, args: &[&str]) -> String {
-    let settings = app.settings.clone();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        crate::helpers::process::cli_ok(&settings, &args)
-    })
-    .await
-    .unwrap()
+    crate::helpers::process::cli_async(&app.settings, args).await
 }
 
 /// Raises an event at the sandbox gateway (`POST /_sandbox/genesis/events`).
@@ -182,16 +174,7 @@ async fn reconciliation_settles_unknown_attempts_both_ways_and_flags_those_past_
         sources.contains(&(a, "reconcile".into(), "approved".into())),
         "{sources:?}"
     );
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(crate::helpers::app::METRICS_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("finworker_attempts_past_hard_age{status=\"pending_async\"} 1"),
         "{metrics}"

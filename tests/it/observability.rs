@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
-use crate::helpers::{app::METRICS_TOKEN, spawn_app_with};
+use crate::helpers::spawn_app_with;
 
 fn config(p: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(p)
@@ -62,16 +62,7 @@ async fn alert_rules_pass_promtool_and_every_metric_in_rules_and_dashboard_is_ex
     // With a gateway account: the per-account series exist from the start.
     let sb = crate::verification::sandbox(crate::billing::sandbox_knobs()).await;
     let mut app = spawn_app_with(|s| crate::billing::billing(s, &sb)).await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(METRICS_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     // Exported series names: a family's own name, and what its type adds.
     let mut exported = BTreeSet::new();
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {

@@ -5,21 +5,10 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::json;
 
-use crate::helpers::{
-    app::TestApp,
-    process::{Daemon, cli_ok},
-    spawn_api_only,
-};
+use crate::helpers::{app::TestApp, process::Daemon, spawn_api_only};
 
 async fn cli(app: &TestApp, args: &[&str]) -> String {
-    let settings = app.settings.clone();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli_ok(&settings, &args)
-    })
-    .await
-    .unwrap()
+    crate::helpers::process::cli_async(&app.settings, args).await
 }
 
 #[tokio::test]

@@ -100,16 +100,7 @@ async fn metrics_export_job_counts_durations_and_queue_depths() {
         .await;
     app.finished_runs(&dead, Duration::from_secs(10)).await;
 
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(crate::helpers::app::METRICS_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
 
     for needle in [
         "finworker_jobs_started_total{job_type=\"noop\"} 1",

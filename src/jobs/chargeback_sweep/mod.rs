@@ -49,12 +49,9 @@ impl Job for ChargebackSweep {
         };
         for account in accounts {
             for kind in [ReturnKind::Chargebacks, ReturnKind::RetrievalRequests] {
-                let window = match (self.from, self.to) {
-                    (Some(f), t) => (f, t.unwrap_or_else(|| chrono::Utc::now().date_naive())),
-                    _ => ledger::window(app, &account, kind.as_str())
-                        .await
-                        .map_err(super::billing::to_job_error)?,
-                };
+                let window = ledger::window_or(app, &account, kind.as_str(), self.from, self.to)
+                    .await
+                    .map_err(super::billing::to_job_error)?;
                 let id = Uuid::new_v5(
                     &Uuid::NAMESPACE_OID,
                     format!(

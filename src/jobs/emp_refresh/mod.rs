@@ -83,13 +83,9 @@ pub async fn sync_account(
     p: &EmpRefresh,
     requested_by: &str,
 ) -> Result<ledger::SyncRow, JobError> {
-    let (from, to) = match (p.from, p.to) {
-        (Some(f), Some(t)) => (f, t),
-        (Some(f), None) => (f, chrono::Utc::now().date_naive()),
-        _ => ledger::window(app, account, "ledger")
-            .await
-            .map_err(super::billing::to_job_error)?,
-    };
+    let (from, to) = ledger::window_or(app, account, "ledger", p.from, p.to)
+        .await
+        .map_err(super::billing::to_job_error)?;
     if from > to {
         return Err(JobError::Permanent(format!("from {from} is after to {to}")));
     }

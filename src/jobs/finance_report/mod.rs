@@ -9,11 +9,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    context::AppContext,
-    queue::{
-        engine::NewJob,
-        job::{Job, JobContext, JobError},
-    },
+    context::{AppContext, EnqueueOptions},
+    queue::job::{Job, JobContext, JobError},
     reports::{self, Format, Meta, finance},
 };
 
@@ -70,22 +67,11 @@ impl Job for FinanceReport {
     }
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let id = self.report_id.unwrap_or_else(|| {
-            Uuid::new_v5(
-                &Uuid::NAMESPACE_OID,
-                format!("finance_report:{}", ctx.job_id).as_bytes(),
-            )
-        });
-        generate(&ctx.app, id, &self).await
+        generate(&ctx.app, self.id(&ctx.job_id), &self).await
     }
 
     async fn on_failure(self, ctx: JobContext, error: String) -> anyhow::Result<()> {
-        let id = self.report_id.unwrap_or_else(|| {
-            Uuid::new_v5(
-                &Uuid::NAMESPACE_OID,
-                format!("finance_report:{}", ctx.job_id).as_bytes(),
-            )
-        });
+        let id = self.id(&ctx.job_id);
         tracing::error!(report_id = %id, error = %error, "finance report failed for good");
         // Finance staff get a sentence; the chain is in the log.
         let msg = if error.starts_with("a ") {
@@ -113,6 +99,18 @@ impl Job for FinanceReport {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+impl FinanceReport {
+    /// The report's id: as given, else derived from the job id (stable across retries).
+    fn id(&self, job_id: &str) -> Uuid {
+        self.report_id.unwrap_or_else(|| {
+            Uuid::new_v5(
+                &Uuid::NAMESPACE_OID,
+                format!("finance_report:{job_id}").as_bytes(),
+            )
+        })
     }
 }
 
@@ -177,15 +175,13 @@ pub async fn enqueue(app: &AppContext, job: FinanceReport) -> anyhow::Result<Uui
         report_id: Some(id),
         ..job
     };
-    let nj = NewJob {
-        idempotency_key: Some(format!("finance_report:{id}")),
-        ..NewJob::new(FinanceReport::NAME, serde_json::to_string(&job)?)
-    };
-    app.queue
-        .push(
-            std::slice::from_ref(&nj),
-            app.settings.worker.idempotency_ttl,
-        )
-        .await?;
+    app.enqueue(
+        &job,
+        EnqueueOptions {
+            idempotency_key: Some(format!("finance_report:{id}")),
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(id)
 }

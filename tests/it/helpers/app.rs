@@ -223,6 +223,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /metrics` with the metrics token: the exposition text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn scalar(&self, sql: &str) -> i64 {
         let mut c = self.db.connect().await;
         sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()

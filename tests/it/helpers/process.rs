@@ -222,6 +222,18 @@ impl Drop for Daemon {
     }
 }
 
+/// [`cli_ok`] off the test's runtime (a sandbox the command calls may run on that runtime).
+pub async fn cli_async(s: &Settings, args: &[&str]) -> String {
+    let settings = s.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli_ok(&settings, &args)
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs a CLI command to completion, asserts it succeeded (showing stderr if not), returns stdout.
 pub fn cli_ok(s: &Settings, args: &[&str]) -> String {
     let out = command(s, args).output().unwrap();
