@@ -149,6 +149,10 @@ fi
 if [ "${1:-}" = "--with-s3" ]; then
   # promtool checks the alert rules in config/prometheus (tests/it/observability.rs).
   ensure_pkg promtool prometheus
+  # The dashboard is tested end to end in headless Chromium through chromedriver
+  # (tests/it/dashboard.rs).
+  ensure_pkg chromium chromium
+  ensure_pkg chromedriver chromium-driver
   MOTO_PORT=${FINWORKER_TEST_S3_PORT:-9100}
   MOTO_VENV=/opt/finworker-moto
   if ! port_open $MOTO_PORT; then

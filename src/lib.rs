@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod money;
+pub mod ops;
 pub mod pgcopy;
 pub mod pipeline;
 pub mod queue;

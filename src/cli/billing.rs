@@ -183,12 +183,7 @@ pub(super) async fn billing_command(cmd: BillingCommand) -> anyhow::Result<()> {
             show(id).await?;
         }
         BillingCommand::Resume { run: id } => {
-            let r = run::control(&ctx.db, id, "resume").await?;
-            if r.status == "running" {
-                jobs::billing_batch::fan_out(&ctx, id).await?;
-            } else {
-                jobs::billing::restart_selection(&ctx, &r).await?;
-            }
+            crate::ops::run_control(&ctx, id, "resume").await?;
             show(id).await?;
         }
         BillingCommand::Cancel { run: id } => {

@@ -2,42 +2,19 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use chrono::Utc;
 
 use super::JobsCommand;
-use crate::context::AppContext;
+use crate::{context::AppContext, ops};
 
 pub(super) async fn jobs_command(ctx: &AppContext, cmd: JobsCommand) -> anyhow::Result<()> {
-    use crate::queue::{dead_letter, engine::NewJob};
+    use crate::queue::dead_letter;
     match cmd {
         JobsCommand::Show { id } => {
-            let redis = ctx.queue.job(&id).await?;
-            let mut tx = ctx.db.begin().await?;
-            let runs: Vec<RunRow> = tx
-                .fetch_all(
-                    sqlx::query_as(
-                        "SELECT attempt, job_type, worker, status, error, started_at, finished_at, duration_ms \
-                         FROM job_runs WHERE job_id = $1 ORDER BY attempt",
-                    )
-                    .bind(&id),
-                )
-                .await?;
-            let dead: Option<dead_letter::DeadJob> = tx
-                .fetch_optional(
-                    sqlx::query_as(
-                        "SELECT job_id, job_type, payload, attempts, last_error, enqueued_at, failed_at \
-                         FROM dead_jobs WHERE job_id = $1",
-                    )
-                    .bind(&id),
-                )
-                .await?;
-            tx.commit().await?;
-            if redis.is_none() && runs.is_empty() && dead.is_none() {
-                bail!("no job {id} in redis, job_runs or dead_jobs");
-            }
+            let j = ops::job(ctx, &id).await?;
             println!("job {id}");
-            match &redis {
+            match &j.in_redis {
                 Some(fields) => {
                     println!("  in redis (waiting, scheduled or running):");
                     for (k, v) in fields {
@@ -46,12 +23,12 @@ pub(super) async fn jobs_command(ctx: &AppContext, cmd: JobsCommand) -> anyhow::
                 }
                 None => println!("  not in redis (finished, dead, or never enqueued here)"),
             }
-            if let Some(d) = &dead {
+            if let Some(d) = &j.dead {
                 println!("  DEAD since {}: {}", d.failed_at, d.last_error);
                 println!("    payload: {}", d.payload);
             }
             println!("  runs:");
-            for r in &runs {
+            for r in &j.runs {
                 println!(
                     "    #{} {:<11} {} worker={} started={} duration={}{}",
                     r.attempt,
@@ -97,30 +74,8 @@ pub(super) async fn jobs_command(ctx: &AppContext, cmd: JobsCommand) -> anyhow::
             };
             let mut retried = 0;
             for id in ids {
-                // Take it out of dead_jobs and push it in one transaction: if the push fails,
-                // the row stays; the push itself ignores an id that is already queued.
-                let mut tx = ctx.db.begin().await?;
-                let Some(d) = dead_letter::take(&mut tx, &id).await? else {
-                    bail!("no dead job {id}");
-                };
-                let job = NewJob {
-                    id: d
-                        .job_id
-                        .parse()
-                        .with_context(|| format!("job id {} is not a uuid", d.job_id))?,
-                    job_type: d.job_type.clone(),
-                    payload: d.payload.clone(),
-                    delay: Duration::ZERO,
-                    idempotency_key: None,
-                    max_attempts: None,
-                    prior_attempts: d.attempts.max(0) as u32,
-                    redrive: false,
-                };
-                ctx.queue
-                    .push(&[job], ctx.settings.worker.idempotency_ttl)
-                    .await?;
-                tx.commit().await?;
-                println!("{id} re-queued on {}", d.job_type);
+                let queue = ops::retry_job(ctx, &id).await?;
+                println!("{id} re-queued on {queue}");
                 retried += 1;
             }
             println!("{retried} job(s) re-queued");
@@ -147,19 +102,6 @@ pub(super) async fn jobs_command(ctx: &AppContext, cmd: JobsCommand) -> anyhow::
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct RunRow {
-    attempt: i32,
-    job_type: String,
-    worker: String,
-    status: String,
-    error: Option<String>,
-    started_at: chrono::DateTime<Utc>,
-    #[allow(dead_code)]
-    finished_at: Option<chrono::DateTime<Utc>>,
-    duration_ms: Option<i64>,
-}
-
 pub(super) async fn queues_command(
     ctx: &AppContext,
     action: Option<super::QueuesCommand>,
@@ -184,42 +126,40 @@ pub(super) async fn queues_command(
         }
         None => {}
     }
-    let paused = pause::list(ctx).await?;
-    let mut tx = ctx.db.begin().await?;
-    let dead = crate::queue::dead_letter::counts(&mut tx).await?;
-    tx.commit().await?;
+    let o = ops::queues(ctx).await?;
     println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>16}",
-        "queue", "waiting", "scheduled", "in_flight", "failed", "oldest_waiting"
+        "{:<16} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8} {:>14}",
+        "queue", "waiting", "scheduled", "running", "failed", "done/1m", "done/1h", "oldest_waiting"
     );
-    for name in ctx.registry.names() {
-        let s = ctx.queue.stats(name).await?;
-        let failed = dead.iter().find(|(q, _)| q == name).map_or(0, |(_, n)| *n);
-        let oldest = s.oldest_waiting_ms.map_or("-".to_string(), |ms| {
-            humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+    for q in &o.queues {
+        let oldest = q.oldest_waiting_seconds.map_or("-".to_string(), |s| {
+            humantime::format_duration(Duration::from_secs(s as u64)).to_string()
         });
-        let p = paused
-            .iter()
-            .find(|p| p.queue == name)
-            .map_or(String::new(), |p| {
-                format!(
-                    "  PAUSED since {} by {}{}",
-                    p.paused_at.format("%Y-%m-%d %H:%M"),
-                    p.paused_by,
-                    p.reason
-                        .as_deref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default()
-                )
-            });
+        let p = q.paused.as_ref().map_or(String::new(), |p| {
+            format!(
+                "  PAUSED since {} by {}{}",
+                p.paused_at.format("%Y-%m-%d %H:%M"),
+                p.paused_by,
+                p.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )
+        });
         println!(
-            "{:<16} {:>10} {:>10} {:>10} {:>10} {:>16}{p}",
-            name, s.waiting, s.scheduled, s.in_flight, failed, oldest
+            "{:<16} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8} {:>14}{p}",
+            q.name,
+            q.waiting,
+            q.scheduled,
+            q.running,
+            q.failed,
+            q.finished_last_minute,
+            q.finished_last_hour,
+            oldest
         );
     }
-    let workers = ctx.queue.workers().await?;
-    println!("{} live worker process(es)", workers.len());
-    for (w, _) in workers {
+    println!("{} live worker process(es)", o.workers.len());
+    for w in &o.workers {
         println!("  {w}");
     }
     Ok(())

@@ -417,6 +417,19 @@ impl Breaker {
         }
     }
 
+    /// The state as every process sees it (`closed`, `half_open` or `open`), and while open
+    /// how long until a probe may go out: for dashboards, it changes nothing.
+    pub async fn shared_view(&self) -> (&'static str, Option<Duration>) {
+        match self.remote_state().await {
+            RemoteState::Open(left) => ("open", Some(left)),
+            RemoteState::Trial => ("half_open", None),
+            RemoteState::Closed => match self.state() {
+                "open" => ("open", Some(self.retry_in())),
+                s => (s, None),
+            },
+        }
+    }
+
     /// `closed`, `half_open` or `open`.
     pub fn state(&self) -> &'static str {
         match self.shared.state.load(Ordering::SeqCst) {

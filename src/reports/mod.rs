@@ -97,6 +97,18 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Option<ReportRecord>, DbError> {
     Ok(r)
 }
 
+/// The latest reports, newest first.
+pub async fn list(db: &Db, limit: i64) -> Result<Vec<ReportRecord>, DbError> {
+    let mut tx = db.begin().await?;
+    let r = tx
+        .fetch_all(
+            sqlx::query_as("SELECT * FROM reports ORDER BY created_at DESC LIMIT $1").bind(limit),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(r)
+}
+
 /// Cells starting with these are formulas to a spreadsheet program.
 const FORMULA_START: &[char] = &['=', '+', '-', '@', '\t', '\r'];
 

@@ -242,6 +242,17 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Option<UploadRecord>, DbError> {
     Ok(r)
 }
 
+/// The latest records, newest first.
+pub async fn list(db: &Db, limit: i64) -> Result<Vec<UploadRecord>, DbError> {
+    let mut tx = db.begin().await?;
+    let sql = format!("{SELECT} ORDER BY created_at DESC LIMIT $1");
+    let r = tx
+        .fetch_all(sqlx::query_as::<_, UploadRecord>(&sql).bind(limit))
+        .await?;
+    tx.commit().await?;
+    Ok(r)
+}
+
 /// Reads one record inside a transaction, optionally locking it.
 pub async fn get_in(tx: &mut Tx, id: Uuid, lock: bool) -> Result<Option<UploadRecord>, DbError> {
     let sql = format!(
