@@ -129,7 +129,14 @@ pub(super) async fn queues_command(
     let o = ops::queues(ctx).await?;
     println!(
         "{:<16} {:>8} {:>9} {:>7} {:>7} {:>8} {:>8} {:>14}",
-        "queue", "waiting", "scheduled", "running", "failed", "done/1m", "done/1h", "oldest_waiting"
+        "queue",
+        "waiting",
+        "scheduled",
+        "running",
+        "failed",
+        "done/1m",
+        "done/1h",
+        "oldest_waiting"
     );
     for q in &o.queues {
         let oldest = q.oldest_waiting_seconds.map_or("-".to_string(), |s| {

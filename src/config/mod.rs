@@ -35,6 +35,8 @@ pub const SECRET_KEYS: &[&str] = &[
     "redis.password",
     "database.password",
     "http.api_token",
+    "http.ops_token",
+    "http.metrics_token",
     "storage.s3.secret_access_key",
     "vop.api_key",
     "reports.link_secret",

@@ -258,6 +258,10 @@ pub struct HttpSettings {
     /// Bearer token for the enqueue API (environment only).
     #[serde(default, serialize_with = "redact")]
     pub api_token: Option<SecretString>,
+    /// Bearer token of the ops API (`/api/ops/…`) and the dashboard (environment only):
+    /// separate from the producers' token, which cannot pause, retry or cancel anything.
+    #[serde(default, serialize_with = "redact")]
+    pub ops_token: Option<SecretString>,
     /// Bearer token Prometheus sends to `/metrics` (environment only); without it `/metrics`
     /// answers 403: it is never open to whoever reaches the port.
     #[serde(default, serialize_with = "redact")]

@@ -95,6 +95,22 @@ impl Settings {
                 "is shorter than 16 characters: use a long random token",
             );
         }
+        if let Some(n) = secret_len(&self.http.ops_token)
+            && n < 16
+        {
+            return bad(
+                "http.ops_token",
+                "is shorter than 16 characters: use a long random token",
+            );
+        }
+        if let (Some(ops), Some(api)) = (&self.http.ops_token, &self.http.api_token)
+            && ops.expose_secret() == api.expose_secret()
+        {
+            return bad(
+                "http.ops_token",
+                "equals http.api_token: API nodes must not hold the token that pauses, retries and cancels",
+            );
+        }
         if let Some(n) = secret_len(&self.http.metrics_token)
             && n < 16
         {

@@ -5,6 +5,7 @@ mod enqueue;
 mod error;
 mod health;
 mod metrics;
+pub mod ops;
 mod reports;
 mod uploads;
 
@@ -41,6 +42,7 @@ pub fn router(ctx: AppContext) -> Router {
             post(crate::webhooks::emp)
                 .layer(axum::Extension(crate::webhooks::Ingress::start(&ctx))),
         )
+        .merge(ops::router(&ctx))
         .fallback(error::not_found)
         .layer(RequestBodyLimitLayer::new(http.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(

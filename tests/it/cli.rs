@@ -155,6 +155,7 @@ async fn short_or_empty_secrets_are_refused_at_start_naming_the_key() {
             "reports.link_secret",
         ),
         ("FINWORKER__HTTP__API_TOKEN", "change-me", "http.api_token"),
+        ("FINWORKER__HTTP__OPS_TOKEN", "short", "http.ops_token"),
         (
             "FINWORKER__HTTP__METRICS_TOKEN",
             "scrape",

@@ -18,6 +18,7 @@ mod lifecycle;
 mod migrations;
 mod observability;
 mod operations;
+mod ops_api;
 mod pgbouncer;
 mod readiness;
 mod retries;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::db::{PASSWORD, TestDb};
 
 pub const TOKEN: &str = "test-token-0123456789";
+pub const OPS_TOKEN: &str = "test-ops-token-0123456789";
 pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 pub const LINK_SECRET: &str = "test-link-secret-0123456789-abcdefghij";
 pub const IBAN_KEY: &str = "test-iban-key-0123456789-abcdefghijklmn";
@@ -38,6 +39,7 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     s.http.bind = "127.0.0.1:0".into();
     s.http.api_token = Some(SecretString::from(TOKEN));
     s.http.metrics_token = Some(SecretString::from(METRICS_TOKEN));
+    s.http.ops_token = Some(SecretString::from(OPS_TOKEN));
     s.worker.allow_test_jobs = true;
     // The built-in sweeper tick adds `sweeper` jobs every interval: tests that count jobs
     // would count them too. Tests of the sweeper turn it on.
