@@ -5,6 +5,7 @@ pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod dashboard;
 pub mod db;
 pub mod demo;
 pub mod faults;

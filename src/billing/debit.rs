@@ -396,7 +396,14 @@ pub enum Sent {
 }
 
 /// Sends one claimed debit through the account's breaker and rate limit. Never retries.
-pub async fn send(account: &Account, claim: &Claim, window: Duration) -> Sent {
+/// `stop` (a pause, a cancel, a drain) withdraws it while it waits for the rate limit; once
+/// the call is made it is never abandoned.
+pub async fn send(
+    account: &Account,
+    claim: &Claim,
+    window: Duration,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Sent {
     if claim.claimed.elapsed() > window {
         return Sent::NotSent(format!(
             "not sent within its send window (queued {:?} after the claim)",
@@ -406,11 +413,19 @@ pub async fn send(account: &Account, claim: &Claim, window: Duration) -> Sent {
     let Some(permit) = account.breaker.permit_shared().await else {
         return Sent::NotSent(format!("the {} circuit breaker is open", account.name));
     };
-    if let Err(e) = account.limiter.acquire().await {
+    let acquired = tokio::select! {
+        biased;
+        () = stop.cancelled() => {
+            permit.abandon();
+            return Sent::NotSent("stopped before sending (the run was paused, cancelled or drained)".into());
+        }
+        r = account.limiter.acquire() => r,
+    };
+    if let Err(e) = acquired {
         permit.abandon();
         return Sent::NotSent(format!("rate limiter unreachable: {e}"));
     }
-    if claim.claimed.elapsed() > window {
+    if claim.claimed.elapsed() > window || stop.is_cancelled() {
         permit.abandon();
         return Sent::NotSent(format!(
             "not sent within its send window (waited {:?} since the claim)",
@@ -721,7 +736,8 @@ async fn resend(
         debit,
         claimed: Instant::now(),
     };
-    let sent = send(account, &claim, g.request_timeout * 2).await;
+    let never = tokio_util::sync::CancellationToken::new();
+    let sent = send(account, &claim, g.request_timeout * 2, &never).await;
     let sent = match sent {
         // Already committed as a send: if no call could be made, it stays `submitted` and is
         // reconciled again (never released: a row with sends > 1 is kept).

@@ -43,6 +43,7 @@ pub fn router(ctx: AppContext) -> Router {
                 .layer(axum::Extension(crate::webhooks::Ingress::start(&ctx))),
         )
         .merge(ops::router(&ctx))
+        .merge(crate::dashboard::router(&ctx))
         .fallback(error::not_found)
         .layer(RequestBodyLimitLayer::new(http.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(

@@ -9,6 +9,7 @@ mod billing;
 mod billing_crash;
 mod cli;
 mod crash;
+mod dashboard;
 mod deployment;
 mod drain;
 mod enqueue;

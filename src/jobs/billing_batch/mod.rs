@@ -169,6 +169,8 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
     let mut halted: Option<String> = None;
     let mut breaker_open = false;
     let mut touched = Instant::now();
+    let mut looked = Instant::now();
+    let stop = tokio_util::sync::CancellationToken::new();
     // A run paused by the breaker is only ever left by a snooze: resume it (once) when this
     // execution finds the breaker letting calls through.
     if accounts::breaker_wait(&account).await.is_none() {
@@ -179,6 +181,15 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
             // The sweeper re-drives runs whose record stands still: this one is alive.
             touch(app, run_id).await?;
             touched = Instant::now();
+        }
+        if halted.is_none() && looked.elapsed() > STATUS_EVERY {
+            // An operator's pause or cancel stops the sends within this period, not only at
+            // the next claim: the debits claimed ahead (up to `low_water`) are released.
+            looked = Instant::now();
+            let st = status(app, run_id).await?;
+            if st != "running" {
+                halted = Some(st);
+            }
         }
         let draining = ctx.shutdown.is_cancelled();
         let stopping = draining || Instant::now() >= slice_end;
@@ -205,6 +216,10 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
         // found nothing left to claim and would wait for them); a drain, a paused or cancelled
         // run and an open breaker release them instead.
         let give_up = draining || breaker_open || halted.is_some();
+        if give_up {
+            // Debits still waiting for the rate limit are withdrawn too.
+            stop.cancel();
+        }
         // Outcomes not yet written bound the sends too: a stalled database stops the calls.
         while flying.len() < in_flight && outcomes.len() < MAX_UNWRITTEN {
             let Some(c) = queue.pop_front() else { break };
@@ -213,8 +228,9 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
                 oldest_outcome.get_or_insert_with(Instant::now);
             } else {
                 let account: Arc<Account> = account.clone();
+                let stop = stop.clone();
                 flying.spawn(async move {
-                    let sent = debit::send(&account, &c, window).await;
+                    let sent = debit::send(&account, &c, window, &stop).await;
                     (c.attempt_id, sent)
                 });
             }
@@ -328,6 +344,19 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
         wait,
         "waiting to reconcile the run's unresolved debits",
     ))
+}
+
+/// How often a batch looks at its run's status between claims.
+const STATUS_EVERY: Duration = Duration::from_millis(500);
+
+async fn status(app: &AppContext, run_id: Uuid) -> Result<String, JobError> {
+    let mut tx = app.db.begin().await.map_err(retry)?;
+    let (st,): (String,) = tx
+        .fetch_one(sqlx::query_as("SELECT status FROM billing_runs WHERE id = $1").bind(run_id))
+        .await
+        .map_err(retry)?;
+    tx.commit().await.map_err(retry)?;
+    Ok(st)
 }
 
 /// Marks the run as alive for the sweeper (`billing_run_progress`, not the run's row: claims
