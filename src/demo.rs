@@ -100,6 +100,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     settings.lifecycle.ledger_sync_schedule.clear();
     settings.lifecycle.sweep_schedule.clear();
     settings.lifecycle.bic_blacklist_schedule.clear();
+    settings.retention.schedule.clear();
     let ephemeral_secret = settings.reports.link_secret.is_none();
     if ephemeral_secret {
         settings.reports.link_secret = Some(SecretString::from(

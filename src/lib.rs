@@ -22,6 +22,7 @@ pub mod pgcopy;
 pub mod pipeline;
 pub mod queue;
 pub mod reports;
+pub mod retention;
 pub mod sandbox;
 pub mod schema;
 pub mod shutdown;

@@ -34,6 +34,13 @@ pub struct ProviderLabels {
     pub outcome: String,
 }
 
+/// Labels of retention series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrunedLabels {
+    /// job_runs | reports | staged_objects | deliveries_deleted | deliveries_stripped.
+    pub what: String,
+}
+
 /// Labels of breaker series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BreakerLabels {
@@ -146,6 +153,8 @@ pub struct Metrics {
     pub leases_lost: Counter,
     /// Pipelines the sweeper re-drove, by stage.
     pub sweeper_redrives: Family<QueueLabels, Counter>,
+    /// Rows and objects removed by the retention job.
+    pub pruned: Family<PrunedLabels, Counter>,
     /// Times the scrape-time gauges were read from Redis and Postgres.
     pub gauge_refreshes: Counter,
     /// When the scrape-time gauges were last read (see `http.metrics_refresh`).
@@ -313,6 +322,7 @@ impl Metrics {
             stale: Family::default(),
             leases_lost: Counter::default(),
             sweeper_redrives: Family::default(),
+            pruned: Family::default(),
             gauge_refreshes: Counter::default(),
             gauges_refreshed: tokio::sync::Mutex::new(None),
             duration: Family::new_with_constructor(duration_histogram),
@@ -380,6 +390,11 @@ impl Metrics {
             "chargebacks",
             "Chargebacks recorded, by account and what the reason-code policy did (blacklisted, deactivated, retry)",
             m.chargebacks.clone(),
+        );
+        r.register(
+            "retention_pruned",
+            "Rows and objects removed by the retention job, by what (job_runs, reports, staged_objects, deliveries_deleted, deliveries_stripped)",
+            m.pruned.clone(),
         );
         r.register(
             "billing_run_pauses",
@@ -495,6 +510,21 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts what a retention pass removed.
+    pub fn record_retention(&self, p: &crate::retention::Pruned) {
+        for (what, n) in [
+            ("job_runs", p.job_runs),
+            ("reports", p.reports),
+            ("staged_objects", p.staged_objects),
+            ("deliveries_deleted", p.deliveries_deleted),
+            ("deliveries_stripped", p.deliveries_stripped),
+        ] {
+            self.pruned
+                .get_or_create(&PrunedLabels { what: what.into() })
+                .inc_by(n);
+        }
     }
 
     /// Labels for a job type.

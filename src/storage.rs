@@ -177,6 +177,15 @@ impl Storage {
         res.bytes().await.map_err(|e| Self::map_err(key, e))
     }
 
+    /// Deletes one object; one already gone is no error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = Self::path(key)?;
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes every object under a prefix; returns how many.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, StorageError> {
         let path = Self::path(prefix)?;

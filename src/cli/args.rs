@@ -76,6 +76,9 @@ pub enum Command {
     /// Stored webhook deliveries: list, replay.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Run one retention pass now (what the `retention` job does on `retention.schedule`):
+    /// old job_runs, report files, staged chunks and delivered webhooks.
+    Prune,
     /// Internal: read a spreadsheet from stdin under memory and CPU limits and write its rows
     /// as JSON lines (the upload job runs it; see src/jobs/upload/isolated.rs).
     #[command(hide = true)]

@@ -241,6 +241,21 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile { run } => lifecycle::reconcile(run).await,
         Command::Ledger(cmd) => lifecycle::ledger_command(cmd).await,
         Command::Webhooks(cmd) => lifecycle::webhooks_command(cmd).await,
+        Command::Prune => {
+            let ctx = startup::build_context(load().await?).await?;
+            let p = crate::retention::run(&ctx).await?;
+            println!(
+                "pruned: {} job_runs, {} report files, {} staged objects of {} uploads, \
+                 {} webhook deliveries deleted, {} stripped of their body (kept for their references)",
+                p.job_runs,
+                p.reports,
+                p.staged_objects,
+                p.staged_uploads,
+                p.deliveries_deleted,
+                p.deliveries_stripped
+            );
+            Ok(())
+        }
         Command::Accounts(cmd) => billing::accounts_command(cmd).await,
         Command::Billing(cmd) => billing::billing_command(cmd).await,
         Command::Blacklist(cmd) => billing::blacklist_command(cmd).await,

@@ -120,6 +120,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     /// Transaction lifecycle: what chargebacks' reason codes do.
     pub lifecycle: LifecycleSettings,
+    /// What the retention job prunes.
+    pub retention: RetentionSettings,
 }
 
 pub(crate) fn redact<S: serde::Serializer>(

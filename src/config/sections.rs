@@ -641,3 +641,26 @@ pub struct ModelSettings {
     #[serde(default)]
     pub lifetime_cap_minor: Option<i64>,
 }
+
+/// What the `retention` job removes, and when (see `crate::retention`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// When it runs (cron, seconds first, UTC); empty: never by itself.
+    pub schedule: String,
+    /// `job_runs` rows older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub job_runs: Duration,
+    /// Report files older than this are deleted (the row stays, `expired`).
+    #[serde(with = "humantime_serde")]
+    pub reports: Duration,
+    /// Staged chunks of uploads over for this long are deleted.
+    #[serde(with = "humantime_serde")]
+    pub staged_files: Duration,
+    /// Webhook deliveries done with for this long are deleted (or, when referred to, stripped
+    /// of their raw body).
+    #[serde(with = "humantime_serde")]
+    pub webhook_deliveries: Duration,
+    /// Rows per statement.
+    pub batch: u32,
+}

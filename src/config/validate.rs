@@ -191,7 +191,41 @@ impl Settings {
                 return bad(&format!("cron[{i}].schedule"), &e.to_string());
             }
         }
+        self.validate_retention()?;
         self.validate_lifecycle()
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let r = &self.retention;
+        if !r.schedule.is_empty()
+            && let Err(e) = r.schedule.parse::<cron::Schedule>()
+        {
+            return Err(ConfigError::Invalid {
+                key: "retention.schedule".into(),
+                message: e.to_string(),
+            });
+        }
+        let day = std::time::Duration::from_secs(86_400);
+        for (key, age) in [
+            ("job_runs", r.job_runs),
+            ("reports", r.reports),
+            ("staged_files", r.staged_files),
+            ("webhook_deliveries", r.webhook_deliveries),
+        ] {
+            if age < day {
+                return Err(ConfigError::Invalid {
+                    key: format!("retention.{key}"),
+                    message: "must be at least a day: retention removes records ops and finance still read".into(),
+                });
+            }
+        }
+        if r.batch == 0 {
+            return Err(ConfigError::Invalid {
+                key: "retention.batch".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(())
     }
 
     fn validate_lifecycle(&self) -> Result<(), ConfigError> {

@@ -51,6 +51,13 @@ pub async fn download(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .ok_or_else(|| ApiError::NotFound(format!("no report {id}")))?;
+    if rec.status == "expired" {
+        return Ok((
+            StatusCode::GONE,
+            format!("report {id} was deleted by retention (retention.reports); request it again"),
+        )
+            .into_response());
+    }
     let (Some(key), Some(name), "ready") = (rec.object_key, rec.file_name, rec.status.as_str())
     else {
         return Ok((

@@ -11,6 +11,7 @@ pub mod emp_webhook;
 pub mod finance_report;
 mod noop;
 pub mod reconciliation;
+pub mod retention;
 pub mod sweeper;
 mod test_job;
 pub mod upload;
@@ -30,6 +31,7 @@ pub use emp_webhook::EmpWebhook;
 pub use finance_report::FinanceReport;
 pub use noop::Noop;
 pub use reconciliation::Reconciliation;
+pub use retention::Retention;
 pub use sweeper::Sweeper;
 pub use test_job::TestJob;
 pub use upload::Upload;
@@ -54,6 +56,7 @@ pub fn registry() -> Registry {
         .add::<EmpWebhook>()
         .add::<Noop>()
         .add::<Reconciliation>()
+        .add::<Retention>()
         .add::<Sweeper>()
         .add::<TestJob>()
         .add::<Upload>()

@@ -63,6 +63,20 @@ pub async fn run(ctx: AppContext, stop: CancellationToken) {
             )));
         }
     }
+    let retention = &ctx.settings.retention.schedule;
+    if !retention.is_empty()
+        && ctx.registry.get("retention").is_some()
+        && let Ok(schedule) = cron::Schedule::from_str(retention)
+    {
+        tasks.push(tokio::spawn(run_schedule(
+            ctx.clone(),
+            "retention".to_string(),
+            schedule,
+            "retention".to_string(),
+            "{}".to_string(),
+            stop.clone(),
+        )));
+    }
     for t in tasks {
         let _ = t.await;
     }

@@ -525,7 +525,7 @@ async fn execute(s: Arc<Shared>, queue: String, qs: QueueSettings, job: FetchedJ
             .map(|h| h.worker.clone())
             .unwrap_or_else(|| s.worker());
 
-        debug!(started_at = %started_at, "job started");
+        info!(started_at = %started_at, "job started");
         let max_attempts = job.max_attempts.unwrap_or(qs.max_attempts);
         let last_attempt = job.failures + 1 >= max_attempts;
         let result = attempt(&s, &qs, &job, last_attempt).await;

@@ -84,3 +84,174 @@ async fn a_paused_queue_is_fetched_by_no_process_and_stays_paused_across_a_resta
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+async fn exec(c: &mut sqlx::PgConnection, sql: impl AsRef<str>) {
+    sqlx::query(sql.as_ref()).execute(c).await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_prunes_what_is_old_keeps_what_is_referred_to_or_recent_and_repeats_harmlessly() {
+    let app = spawn_api_only().await;
+    let mut c = app.db.connect().await;
+    // job_runs: one old, one recent.
+    exec(&mut c, "INSERT INTO job_runs (job_id, attempt, job_type, worker, status, started_at, finished_at) VALUES \
+          ('old-run', 1, 'noop', 'w', 'succeeded', now() - interval '40 days', now() - interval '40 days'), \
+          ('new-run', 1, 'noop', 'w', 'succeeded', now(), now())").await;
+    // Reports: an old one with its file, a recent one.
+    let (old_report, new_report) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for (id, age) in [(old_report, "100 days"), (new_report, "1 day")] {
+        let key = format!("reports/{id}.csv");
+        app.ctx
+            .storage
+            .put(&key, bytes::Bytes::from_static(b"a;b\n"))
+            .await
+            .unwrap();
+        exec(&mut c, format!(
+            "INSERT INTO reports (id, kind, format, status, object_key, file_name, rows, created_at, finished_at) \
+             VALUES ('{id}', 'vop', 'csv', 'ready', '{key}', 'r.csv', 1, now() - interval '{age}', now() - interval '{age}')"
+        )).await;
+    }
+    // Uploads over long ago with staged chunks a crash left behind; one still importing.
+    let (old_upload, live_upload) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for (id, status) in [(old_upload, "completed"), (live_upload, "importing")] {
+        exec(&mut c, format!(
+            "INSERT INTO uploads (id, object_key, file_name, chunk_rows, status, finished_at, updated_at) \
+             VALUES ('{id}', 'uploads/{id}.csv', 'f.csv', 100, '{status}', now() - interval '10 days', now() - interval '10 days')"
+        )).await;
+        for n in 0..3 {
+            app.ctx
+                .storage
+                .put(
+                    &finworker::uploads::staged_key(id, n),
+                    bytes::Bytes::from_static(b"x"),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // Webhook deliveries: old processed (goes), old referred to by a chargeback (kept,
+    // stripped), old still queued (kept whole), recent (kept whole).
+    let mut ids = Vec::new();
+    for (state, age) in [
+        ("processed", "100 days"),
+        ("processed", "100 days"),
+        ("queued", "100 days"),
+        ("processed", "1 day"),
+    ] {
+        let id: i64 = sqlx::query_scalar(&format!(
+            "INSERT INTO webhook_deliveries (provider, account, received_at, headers, body, body_bytes, verdict, state) \
+             VALUES ('emp', 'main', now() - interval '{age}', '{{\"content-type\": \"x\"}}', 'unique_id=1', 11, 'accepted', '{state}') RETURNING id"
+        ))
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    exec(&mut c, format!(
+        "INSERT INTO chargebacks (account, original_unique_id, source, delivery_id, raw) VALUES ('main', 'u-1', 'webhook', {}, '{{}}')",
+        ids[1]
+    )).await;
+
+    // The job, as the schedule would run it.
+    let job = app.enqueue("retention", json!({})).await;
+    let mut w = Daemon::start(&app.settings, &["run", "--no-http"]);
+    let runs = app.finished_runs(&job, Duration::from_secs(30)).await;
+    assert_eq!(runs.last().unwrap().status, "succeeded");
+
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job_runs WHERE job_id = 'old-run'")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.scalar("SELECT count(*) FROM job_runs WHERE job_id = 'new-run'")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.scalar(&format!("SELECT count(*) FROM reports WHERE id = '{old_report}' AND status = 'expired' AND object_key IS NULL")).await,
+        1
+    );
+    let files = app.ctx.storage.list("reports").await.unwrap();
+    assert!(
+        !files.iter().any(|f| f.contains(&old_report.to_string())),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.contains(&new_report.to_string())),
+        "{files:?}"
+    );
+    let link = finworker::reports::signed_link(&app.settings.reports, old_report, None)
+        .unwrap()
+        .0;
+    let path = link.split_once("/reports/").unwrap().1;
+    let r = app
+        .http
+        .get(app.url(&format!("/reports/{path}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410, "an expired report's link says it is gone");
+    assert!(r.text().await.unwrap().contains("retention"));
+    assert!(
+        app.ctx
+            .storage
+            .list(&finworker::uploads::staging_prefix(old_upload))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        app.ctx
+            .storage
+            .list(&finworker::uploads::staging_prefix(live_upload))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let d = |i: usize| {
+        format!(
+            "SELECT count(*) FROM webhook_deliveries WHERE id = {}",
+            ids[i]
+        )
+    };
+    assert_eq!(
+        app.scalar(&d(0)).await,
+        0,
+        "old, processed, unreferenced: deleted"
+    );
+    assert_eq!(
+        app.scalar(&format!("SELECT count(*) FROM webhook_deliveries WHERE id = {} AND body = '' AND pruned_at IS NOT NULL", ids[1])).await,
+        1,
+        "referred to by a chargeback: row kept, body dropped"
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) FROM webhook_deliveries WHERE id = {} AND body <> ''",
+            ids[2]
+        ))
+        .await,
+        1,
+        "queued: untouched"
+    );
+    assert_eq!(
+        app.scalar(&format!(
+            "SELECT count(*) FROM webhook_deliveries WHERE id = {} AND body <> ''",
+            ids[3]
+        ))
+        .await,
+        1,
+        "recent: untouched"
+    );
+    assert_eq!(app.scalar("SELECT count(*) FROM chargebacks").await, 1);
+    w.sigterm();
+    assert!(w.wait_timeout(Duration::from_secs(20)).success());
+
+    // A second pass by hand finds nothing more to do.
+    let out = cli(&app, &["prune"]).await;
+    assert!(
+        out.contains("pruned: 0 job_runs, 0 report files, 0 staged objects of 0 uploads, 0 webhook deliveries deleted, 0 stripped"),
+        "{out}"
+    );
+}

@@ -49,6 +49,7 @@ pub fn test_settings(db: &TestDb, prefix: &str) -> Settings {
     s.lifecycle.ledger_sync_schedule.clear();
     s.lifecycle.sweep_schedule.clear();
     s.lifecycle.bic_blacklist_schedule.clear();
+    s.retention.schedule.clear();
     s.worker.poll_interval = Duration::from_millis(50);
     s.worker.heartbeat_interval = Duration::from_millis(500);
     s.worker.missed_heartbeats = 3;
