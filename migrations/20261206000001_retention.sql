@@ -1,4 +1,4 @@
--- Retention (issue 14): old reports, staged chunks, delivered webhooks and job_runs are
+-- Retention (issue 14), and the clean-debtors export's report kind: old reports, staged chunks, delivered webhooks and job_runs are
 -- pruned by the `retention` job. What is pruned but still referred to keeps its row.
 
 -- A report whose file was deleted by retention: the row stays (who asked, when, how many
@@ -17,3 +17,8 @@ CREATE INDEX retrieval_requests_delivery ON retrieval_requests (delivery_id) WHE
 -- Staged chunks of an upload that is over are deleted by the upload itself; retention
 -- deletes what a crash left, once, and notes it here.
 ALTER TABLE uploads ADD COLUMN staging_pruned_at timestamptz;
+
+-- The clean-debtors export is a report kind of its own.
+ALTER TABLE reports DROP CONSTRAINT reports_kind_check;
+ALTER TABLE reports ADD CONSTRAINT reports_kind_check
+    CHECK (kind IN ('vop', 'ledger_sync', 'billing_run', 'returns', 'clean_debtors'));

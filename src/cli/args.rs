@@ -274,6 +274,28 @@ pub enum ReportsCommand {
         #[arg(long, default_value = "xlsx")]
         format: String,
     },
+    /// Debtors worth billing again (first debit approved, never charged back, quiet for
+    /// --quiet-days, on no blacklist; one row per IBAN); wait, print its link.
+    CleanDebtors {
+        /// No debit within this many days.
+        #[arg(long, default_value_t = 30)]
+        quiet_days: u32,
+        /// At most this many rows, oldest first debit first.
+        #[arg(long, default_value_t = 100_000)]
+        limit: i64,
+        /// Only debtors with at least two approved debits.
+        #[arg(long)]
+        strict: bool,
+        /// Only debtors first debited through this gateway account.
+        #[arg(long)]
+        account: Option<String>,
+        /// Whole IBANs instead of masked ones (the list is for billing them; logged).
+        #[arg(long)]
+        full_iban: bool,
+        /// csv or xlsx.
+        #[arg(long, default_value = "xlsx")]
+        format: String,
+    },
     /// Print a signed download link (valid for reports.link_ttl, or --ttl).
     Link {
         /// Report id.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{ReportsCommand, load};
+use crate::jobs::finance_report::FinanceKind;
 use crate::{jobs, startup};
 
 pub(super) async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
@@ -38,13 +39,8 @@ pub(super) async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
             let id = jobs::finance_report::enqueue(
                 &ctx,
                 jobs::FinanceReport {
-                    kind: jobs::finance_report::FinanceKind::BillingRun,
-                    report_id: None,
                     run_id: Some(run),
-                    from: None,
-                    to: None,
-                    account: None,
-                    format,
+                    ..jobs::FinanceReport::new(FinanceKind::BillingRun, format)
                 },
             )
             .await?;
@@ -63,13 +59,33 @@ pub(super) async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
             let id = jobs::finance_report::enqueue(
                 &ctx,
                 jobs::FinanceReport {
-                    kind: jobs::finance_report::FinanceKind::Returns,
-                    report_id: None,
-                    run_id: None,
                     from: Some(from),
                     to: Some(to),
                     account,
-                    format,
+                    ..jobs::FinanceReport::new(FinanceKind::Returns, format)
+                },
+            )
+            .await?;
+            wait_and_link(&ctx, id).await?;
+        }
+        ReportsCommand::CleanDebtors {
+            quiet_days,
+            limit,
+            strict,
+            account,
+            full_iban,
+            format,
+        } => {
+            let format = parse_format(&format)?;
+            let id = jobs::finance_report::enqueue(
+                &ctx,
+                jobs::FinanceReport {
+                    quiet_days: Some(quiet_days),
+                    limit: Some(limit),
+                    strict,
+                    account,
+                    full_iban,
+                    ..jobs::FinanceReport::new(FinanceKind::CleanDebtors, format)
                 },
             )
             .await?;

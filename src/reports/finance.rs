@@ -225,3 +225,171 @@ pub async fn returns(
     ];
     Ok((Summary { lines }, cells))
 }
+
+/// Columns of the clean-debtors export.
+pub const CLEAN_COLUMNS: [&str; 10] = [
+    "first_name",
+    "last_name",
+    "iban",
+    "bic",
+    "email",
+    "amount",
+    "currency",
+    "account",
+    "first_debit_at",
+    "approved_debits",
+];
+
+/// What the clean-debtors export selects.
+#[derive(Debug, Clone)]
+pub struct CleanOptions {
+    /// No attempt of the debtor within this many days.
+    pub quiet_days: u32,
+    /// At most this many debtors (oldest first debit first).
+    pub limit: i64,
+    /// Only debtors with at least two approved debits.
+    pub strict: bool,
+    /// Only debtors first debited through this account.
+    pub account: Option<String>,
+    /// Whole IBANs (for billing them elsewhere) instead of masked ones.
+    pub full_iban: bool,
+}
+
+type CleanRow = (
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    String,
+    String,
+    chrono::DateTime<Utc>,
+    i64,
+);
+
+/// Debtors whose first debit was approved, with no chargeback or refund ever, quiet for `quiet_days`,
+/// on no blacklist (IBAN, name, e-mail, BIC) — one row per IBAN (a debtor profile), so an IBAN
+/// that appears in several uploads is listed once. The summary counts what each rule took out.
+pub async fn clean_debtors(
+    db: &Db,
+    o: &CleanOptions,
+) -> Result<(Summary, Vec<Vec<String>>), DbError> {
+    // One CTE for both queries: each profile's first attempt, and the rules as flags.
+    const JUDGED: &str = "WITH firsts AS ( \
+          SELECT DISTINCT ON (a.profile_id) a.profile_id, a.debtor_id, a.amount_minor, a.currency, a.account, a.status, a.created_at \
+          FROM billing_attempts a ORDER BY a.profile_id, a.created_at, a.id), \
+        judged AS ( \
+          SELECT f.*, f.status IN ('approved', 'chargebacked', 'refunded') AS first_ok, d.first_name, d.last_name, d.name, d.iban, d.bic, d.email, \
+            (p.chargebacked_at IS NOT NULL \
+              OR EXISTS (SELECT 1 FROM billing_attempts a WHERE a.profile_id = p.id AND a.status IN ('chargebacked', 'refunded')) \
+              OR EXISTS (SELECT 1 FROM chargebacks c JOIN billing_attempts a ON a.id = c.attempt_id WHERE a.profile_id = p.id)) AS chargeback, \
+            EXISTS (SELECT 1 FROM billing_attempts a WHERE a.profile_id = p.id AND a.created_at > now() - make_interval(days => $1)) AS recent, \
+            (EXISTS (SELECT 1 FROM blacklist b WHERE b.kind = 'iban' AND b.iban_hash = p.iban_hash) \
+              OR EXISTS (SELECT 1 FROM blacklist b WHERE b.kind = 'name' AND ((b.match = 'exact' AND b.value = lower(btrim(d.name))) \
+                   OR (b.match = 'prefix' AND starts_with(lower(btrim(d.name)), b.value)))) \
+              OR EXISTS (SELECT 1 FROM blacklist b WHERE b.kind = 'email' AND ((b.match = 'exact' AND b.value = lower(btrim(d.email))) \
+                   OR (b.match = 'prefix' AND starts_with(lower(btrim(d.email)), b.value)))) \
+              OR EXISTS (SELECT 1 FROM blacklist b WHERE b.kind = 'bic' AND ((b.match = 'exact' AND b.value = upper(btrim(d.bic))) \
+                   OR (b.match = 'prefix' AND starts_with(upper(btrim(d.bic)), b.value))))) AS blacklisted, \
+            (SELECT count(*) FROM billing_attempts a WHERE a.profile_id = p.id AND a.status = 'approved') AS approved \
+          FROM firsts f JOIN debtor_profiles p ON p.id = f.profile_id JOIN debtors d ON d.id = f.debtor_id \
+          WHERE ($2::text IS NULL OR f.account = $2)) ";
+    let mut tx = db.begin().await?;
+    let counts: (i64, i64, i64, i64, i64, i64) = tx
+        .fetch_one(
+            sqlx::query_as(&format!(
+                "{JUDGED} SELECT count(*), \
+                   count(*) FILTER (WHERE NOT first_ok), \
+                   count(*) FILTER (WHERE first_ok AND chargeback), \
+                   count(*) FILTER (WHERE first_ok AND NOT chargeback AND recent), \
+                   count(*) FILTER (WHERE first_ok AND NOT chargeback AND NOT recent AND blacklisted), \
+                   count(*) FILTER (WHERE first_ok AND NOT chargeback AND NOT recent AND NOT blacklisted AND $3 AND approved < 2) \
+                 FROM judged"
+            ))
+            .bind(o.quiet_days as i32)
+            .bind(o.account.as_deref())
+            .bind(o.strict),
+        )
+        .await?;
+    let rows: Vec<CleanRow> = tx
+        .fetch_all(
+            sqlx::query_as(&format!(
+                "{JUDGED} SELECT first_name, last_name, name, iban, bic, email, amount_minor, currency, account, created_at, approved \
+                 FROM judged WHERE first_ok AND NOT chargeback AND NOT recent AND NOT blacklisted \
+                   AND (NOT $3 OR approved >= 2) \
+                 ORDER BY created_at, profile_id LIMIT $4"
+            ))
+            .bind(o.quiet_days as i32)
+            .bind(o.account.as_deref())
+            .bind(o.strict)
+            .bind(o.limit.max(0)),
+        )
+        .await?;
+    tx.commit().await?;
+    let cells = rows
+        .into_iter()
+        .map(|r| {
+            // A debtor line with only a full name: it goes in last_name, first_name empty.
+            let (first, last) = match (r.0, r.1) {
+                (None, None) => (String::new(), r.2),
+                (f, l) => (f.unwrap_or_default(), l.unwrap_or_default()),
+            };
+            vec![
+                first,
+                last,
+                if o.full_iban { r.3 } else { mask_iban(&r.3) },
+                r.4.unwrap_or_default(),
+                r.5.unwrap_or_default(),
+                format_minor(r.6),
+                r.7,
+                r.8,
+                r.9.to_rfc3339(),
+                r.10.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    let (all, not_approved, chargeback, recent, blacklisted, not_strict) = counts;
+    let lines = vec![
+        ("Report".to_string(), "clean debtors".to_string()),
+        (
+            "Rule".into(),
+            format!(
+                "first debit approved, never charged back or refunded, no debit in the last {} days, on no blacklist{}; one row per IBAN; each IBAN below is counted under the first rule that takes it out",
+                o.quiet_days,
+                if o.strict {
+                    ", at least two approved debits"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "Account".into(),
+            o.account.clone().unwrap_or_else(|| "all".into()),
+        ),
+        ("IBANs debited".into(), all.to_string()),
+        ("First debit not approved".into(), not_approved.to_string()),
+        ("Charged back or refunded".into(), chargeback.to_string()),
+        (
+            format!("Debited in the last {} days", o.quiet_days),
+            recent.to_string(),
+        ),
+        ("Blacklisted".into(), blacklisted.to_string()),
+        (
+            "Fewer than two approved (strict)".into(),
+            not_strict.to_string(),
+        ),
+        (
+            "Listed".into(),
+            format!("{} (limit {})", cells.len(), o.limit),
+        ),
+        (
+            "IBANs".into(),
+            if o.full_iban { "whole" } else { "masked" }.into(),
+        ),
+        ("Generated".into(), Utc::now().to_rfc3339()),
+    ];
+    Ok((Summary { lines }, cells))
+}

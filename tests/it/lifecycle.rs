@@ -813,3 +813,126 @@ async fn finance_downloads_list_a_runs_attempts_and_the_periods_returns_with_iba
     assert!(!csv.contains(&iban(1401)));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_clean_debtors_export_lists_each_quiet_never_returned_unblacklisted_iban_once() {
+    let sb = sandbox(sandbox_knobs()).await;
+    let mut app = spawn_app_with(|s| billing(s, &sb)).await;
+    // C5's amount ends in 01: its first debit is declined.
+    one_debtor_run(
+        &app,
+        &[
+            ("C1", 1501, 2500),
+            ("C2", 1502, 2600),
+            ("C3", 1503, 2700),
+            ("C4", 1504, 2800),
+            ("C5", 1505, 2901),
+        ],
+    )
+    .await;
+    // C2 is charged back (found by the sweep); C4's e-mail is blacklisted; every debit but
+    // C3's is moved 60 days back (test set-up: the quiet period has passed for them).
+    let (_, c2_tx) = ids(&app, "C2").await;
+    raise(&sb, json!({"transaction_id": c2_tx, "event": "chargeback", "reason_code": "MD06", "notify": false})).await;
+    let job = app
+        .enqueue("chargeback_sweep", json!({"account": "main"}))
+        .await;
+    app.finished_runs(&job, Duration::from_secs(30)).await;
+    let mut c = app.db.connect().await;
+    sqlx::query(
+        "INSERT INTO blacklist (kind, value, reason, source) \
+         SELECT 'email', lower(email), 'fraud', 'ops' FROM debtors WHERE reference = 'C4'",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE billing_attempts a SET created_at = a.created_at - interval '60 days' \
+         FROM debtors d WHERE d.id = a.debtor_id AND d.reference <> 'C3'",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+
+    let download = |link: String| {
+        let app = &app;
+        async move {
+            let path = link.split_once("/reports/").unwrap().1.trim().to_string();
+            let r = app
+                .http
+                .get(app.url(&format!("/reports/{path}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let csv = download(cli(&app, &["reports", "clean-debtors", "--format", "csv"]).await).await;
+    for line in [
+        "IBANs debited,5",
+        "First debit not approved,1",
+        "Charged back or refunded,1",
+        "Debited in the last 30 days,1",
+        "Blacklisted,1",
+        "Listed,1 (limit 100000)",
+        "IBANs,masked",
+    ] {
+        assert!(csv.contains(line), "{line} / {csv}");
+    }
+    assert!(
+        csv.contains("first_name,last_name,iban,bic,email,amount"),
+        "{csv}"
+    );
+    let listed: Vec<_> = csv.lines().filter(|l| l.contains("@example.com")).collect();
+    assert_eq!(listed.len(), 1, "{csv}");
+    assert!(
+        listed[0].contains("C1@example.com") && listed[0].contains(",25.00,EUR,main,"),
+        "{}",
+        listed[0]
+    );
+    assert!(listed[0].contains(&finworker::uploads::mask_iban(&iban(1501))));
+    assert!(!csv.contains(&iban(1501)), "masked by default");
+
+    let csv = download(
+        cli(
+            &app,
+            &[
+                "reports",
+                "clean-debtors",
+                "--format",
+                "csv",
+                "--full-iban",
+                "--quiet-days",
+                "90",
+            ],
+        )
+        .await,
+    )
+    .await;
+    // Counted under the first rule that takes each out: C1, C3, C4 are recent now.
+    assert!(csv.contains("Debited in the last 90 days,3"), "{csv}");
+    assert!(csv.contains("Listed,0"), "{csv}");
+    let csv = download(
+        cli(
+            &app,
+            &["reports", "clean-debtors", "--format", "csv", "--full-iban"],
+        )
+        .await,
+    )
+    .await;
+    assert!(csv.contains(&iban(1501)), "whole IBAN when asked: {csv}");
+    let csv = download(
+        cli(
+            &app,
+            &["reports", "clean-debtors", "--format", "csv", "--strict"],
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        csv.contains("Fewer than two approved (strict),1") && csv.contains("Listed,0"),
+        "{csv}"
+    );
+    app.stop().await;
+}

@@ -22,6 +22,9 @@ pub enum FinanceKind {
     BillingRun,
     /// Chargebacks and retrieval requests recorded within `from`..`to`.
     Returns,
+    /// Debtors worth billing again: first debit approved, never charged back, quiet for
+    /// `quiet_days`, on no blacklist; one row per IBAN.
+    CleanDebtors,
 }
 
 /// Payload of `finance_report`.
@@ -48,6 +51,18 @@ pub struct FinanceReport {
     /// `csv` or `xlsx` (default).
     #[serde(default)]
     pub format: Format,
+    /// `clean_debtors`: no debit within this many days (default 30).
+    #[serde(default)]
+    pub quiet_days: Option<u32>,
+    /// `clean_debtors`: at most this many rows (default 100000).
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// `clean_debtors`: only debtors with at least two approved debits.
+    #[serde(default)]
+    pub strict: bool,
+    /// `clean_debtors`: whole IBANs (the list is for billing them) instead of masked ones.
+    #[serde(default)]
+    pub full_iban: bool,
 }
 
 impl Job for FinanceReport {
@@ -63,6 +78,10 @@ impl Job for FinanceReport {
             to: None,
             account: None,
             format: Format::Xlsx,
+            quiet_days: None,
+            limit: None,
+            strict: false,
+            full_iban: false,
         }
     }
 
@@ -82,6 +101,7 @@ impl Job for FinanceReport {
         let kind = match self.kind {
             FinanceKind::BillingRun => "billing_run",
             FinanceKind::Returns => "returns",
+            FinanceKind::CleanDebtors => "clean_debtors",
         };
         let mut tx = ctx.app.db.begin().await?;
         ctx.fence.check(&mut tx).await?;
@@ -103,6 +123,23 @@ impl Job for FinanceReport {
 }
 
 impl FinanceReport {
+    /// A report of `kind` with every option at its default.
+    pub fn new(kind: FinanceKind, format: Format) -> Self {
+        Self {
+            kind,
+            report_id: None,
+            run_id: None,
+            from: None,
+            to: None,
+            account: None,
+            format,
+            quiet_days: None,
+            limit: None,
+            strict: false,
+            full_iban: false,
+        }
+    }
+
     /// The report's id: as given, else derived from the job id (stable across retries).
     fn id(&self, job_id: &str) -> Uuid {
         self.report_id.unwrap_or_else(|| {
@@ -162,6 +199,36 @@ async fn generate(app: &AppContext, id: Uuid, job: &FinanceReport) -> Result<(),
                 date_to: Some(to),
             };
             reports::publish(app, meta, summary, &finance::RETURNS_COLUMNS, rows)
+                .await
+                .map_err(retry)
+        }
+        FinanceKind::CleanDebtors => {
+            let o = finance::CleanOptions {
+                quiet_days: job.quiet_days.unwrap_or(30),
+                limit: job.limit.unwrap_or(100_000),
+                strict: job.strict,
+                account: job.account.clone(),
+                full_iban: job.full_iban,
+            };
+            let (summary, rows) = finance::clean_debtors(&app.db, &o)
+                .await
+                .map_err(|e| retry(e.into()))?;
+            if o.full_iban {
+                tracing::warn!(report_id = %id, rows = rows.len(), "clean-debtors export with whole IBANs written");
+            }
+            let meta = Meta {
+                id,
+                kind: "clean_debtors",
+                format: job.format,
+                name: format!(
+                    "clean-debtors-{}-{}",
+                    job.account.as_deref().unwrap_or("all"),
+                    chrono::Utc::now().format("%Y-%m-%d")
+                ),
+                date_from: None,
+                date_to: None,
+            };
+            reports::publish(app, meta, summary, &finance::CLEAN_COLUMNS, rows)
                 .await
                 .map_err(retry)
         }
