@@ -181,6 +181,13 @@ pub struct SandboxArgs {
     /// Bearer key required from clients.
     #[arg(long, env = "FINWORKER_SANDBOX_API_KEY")]
     pub api_key: Option<String>,
+    /// Genesis: the merchant password required (Basic auth); unset: any credentials.
+    #[arg(
+        long,
+        env = "FINWORKER_SANDBOX_GENESIS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub genesis_password: Option<String>,
     /// Genesis: a repeated transaction_id is refused (error 450) or accepted as a second debit.
     #[arg(long, default_value = "refuse", value_parser = ["refuse", "accept"])]
     pub genesis_duplicates: String,

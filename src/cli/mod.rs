@@ -228,6 +228,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 rate_limit: a.rate_limit,
                 api_key: a.api_key,
                 genesis_duplicates: a.genesis_duplicates,
+                genesis_password: a.genesis_password,
                 ..crate::sandbox::Knobs::default()
             };
             let (addr, _sandbox, handle) = crate::sandbox::serve(&a.bind, knobs, token).await?;

@@ -111,6 +111,7 @@ async fn ops_sign_in_see_a_failed_job_retry_it_and_pause_a_billing_run_in_a_real
             a.rate_limit = 5;
         }
         s.billing.claim_size = 2;
+        s.billing.in_flight = 2;
         s.billing.batch_jobs = 1;
     })
     .await;

@@ -287,6 +287,7 @@ async fn a_billing_run_is_paused_and_resumed_over_the_ops_api_with_every_debtor_
             a.rate_limit = 5;
         }
         s.billing.claim_size = 2;
+        s.billing.in_flight = 2;
         s.billing.batch_jobs = 1;
     })
     .await;

@@ -253,17 +253,25 @@ async fn a_chargeback_after_an_approval_is_processed_and_its_reason_code_blackli
     raise(json!({"transaction_id": tx1, "event": "chargeback", "reason_code": "AC04", "url": hook, "signature": "sha512"})).await;
     raise(json!({"transaction_id": tx2, "event": "retrieval_request", "reason_code": "MD01", "url": hook})).await;
     raise(json!({"transaction_id": tx2, "event": "chargeback", "reason_code": "AM04", "url": hook, "signature": "sha1"})).await;
-    // C2's retrieval request may be processed first and already find it chargebacked at the
-    // gateway: wait for the chargeback rows too, not only the statuses.
-    eventually(Duration::from_secs(30), "chargebacks applied", || async {
-        let got = attempts(&app, run).await;
-        let mut c = app.db.connect().await;
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM chargebacks")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-        (got["C1"] == ["chargebacked"] && got["C2"] == ["chargebacked"] && n == 2).then_some(())
-    })
+    // The three notifications are processed in any order: C2's retrieval request may be
+    // processed first and already find it chargebacked at the gateway, or last. Wait for the
+    // chargeback rows and the retrieval request too, not only the statuses.
+    eventually(
+        Duration::from_secs(30),
+        "chargebacks and the retrieval request applied",
+        || async {
+            let got = attempts(&app, run).await;
+            let mut c = app.db.connect().await;
+            let (n, r): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM chargebacks), (SELECT count(*) FROM retrieval_requests)",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+            (got["C1"] == ["chargebacked"] && got["C2"] == ["chargebacked"] && n == 2 && r >= 1)
+                .then_some(())
+        },
+    )
     .await;
     let cbs: Vec<(String, Option<String>, bool, bool)> = sqlx::query_as(
         "SELECT d.reference, c.reason_code, c.blacklisted, c.deactivated FROM chargebacks c \

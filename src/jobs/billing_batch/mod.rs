@@ -216,8 +216,10 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
         // found nothing left to claim and would wait for them); a drain, a paused or cancelled
         // run and an open breaker release them instead.
         let give_up = draining || breaker_open || halted.is_some();
-        if give_up {
-            // Debits still waiting for the rate limit are withdrawn too.
+        if draining || halted.is_some() {
+            // Debits still waiting for the rate limit are withdrawn too. Not for an open
+            // breaker: the half-open probe may be among them, and without it the breaker
+            // never closes (the others are refused by the breaker at once anyway).
             stop.cancel();
         }
         // Outcomes not yet written bound the sends too: a stalled database stops the calls.
@@ -304,23 +306,33 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
         ));
     }
     if let Some(st) = halted {
-        if st == "paused" {
-            let by: Option<(Option<String>,)> = app
-                .db
-                .begin()
-                .await
-                .map_err(retry)?
-                .fetch_optional(
-                    sqlx::query_as("SELECT paused_by FROM billing_runs WHERE id = $1").bind(run_id),
-                )
-                .await
-                .map_err(retry)?;
-            if matches!(by, Some((Some(ref b),)) if b == "breaker") {
+        // Read again: another batch of the run may have resumed it since (after the breaker
+        // let calls through); leaving now would leave a running run with no batch.
+        let now: Option<(String, Option<String>)> = app
+            .db
+            .begin()
+            .await
+            .map_err(retry)?
+            .fetch_optional(
+                sqlx::query_as("SELECT status, paused_by FROM billing_runs WHERE id = $1")
+                    .bind(run_id),
+            )
+            .await
+            .map_err(retry)?;
+        match now {
+            Some((s, _)) if s == "running" => {
+                return Err(JobError::snooze(
+                    Duration::ZERO,
+                    "billing run resumed; continuing",
+                ));
+            }
+            Some((s, Some(by))) if s == "paused" && by == "breaker" => {
                 return Err(JobError::snooze(
                     Duration::from_millis(500),
                     "run paused by the breaker",
                 ));
             }
+            _ => {}
         }
         tracing::info!(run_id = %run_id, status = %st, "billing batch ends: the run is not running");
         return Ok(());
