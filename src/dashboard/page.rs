@@ -31,11 +31,9 @@ impl Data {
             .collect();
         let mut runs = Vec::new();
         for r in ops::runs(ctx, 10).await? {
-            // A finished run's totals are stored; a live one's are counted now.
-            let totals = match (&r.totals, r.status.as_str()) {
-                (Some(t), "completed" | "cancelled") => t.clone(),
-                _ => ops::run_show(ctx, r.id).await?.now,
-            };
+            // Counted now, also for a finished run: its debits go on settling (async
+            // approvals, chargebacks) after it completes.
+            let totals = ops::run_show(ctx, r.id).await?.now;
             runs.push((r, totals));
         }
         Ok(Self {

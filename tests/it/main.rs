@@ -10,6 +10,7 @@ mod billing_crash;
 mod cli;
 mod crash;
 mod dashboard;
+mod demo;
 mod deployment;
 mod drain;
 mod enqueue;

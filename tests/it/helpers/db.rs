@@ -15,6 +15,14 @@ async fn admin() -> PgConnection {
         .expect("connect to postgres as finworker (run scripts/setup.sh)")
 }
 
+/// Drops a database a test made by other means (the demo's own).
+pub async fn drop_database(name: &str) {
+    let mut conn = admin().await;
+    conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await
+        .unwrap();
+}
+
 fn template_name() -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
