@@ -168,5 +168,36 @@ if [ "${1:-}" = "--with-s3" ]; then
     wait_port $MOTO_PORT moto
   fi
   say "ready: s3 (moto) 127.0.0.1:$MOTO_PORT"
+
+  # A three-primary Redis Cluster on loopback (tests/it/cluster.rs): Debian's redis-server in
+  # cluster mode, no persistence (test data only), no eviction.
+  CLUSTER_DIR=/var/lib/finworker-redis-cluster
+  cluster_ok() { redis-cli -p 7001 cluster info 2>/dev/null | grep -q 'cluster_state:ok'; }
+  if ! cluster_ok; then
+    for p in 7001 7002 7003; do
+      if ! port_open $p; then
+        $SUDO mkdir -p $CLUSTER_DIR/$p
+        $SUDO redis-server --port $p --bind 127.0.0.1 --cluster-enabled yes \
+          --cluster-config-file $CLUSTER_DIR/$p/nodes.conf --dir $CLUSTER_DIR/$p \
+          --save '' --appendonly no --maxmemory-policy noeviction \
+          --daemonize yes --logfile $CLUSTER_DIR/$p/redis.log
+        wait_port $p "redis cluster node $p"
+      fi
+    done
+    # Nodes that came back with their nodes.conf form the cluster again by themselves.
+    for _ in $(seq 1 20); do cluster_ok && break; sleep 0.25; done
+    if ! cluster_ok; then
+      say "creating the redis cluster on 127.0.0.1:7001-7003"
+      for p in 7001 7002 7003; do
+        redis-cli -p $p flushall >/dev/null 2>&1 || true
+        redis-cli -p $p cluster reset hard >/dev/null
+      done
+      redis-cli --cluster create 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003 \
+        --cluster-replicas 0 --cluster-yes >/dev/null
+      for _ in $(seq 1 80); do cluster_ok && break; sleep 0.25; done
+      cluster_ok || { say "the redis cluster did not come up (see $CLUSTER_DIR/*/redis.log)"; exit 1; }
+    fi
+  fi
+  say "ready: redis cluster 127.0.0.1:7001-7003 (3 primaries)"
 fi
 say "ready: postgres 127.0.0.1:$PG_PORT, pgbouncer 127.0.0.1:$BOUNCER_PORT, redis 127.0.0.1:$REDIS_PORT"

@@ -211,8 +211,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// URL without credentials.
+    /// URL without credentials; with `cluster`, seed nodes separated by commas.
     pub url: String,
+    /// Redis Cluster: `url` lists seed nodes; every key of the namespace carries it as a hash
+    /// tag (one slot), so the queue's Lua scripts run unchanged.
+    #[serde(default)]
+    pub cluster: bool,
     /// AUTH password (environment only).
     #[serde(default, serialize_with = "redact")]
     pub password: Option<SecretString>,

@@ -50,7 +50,7 @@ struct Shared {
 /// The Redis side of a shared breaker.
 #[derive(Debug)]
 struct Remote {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::queue::engine::RedisConn,
     /// `<prefix>:breaker:<provider>:<account>`; `:open`, `:trial`, `:probe`, `:opens` below it.
     key: String,
     /// What Redis said last, and when it was asked.

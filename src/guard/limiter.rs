@@ -15,7 +15,9 @@ use std::{
 };
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
+
+use crate::queue::engine::RedisConn;
 
 use super::GuardKey;
 use crate::queue::engine::Engine;
@@ -26,7 +28,7 @@ pub const LATE: Duration = Duration::from_millis(25);
 /// A rate limit shared through Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct SharedLimiter {
-    conn: ConnectionManager,
+    conn: RedisConn,
     key: String,
     spacing_us: u64,
     local: Arc<DefaultDirectRateLimiter>,

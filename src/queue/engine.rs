@@ -9,12 +9,10 @@ use std::{
     time::Duration,
 };
 
-use redis::{
-    AsyncCommands, Client, Script, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
-use secrecy::ExposeSecret;
+use redis::{AsyncCommands, Script, Value};
 use uuid::Uuid;
+
+pub use super::conn::RedisConn;
 
 use crate::config::RedisSettings;
 
@@ -202,8 +200,11 @@ struct Scripts {
 /// pipelined) over one connection that reconnects by itself.
 #[derive(Clone)]
 pub struct Engine {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
+    /// A key of the namespace every script is invoked with: in a cluster it routes the call
+    /// to the node owning the namespace's slot (the scripts build their keys from the prefix).
+    anchor: String,
     scripts: std::sync::Arc<Scripts>,
 }
 
@@ -222,25 +223,12 @@ fn now_ms() -> i64 {
 impl Engine {
     /// Connects (waits for Redis up to `connection_timeout`).
     pub async fn connect(settings: &RedisSettings) -> Result<Self, QueueError> {
-        let mut info = redis::IntoConnectionInfo::into_connection_info(settings.url.as_str())?;
-        if let Some(pw) = &settings.password {
-            let redis = info
-                .redis_settings()
-                .clone()
-                .set_password(pw.expose_secret());
-            info = info.set_redis_settings(redis);
-        }
-        let client = Client::open(info)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(settings.response_timeout))
-            .set_connection_timeout(Some(settings.connection_timeout))
-            // Reconnect quickly after an outage; the worker loops back off on their own.
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let conn = super::conn::connect(settings).await?;
+        let prefix = super::conn::effective_prefix(settings);
         Ok(Self {
             conn,
-            prefix: settings.prefix.clone(),
+            anchor: format!("{prefix}:anchor"),
+            prefix,
             scripts: std::sync::Arc::new(Scripts {
                 push: Script::new(include_str!("lua/push.lua")),
                 fetch: Script::new(include_str!("lua/fetch.lua")),
@@ -277,7 +265,7 @@ impl Engine {
         let mut pending = futures::stream::FuturesOrdered::new();
         for chunk in jobs.chunks(PUSH_CHUNK) {
             let mut inv = self.scripts.push.prepare_invoke();
-            inv.arg(&self.prefix).arg(&ttl);
+            inv.key(&self.anchor).arg(&self.prefix).arg(&ttl);
             for j in chunk {
                 inv.arg(j.id.to_string())
                     .arg(&j.job_type)
@@ -312,6 +300,7 @@ impl Engine {
             .scripts
             .fetch
             .prepare_invoke()
+            .key(&self.anchor)
             .arg(&self.prefix)
             .arg(queue)
             .arg(worker)
@@ -344,6 +333,7 @@ impl Engine {
     ) -> Result<(), QueueError> {
         for chunk in entries.chunks(SETTLE_CHUNK) {
             let mut inv = self.scripts.settle.prepare_invoke();
+            inv.key(&self.anchor);
             inv.arg(&self.prefix).arg(worker);
             for (id, queue, s) in chunk {
                 let (op, delay, err) = match s {
@@ -378,6 +368,7 @@ impl Engine {
             .scripts
             .heartbeat
             .prepare_invoke()
+            .key(&self.anchor)
             .arg(&self.prefix)
             .arg(worker)
             .arg(lease.as_millis() as u64)
@@ -404,6 +395,7 @@ impl Engine {
             .scripts
             .reap
             .prepare_invoke()
+            .key(&self.anchor)
             .arg(&self.prefix)
             .arg(only.unwrap_or(""))
             .arg(except.unwrap_or(""))
@@ -433,7 +425,7 @@ impl Engine {
         }
         let mut c = self.conn.clone();
         let mut inv = self.scripts.recover.prepare_invoke();
-        inv.arg(&self.prefix);
+        inv.key(&self.anchor).arg(&self.prefix);
         for id in ids {
             inv.arg(id);
         }
@@ -508,6 +500,7 @@ impl Engine {
             .scripts
             .stats
             .prepare_invoke()
+            .key(&self.anchor)
             .arg(&self.prefix)
             .arg(queue)
             .invoke_async(&mut c)
@@ -580,14 +573,14 @@ impl Engine {
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
                 .arg(&pattern)
                 .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await?;
+                .arg(1000);
+            // In a cluster, on the node that owns the namespace's slot.
+            let (next, keys): (u64, Vec<String>) = c.query_at(&self.anchor, &scan).await?;
             if !keys.is_empty() {
                 deleted += c.unlink::<_, u64>(keys).await?;
             }
@@ -599,7 +592,7 @@ impl Engine {
     }
 
     /// A raw connection, for tests that write Redis the way a foreign producer would.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod conn;
 pub mod cron;
 pub mod dead_letter;
 pub mod engine;

@@ -8,6 +8,7 @@ mod helpers;
 mod billing;
 mod billing_crash;
 mod cli;
+mod cluster;
 mod crash;
 mod dashboard;
 mod demo;

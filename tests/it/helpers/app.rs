@@ -256,8 +256,17 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        delete_namespace(self.ctx.queue.prefix().to_string());
+        delete_namespace_of(self.settings.redis.clone());
     }
+}
+
+/// Deletes every Redis key of the namespace these settings name (standalone or cluster).
+pub fn delete_namespace_of(redis: finworker::config::RedisSettings) {
+    super::block_on_own_thread(move || async move {
+        if let Ok(e) = finworker::queue::engine::Engine::connect(&redis).await {
+            let _ = e.delete_namespace().await;
+        }
+    });
 }
 
 /// Deletes every Redis key under `prefix`, from a thread of its own (Drop cannot await).

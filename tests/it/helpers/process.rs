@@ -26,6 +26,8 @@ pub fn env_for(s: &Settings) -> Vec<(String, String)> {
         ),
         ("FINWORKER__DATABASE__PASSWORD", PASSWORD.to_string()),
         ("FINWORKER__REDIS__PREFIX", s.redis.prefix.clone()),
+        ("FINWORKER__REDIS__URL", s.redis.url.clone()),
+        ("FINWORKER__REDIS__CLUSTER", s.redis.cluster.to_string()),
         (
             "FINWORKER__STORAGE__LOCAL_ROOT",
             s.storage.local_root.display().to_string(),
