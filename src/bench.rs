@@ -214,3 +214,133 @@ pub fn xlsx_read(path: &std::path::Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Flags of `bench scale`.
+#[derive(Debug, clap::Args)]
+pub struct ScaleBenchArgs {
+    /// Jobs per measurement.
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: usize,
+    /// Worker process counts to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub processes: Vec<usize>,
+    /// `noop` (the queue alone) or `effect` (each job commits one fenced row to Postgres
+    /// through PgBouncer, as real jobs do).
+    #[arg(long, default_value = "noop")]
+    pub job: String,
+    /// Jobs each process runs at once.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+}
+
+/// Redis's CPU seconds (user + sys) and Postgres's commits in the bench database, now.
+async fn server_load(ctx: &crate::context::AppContext) -> anyhow::Result<(f64, i64)> {
+    let mut c = ctx.queue.connection();
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut c).await?;
+    let cpu = info
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split_once(':')?.1.trim().parse::<f64>().ok())
+        .sum();
+    let mut tx = ctx.db.begin().await?;
+    let commits: i64 = tx
+        .scalar(sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        ))
+        .await?;
+    tx.commit().await?;
+    Ok((cpu, commits))
+}
+
+/// `bench scale`: the same jobs run by 1, 2, 4… `finworker run` processes sharing one Redis
+/// and one Postgres through PgBouncer; prints jobs/s with Redis's CPU and Postgres's commits
+/// per second beside them (where the next limit is).
+pub async fn scale(mut settings: Settings, args: ScaleBenchArgs) -> anyhow::Result<()> {
+    db::migrate(&settings.database, settings.database_password()).await?;
+    let (job_type, payload) = match args.job.as_str() {
+        "noop" => ("noop", "{}".to_string()),
+        "effect" => ("test_job", r#"{"label":"bench","effect":true}"#.to_string()),
+        other => anyhow::bail!("--job {other}: use noop or effect"),
+    };
+    settings.worker.allow_test_jobs = true;
+    let base_prefix = settings.redis.prefix.clone();
+    let exe = std::env::current_exe()?;
+    println!(
+        "bench scale: {} `{}` jobs per measurement, {} per process at once, {} cores, one Redis, one Postgres through PgBouncer",
+        args.jobs,
+        args.job,
+        args.concurrency,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:>9} {:>10} {:>9} {:>16} {:>18}",
+        "processes", "jobs/s", "seconds", "redis cpu (cores)", "postgres commits/s"
+    );
+    for &k in &args.processes {
+        let mut s = settings.clone();
+        s.redis.prefix = format!("{base_prefix}:scale:{}", uuid::Uuid::new_v4().simple());
+        let ctx = startup::build_context(s.clone()).await?;
+        let jobs: Vec<NewJob> = (0..args.jobs)
+            .map(|_| NewJob::new(job_type, &payload))
+            .collect();
+        ctx.queue
+            .push(&jobs, ctx.settings.worker.idempotency_ttl)
+            .await?;
+        drop(jobs);
+        let (cpu0, commits0) = server_load(&ctx).await?;
+        let t0 = Instant::now();
+        let mut children = Vec::new();
+        for _ in 0..k {
+            children.push(
+                tokio::process::Command::new(&exe)
+                    .args(["run", "--no-http"])
+                    .env("FINWORKER__REDIS__PREFIX", &s.redis.prefix)
+                    .env("FINWORKER__WORKER__ALLOW_TEST_JOBS", "true")
+                    .env(
+                        format!("FINWORKER__QUEUES__{}__CONCURRENCY", job_type.to_uppercase()),
+                        args.concurrency.to_string(),
+                    )
+                    // The built-in schedules would add their own jobs to the measurement.
+                    .env("FINWORKER__SWEEPER__ENABLED", "false")
+                    .env("FINWORKER__RETENTION__SCHEDULE", "")
+                    .env("FINWORKER__BILLING__RECURRING", "false")
+                    .stdout(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()?,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            let st = ctx.queue.stats(job_type).await?;
+            if st.waiting + st.scheduled + st.in_flight == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "not done in 15 minutes: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let (cpu1, commits1) = server_load(&ctx).await?;
+        for c in &mut children {
+            if let Some(pid) = c.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for c in &mut children {
+            let _ = tokio::time::timeout(Duration::from_secs(30), c.wait()).await;
+        }
+        ctx.queue.delete_namespace().await?;
+        println!(
+            "{k:>9} {:>10.0} {secs:>9.1} {:>17.2} {:>18.0}",
+            args.jobs as f64 / secs,
+            (cpu1 - cpu0) / secs,
+            (commits1 - commits0) as f64 / secs
+        );
+    }
+    Ok(())
+}

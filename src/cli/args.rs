@@ -378,6 +378,8 @@ pub enum JobsCommand {
 pub enum BenchCommand {
     /// Enqueue and process no-op jobs through the real Redis; prints rates beside redis-benchmark.
     Queue(bench::QueueBenchArgs),
+    /// The same jobs run by 1, 2, 4… worker processes sharing one Redis and one Postgres.
+    Scale(bench::ScaleBenchArgs),
     /// Read every cell of an XLSX with calamine alone (the reference for upload figures).
     XlsxRead {
         /// The workbook.

@@ -138,6 +138,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             let settings = load().await?;
             bench::queue(settings, args).await
         }
+        Command::Bench(BenchCommand::Scale(args)) => {
+            let settings = load().await?;
+            bench::scale(settings, args).await
+        }
         Command::Demo(args) => {
             let settings = load().await?;
             demo::run(settings, args).await
