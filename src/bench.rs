@@ -293,9 +293,10 @@ pub async fn scale(mut settings: Settings, args: ScaleBenchArgs) -> anyhow::Resu
         for _ in 0..k {
             children.push(
                 tokio::process::Command::new(&exe)
-                    .args(["run", "--no-http"])
+                    .args(["run", "--no-http", "--queues", job_type])
                     .env("FINWORKER__REDIS__PREFIX", &s.redis.prefix)
                     .env("FINWORKER__WORKER__ALLOW_TEST_JOBS", "true")
+                    .env("FINWORKER__LOG__LEVEL", "error")
                     .env(
                         format!("FINWORKER__QUEUES__{}__CONCURRENCY", job_type.to_uppercase()),
                         args.concurrency.to_string(),
@@ -314,6 +315,11 @@ pub async fn scale(mut settings: Settings, args: ScaleBenchArgs) -> anyhow::Resu
             let st = ctx.queue.stats(job_type).await?;
             if st.waiting + st.scheduled + st.in_flight == 0 {
                 break;
+            }
+            for c in &mut children {
+                if let Some(status) = c.try_wait()? {
+                    anyhow::bail!("a worker process exited ({status}) before the jobs were done");
+                }
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
