@@ -298,7 +298,10 @@ pub async fn scale(mut settings: Settings, args: ScaleBenchArgs) -> anyhow::Resu
                     .env("FINWORKER__WORKER__ALLOW_TEST_JOBS", "true")
                     .env("FINWORKER__LOG__LEVEL", "error")
                     .env(
-                        format!("FINWORKER__QUEUES__{}__CONCURRENCY", job_type.to_uppercase()),
+                        format!(
+                            "FINWORKER__QUEUES__{}__CONCURRENCY",
+                            job_type.to_uppercase()
+                        ),
                         args.concurrency.to_string(),
                     )
                     // The built-in schedules would add their own jobs to the measurement.
@@ -321,10 +324,7 @@ pub async fn scale(mut settings: Settings, args: ScaleBenchArgs) -> anyhow::Resu
                     anyhow::bail!("a worker process exited ({status}) before the jobs were done");
                 }
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "not done in 15 minutes: {st:?}"
-            );
+            anyhow::ensure!(Instant::now() < deadline, "not done in 15 minutes: {st:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let secs = t0.elapsed().as_secs_f64();

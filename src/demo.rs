@@ -40,6 +40,9 @@ pub struct DemoArgs {
     /// Stop after the summary instead of serving the dashboard until Ctrl-C.
     #[arg(long)]
     pub exit: bool,
+    /// Write the daemon's metrics (Prometheus text) to this file after the summary.
+    #[arg(long)]
+    pub metrics_out: Option<std::path::PathBuf>,
 }
 
 /// One line of the final summary: stage, what came out, seconds.
@@ -604,6 +607,10 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     println!("   {:<12} {:>7}  result", "stage", "seconds");
     for (stage, what, secs) in &summary {
         println!("   {stage:<12} {secs:>7.1}  {what}");
+    }
+    if let Some(path) = &args.metrics_out {
+        std::fs::write(path, ctx.metrics.render())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     let dashboard = format!("http://{addr}/dashboard");
     if args.exit {

@@ -34,6 +34,31 @@ pub struct ProviderLabels {
     pub outcome: String,
 }
 
+/// Labels of a count by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What happened.
+    pub outcome: String,
+}
+
+/// Labels of VOP/BAV result series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// `vop` or `bav`.
+    pub check: String,
+    /// The result (match, close_match, no_match, valid, closed…).
+    pub result: String,
+}
+
+/// Labels of billing series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DebitLabels {
+    /// Gateway account.
+    pub account: String,
+    /// The gateway's first answer: approved, declined, pending_async, error, unknown…
+    pub outcome: String,
+}
+
 /// Labels of retention series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PrunedLabels {
@@ -155,6 +180,18 @@ pub struct Metrics {
     pub sweeper_redrives: Family<QueueLabels, Counter>,
     /// Rows and objects removed by the retention job.
     pub pruned: Family<PrunedLabels, Counter>,
+    /// Upload rows settled, by outcome (imported, duplicate, rejected).
+    pub upload_rows: Family<OutcomeLabels, Counter>,
+    /// Debtors validated, by outcome (valid, invalid).
+    pub validated: Family<OutcomeLabels, Counter>,
+    /// VOP/BAV results, by check and result.
+    pub vop_results: Family<CheckLabels, Counter>,
+    /// Debits sent, by account and the gateway's first answer.
+    pub debits: Family<DebitLabels, Counter>,
+    /// Their amounts in minor units.
+    pub debit_amount: Family<DebitLabels, Counter>,
+    /// Seconds callers waited for a provider account's shared rate limit.
+    pub rate_limit_wait: Family<BreakerLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Times the scrape-time gauges were read from Redis and Postgres.
     pub gauge_refreshes: Counter,
     /// When the scrape-time gauges were last read (see `http.metrics_refresh`).
@@ -248,6 +285,18 @@ impl Metrics {
                     effect: effect.into(),
                 });
             }
+            for outcome in ["approved", "declined", "pending_async", "error", "unknown"] {
+                let l = DebitLabels {
+                    account: account.clone(),
+                    outcome: outcome.into(),
+                };
+                let _ = self.debits.get_or_create(&l);
+                let _ = self.debit_amount.get_or_create(&l);
+            }
+            let _ = self.rate_limit_wait.get_or_create(&BreakerLabels {
+                provider: "genesis".into(),
+                account: account.clone(),
+            });
             for kind in [
                 "corrected",
                 "repaired",
@@ -299,6 +348,67 @@ impl Metrics {
                 });
             }
         }
+        for (check, results) in [
+            (
+                "vop",
+                &["match", "close_match", "no_match", "not_possible", "error"][..],
+            ),
+            (
+                "bav",
+                &[
+                    "valid",
+                    "closed",
+                    "no_direct_debit",
+                    "not_possible",
+                    "error",
+                ][..],
+            ),
+        ] {
+            for r in results {
+                let _ = self.vop_results.get_or_create(&CheckLabels {
+                    check: check.into(),
+                    result: (*r).into(),
+                });
+            }
+        }
+        // The sweeper's re-drives, by stage (the upload pipeline's, and billing runs).
+        for stage in [
+            "split",
+            "import",
+            "validation",
+            "verification",
+            "report",
+            "billing",
+        ] {
+            let _ = self.sweeper_redrives.get_or_create(&QueueLabels {
+                queue: stage.into(),
+            });
+        }
+        for what in [
+            "job_runs",
+            "reports",
+            "staged_objects",
+            "deliveries_deleted",
+            "deliveries_stripped",
+        ] {
+            let _ = self
+                .pruned
+                .get_or_create(&PrunedLabels { what: what.into() });
+        }
+        for outcome in ["imported", "duplicate", "rejected"] {
+            let _ = self.upload_rows.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
+        }
+        for outcome in ["valid", "invalid"] {
+            let _ = self.validated.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
+        }
+        let _ = self.rate_limit_wait.get_or_create(&BreakerLabels {
+            provider: vop_provider.to_string(),
+            account: "default".into(),
+        });
         for outcome in VOP_OUTCOMES {
             let _ = self.provider_requests.get_or_create(&ProviderLabels {
                 provider: vop_provider.to_string(),
@@ -323,6 +433,12 @@ impl Metrics {
             leases_lost: Counter::default(),
             sweeper_redrives: Family::default(),
             pruned: Family::default(),
+            upload_rows: Family::default(),
+            validated: Family::default(),
+            vop_results: Family::default(),
+            debits: Family::default(),
+            debit_amount: Family::default(),
+            rate_limit_wait: Family::default(),
             gauge_refreshes: Counter::default(),
             gauges_refreshed: tokio::sync::Mutex::new(None),
             duration: Family::new_with_constructor(duration_histogram),
@@ -390,6 +506,36 @@ impl Metrics {
             "chargebacks",
             "Chargebacks recorded, by account and what the reason-code policy did (blacklisted, deactivated, retry)",
             m.chargebacks.clone(),
+        );
+        r.register(
+            "upload_rows",
+            "Upload rows settled, by outcome (imported, duplicate, rejected): every row is one of them",
+            m.upload_rows.clone(),
+        );
+        r.register(
+            "debtors_validated",
+            "Debtors validated, by outcome (valid, invalid)",
+            m.validated.clone(),
+        );
+        r.register(
+            "vop_results",
+            "VOP name checks and BAV account checks, by check and result",
+            m.vop_results.clone(),
+        );
+        r.register(
+            "billing_debits",
+            "Debits sent, by gateway account and the gateway's first answer (later changes: finworker_transaction_events_total)",
+            m.debits.clone(),
+        );
+        r.register(
+            "billing_debit_amount_minor",
+            "Amounts of the debits sent, in minor units, by gateway account and first answer",
+            m.debit_amount.clone(),
+        );
+        r.register(
+            "rate_limit_wait_seconds",
+            "Seconds spent waiting for a provider account's shared rate limit",
+            m.rate_limit_wait.clone(),
         );
         r.register(
             "retention_pruned",
@@ -510,6 +656,32 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+
+    /// Counts validated debtors.
+    pub fn count_validated(&self, valid: impl TryInto<u64>, invalid: impl TryInto<u64>) {
+        for (outcome, n) in [
+            ("valid", valid.try_into().unwrap_or(0)),
+            ("invalid", invalid.try_into().unwrap_or(0)),
+        ] {
+            self.validated
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a debit sent and its amount by the gateway's first answer.
+    pub fn count_debit(&self, account: &str, outcome: &str, amount_minor: i64) {
+        let labels = DebitLabels {
+            account: account.into(),
+            outcome: outcome.into(),
+        };
+        self.debits.get_or_create(&labels).inc();
+        self.debit_amount
+            .get_or_create(&labels)
+            .inc_by(u64::try_from(amount_minor).unwrap_or(0));
     }
 
     /// Counts what a retention pass removed.

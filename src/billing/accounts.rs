@@ -91,7 +91,8 @@ impl Accounts {
                 provider: gw.name(),
                 account: name.clone(),
             };
-            let limiter = SharedLimiter::new(queue, &key, a.rate_limit);
+            let limiter =
+                SharedLimiter::new(queue, &key, a.rate_limit).with_metrics(metrics.clone());
             let breaker = Breaker::shared(key, &breaker_policy(a), metrics.clone(), queue);
             m.insert(
                 name.clone(),

@@ -33,6 +33,9 @@ pub struct SharedLimiter {
     spacing_us: u64,
     local: Arc<DefaultDirectRateLimiter>,
     script: Arc<Script>,
+    /// Where the time spent waiting is counted (`finworker_rate_limit_wait_seconds_total`).
+    waits: Option<(Arc<crate::metrics::Metrics>, crate::metrics::BreakerLabels)>,
+    labels: crate::metrics::BreakerLabels,
 }
 
 impl std::fmt::Debug for SharedLimiter {
@@ -61,7 +64,18 @@ impl SharedLimiter {
             spacing_us: 1_000_000 * 50 / (u64::from(rate.get()) * 49),
             local: Arc::new(RateLimiter::direct(Quota::per_second(rate))),
             script: Arc::new(Script::new(include_str!("limiter.lua"))),
+            waits: None,
+            labels: crate::metrics::BreakerLabels {
+                provider: key.provider.to_string(),
+                account: key.account.clone(),
+            },
         }
+    }
+
+    /// Counts the time callers wait in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.waits = Some((metrics, self.labels.clone()));
+        self
     }
 
     /// Waits until this process may send one request.
@@ -71,6 +85,17 @@ impl SharedLimiter {
     /// stall ends, and the provider counts that burst. A slot is kept when it is at most
     /// [`LATE`] behind, which bounds any 1-second window at the limit plus `LATE × rate`.
     pub async fn acquire(&self) -> Result<(), redis::RedisError> {
+        let entered = Instant::now();
+        let r = self.acquire_slot().await;
+        if let Some((m, labels)) = &self.waits {
+            m.rate_limit_wait
+                .get_or_create(labels)
+                .inc_by(entered.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    async fn acquire_slot(&self) -> Result<(), redis::RedisError> {
         self.local.until_ready().await;
         loop {
             let mut conn = self.conn.clone();

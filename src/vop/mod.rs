@@ -253,7 +253,8 @@ impl Verifier {
         metrics: Arc<Metrics>,
     ) -> Self {
         let key = GuardKey::single(provider.name());
-        let limiter = SharedLimiter::new(queue, &key, settings.rate_limit);
+        let limiter =
+            SharedLimiter::new(queue, &key, settings.rate_limit).with_metrics(metrics.clone());
         let breaker = Breaker::shared(key, &breaker_policy(settings), metrics.clone(), queue);
         Self {
             provider,

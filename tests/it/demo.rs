@@ -14,6 +14,8 @@ async fn a_small_demo_runs_the_whole_pipeline_and_its_summary_says_what_happened
     );
     let settings = app.settings.clone();
     let db = name.clone();
+    let metrics_file = tempfile::NamedTempFile::new().unwrap();
+    let metrics_path = metrics_file.path().display().to_string();
     let out = tokio::task::spawn_blocking(move || {
         command(
             &settings,
@@ -28,6 +30,8 @@ async fn a_small_demo_runs_the_whole_pipeline_and_its_summary_says_what_happened
                 "127.0.0.1:0",
                 "--database",
                 &db,
+                "--metrics-out",
+                &metrics_path,
             ],
         )
         .env("FINWORKER__LOG__LEVEL", "warn")
@@ -80,4 +84,42 @@ async fn a_small_demo_runs_the_whole_pipeline_and_its_summary_says_what_happened
         "the ledger agrees with the gateway: {sync}"
     );
     assert!(stdout.contains("daemon drained and stopped"), "{stdout}");
+
+    // Every stage is visible in /metrics: the series ops graph moved during the demo.
+    let metrics = std::fs::read_to_string(metrics_file.path()).unwrap();
+    let total = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for series in [
+        "finworker_jobs_succeeded_total",
+        "finworker_jobs_dead_total",
+        "finworker_upload_rows_total{outcome=\"imported\"}",
+        "finworker_upload_rows_total{outcome=\"duplicate\"}",
+        "finworker_upload_rows_total{outcome=\"rejected\"}",
+        "finworker_debtors_validated_total{outcome=\"valid\"}",
+        "finworker_debtors_validated_total{outcome=\"invalid\"}",
+        "finworker_vop_results_total{check=\"vop\"",
+        "finworker_vop_results_total{check=\"bav\"",
+        "finworker_provider_requests_total",
+        "finworker_billing_debits_total{account=\"demo\",outcome=\"approved\"}",
+        "finworker_billing_debit_amount_minor_total{account=\"demo\",outcome=\"approved\"}",
+        "finworker_rate_limit_wait_seconds_total",
+        "finworker_webhook_deliveries_total{provider=\"emp\",verdict=\"accepted\"}",
+        "finworker_transaction_events_total{source=\"webhook\"",
+        "finworker_chargebacks_total{account=\"demo\"",
+    ] {
+        assert!(total(series) > 0.0, "{series} did not move:\n{metrics}");
+    }
+    for present in [
+        "finworker_breaker_state{",
+        "finworker_open_attempts{",
+        "finworker_retention_pruned_total",
+        "finworker_sweeper_redrives_total",
+    ] {
+        assert!(metrics.contains(present), "{present} missing");
+    }
 }

@@ -231,8 +231,18 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
             } else {
                 let account: Arc<Account> = account.clone();
                 let stop = stop.clone();
+                let metrics = app.metrics.clone();
                 flying.spawn(async move {
                     let sent = debit::send(&account, &c, window, &stop).await;
+                    let outcome = match &sent {
+                        debit::Sent::Answer(a) => Some(a.status.as_str()),
+                        debit::Sent::Failed(crate::gateway::CallError::Refused(_)) => Some("error"),
+                        debit::Sent::Failed(_) => Some("unknown"),
+                        debit::Sent::NotSent(_) => None,
+                    };
+                    if let Some(o) = outcome {
+                        metrics.count_debit(&account.name, o, c.debit.amount_minor);
+                    }
                     (c.attempt_id, sent)
                 });
             }

@@ -572,6 +572,19 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     })?;
     tx.commit().await?;
     tracing::debug!(upload_id = %id, chunk_no, ?c, "chunk imported");
+    let m = &ctx.app.metrics;
+    for (outcome, n) in [
+        ("imported", c.imported),
+        ("duplicate", c.duplicates),
+        ("rejected", c.rejected),
+    ] {
+        m.upload_rows
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .inc_by(u64::try_from(n).unwrap_or(0));
+    }
+    m.count_validated(c.valid, c.invalid);
     Ok(outcome)
 }
 

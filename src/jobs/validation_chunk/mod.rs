@@ -191,6 +191,7 @@ async fn validate(app: &AppContext, job: &ValidationChunk) -> Result<Done, JobEr
     }
     tx.commit().await.map_err(retry)?;
     tracing::debug!(upload_id = %id, chunk_no, valid, invalid, "chunk validated");
+    app.metrics.count_validated(valid, invalid);
     if finished {
         tracing::info!(upload_id = %id, "upload validated");
         Ok(Done::Upload)

@@ -503,6 +503,20 @@ async fn save(
     )
     .await?;
     tx.commit().await?;
+    for x in a {
+        for (check, result) in [
+            ("vop", x.payee.result.as_str()),
+            ("bav", x.account.result.as_str()),
+        ] {
+            app.metrics
+                .vop_results
+                .get_or_create(&crate::metrics::CheckLabels {
+                    check: check.into(),
+                    result: result.into(),
+                })
+                .inc();
+        }
+    }
     Ok(())
 }
 
