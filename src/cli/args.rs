@@ -76,6 +76,9 @@ pub enum Command {
     /// Stored webhook deliveries: list, replay.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Circuit breakers, rate limits and chargeback-guard holds of every provider account, as
+    /// all processes see them.
+    Guards,
     /// Run one retention pass now (what the `retention` job does on `retention.schedule`):
     /// old job_runs, report files, staged chunks and delivered webhooks.
     Prune,
@@ -146,6 +149,12 @@ pub struct UploadArgs {
 /// `uploads` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum UploadsCommand {
+    /// The latest uploads, newest first, with status and progress.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
     /// Status, progress (chunks, rows/s, ETA), totals and the first rejected rows.
     Show {
         /// Upload id.
@@ -302,6 +311,12 @@ pub enum ReportsCommand {
         /// csv or xlsx.
         #[arg(long, default_value = "xlsx")]
         format: String,
+    },
+    /// The latest reports, newest first, with a fresh link for each ready one.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
     },
     /// Print a signed download link (valid for reports.link_ttl, or --ttl).
     Link {

@@ -177,6 +177,27 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Uploads(UploadsCommand::List { limit }) => {
+            let ctx = startup::build_context(load().await?).await?;
+            for u in crate::ops::uploads(&ctx, limit).await? {
+                let r = &u.record;
+                println!(
+                    "{}  {:<10} {:>5.1}%  {} rows: {} imported, {} duplicate, {} rejected; {} valid, {} invalid  {}  {}",
+                    r.id,
+                    r.status,
+                    u.progress.percent,
+                    r.rows_seen,
+                    r.rows_imported,
+                    r.rows_duplicate,
+                    r.rows_rejected,
+                    r.rows_valid,
+                    r.rows_invalid,
+                    r.created_at.format("%Y-%m-%d %H:%M"),
+                    r.file_name
+                );
+            }
+            Ok(())
+        }
         Command::Uploads(UploadsCommand::Show { id, rejects, json }) => {
             let ctx = startup::build_context(load().await?).await?;
             let rec = uploads::get(&ctx.db, id)
@@ -246,6 +267,28 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Reconcile { run } => lifecycle::reconcile(run).await,
         Command::Ledger(cmd) => lifecycle::ledger_command(cmd).await,
         Command::Webhooks(cmd) => lifecycle::webhooks_command(cmd).await,
+        Command::Guards => {
+            let ctx = startup::build_context(load().await?).await?;
+            println!(
+                "{:<12} {:<16} {:<8} {:<10} {:>10}  hold",
+                "provider", "account", "calls", "breaker", "rate"
+            );
+            for g in crate::ops::guards(&ctx).await? {
+                println!(
+                    "{:<12} {:<16} {:<8} {:<10} {:>6} r/s  {}",
+                    g.provider,
+                    g.account,
+                    g.kind,
+                    match g.open_for_seconds {
+                        Some(s) => format!("{} {s:.0}s", g.breaker),
+                        None => g.breaker.to_string(),
+                    },
+                    g.rate_limit,
+                    g.hold_reason.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
         Command::Prune => {
             let ctx = startup::build_context(load().await?).await?;
             let p = crate::retention::run(&ctx).await?;

@@ -91,6 +91,21 @@ pub(super) async fn reports_command(cmd: ReportsCommand) -> anyhow::Result<()> {
             .await?;
             wait_and_link(&ctx, id).await?;
         }
+        ReportsCommand::List { limit } => {
+            for r in crate::ops::reports(&ctx, limit).await? {
+                let rec = &r.report;
+                println!(
+                    "{}  {:<13} {:<4} {:<8} {:>8} rows  {}  {}",
+                    rec.id,
+                    rec.kind,
+                    rec.format,
+                    rec.status,
+                    rec.rows.map_or("-".into(), |n| n.to_string()),
+                    rec.created_at.format("%Y-%m-%d %H:%M"),
+                    r.download_url.as_deref().unwrap_or("")
+                );
+            }
+        }
         ReportsCommand::Show { id } => {
             let r = crate::reports::get(&ctx.db, id)
                 .await?

@@ -255,3 +255,55 @@ async fn retention_prunes_what_is_old_keeps_what_is_referred_to_or_recent_and_re
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn the_cli_lists_uploads_reports_and_the_guards_of_every_provider_account() {
+    let sb = crate::verification::sandbox(crate::billing::sandbox_knobs()).await;
+    let app = crate::helpers::spawn_app_with(|s| crate::billing::billing(s, &sb)).await;
+    let upload =
+        crate::billing::validated_upload(&app, &[("L1".into(), crate::billing::iban(9101), 1200)])
+            .await;
+    let out = cli(&app, &["uploads", "list"]).await;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&upload.to_string()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("completed") && line.contains("1 imported") && line.contains("1 valid"),
+        "{line}"
+    );
+
+    let id = uuid::Uuid::now_v7();
+    let mut c = app.db.connect().await;
+    exec(
+        &mut c,
+        format!(
+            "INSERT INTO reports (id, kind, format, status, object_key, file_name, rows, finished_at) \
+             VALUES ('{id}', 'returns', 'csv', 'ready', 'reports/x.csv', 'x.csv', 3, now())"
+        ),
+    )
+    .await;
+    let out = cli(&app, &["reports", "list"]).await;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&id.to_string()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("returns") && line.contains("ready") && line.contains("3 rows"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("/reports/{id}/download?expires=")),
+        "a fresh link: {line}"
+    );
+
+    let out = cli(&app, &["guards"]).await;
+    let main = out
+        .lines()
+        .find(|l| l.contains(" main "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        main.starts_with("genesis") && main.contains("closed") && main.contains("500 r/s"),
+        "{main}"
+    );
+}
