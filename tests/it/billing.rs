@@ -116,6 +116,14 @@ pub async fn wait_run(app: &TestApp, id: Uuid, limit: Duration) -> run::RunRow {
     .await
 }
 
+/// Attempt rows of a run now.
+pub async fn attempt_count(app: &TestApp, run: Uuid) -> i64 {
+    app.scalar(&format!(
+        "SELECT count(*) FROM billing_attempts WHERE run_id = '{run}'"
+    ))
+    .await
+}
+
 pub async fn ledger(sb: &SandboxServer) -> Ledger {
     sb.sandbox.ledger()
 }

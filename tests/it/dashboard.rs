@@ -10,7 +10,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 use crate::{
-    billing::{billing, iban, sandbox_knobs, start_run, validated_upload, wait_run},
+    billing::{attempt_count, billing, iban, sandbox_knobs, start_run, validated_upload, wait_run},
     helpers::{app::OPS_TOKEN, eventually, spawn_app_with},
     verification::sandbox,
 };
@@ -193,12 +193,7 @@ async fn ops_sign_in_see_a_failed_job_retry_it_and_pause_a_billing_run_in_a_real
     // The run shows progress; Pause stops it, and the page says so.
     let run = start_run(&app, upload, "main", "legacy").await;
     eventually(Duration::from_secs(20), "run running", || async {
-        (app.scalar(&format!(
-            "SELECT count(*) FROM billing_attempts WHERE run_id = '{run}'"
-        ))
-        .await
-            > 0)
-        .then_some(())
+        (attempt_count(&app, run).await > 0).then_some(())
     })
     .await;
     c.goto(&page).await.unwrap();
@@ -222,11 +217,7 @@ async fn ops_sign_in_see_a_failed_job_retry_it_and_pause_a_billing_run_in_a_real
         .await;
     assert_eq!(status, 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let held = app
-        .scalar(&format!(
-            "SELECT count(*) FROM billing_attempts WHERE run_id = '{run}'"
-        ))
-        .await;
+    let held = attempt_count(&app, run).await;
     assert!(held < 40, "the run finished before the browser paused it");
     let debited = sb.sandbox.ledger().debits.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -237,11 +228,7 @@ async fn ops_sign_in_see_a_failed_job_retry_it_and_pause_a_billing_run_in_a_real
     );
     // Debits claimed ahead and not sent are released (their attempt rows go): none is added.
     assert!(
-        app.scalar(&format!(
-            "SELECT count(*) FROM billing_attempts WHERE run_id = '{run}'"
-        ))
-        .await
-            <= held,
+        attempt_count(&app, run).await <= held,
         "a paused run went on claiming"
     );
 

@@ -69,6 +69,19 @@ async fn lose_answer(app: &TestApp, attempt: i64) {
     .unwrap();
 }
 
+/// Downloads a report through the signed link a CLI command printed (its last line).
+async fn download(app: &TestApp, link: String) -> String {
+    let path = link.split_once("/reports/").unwrap().1.trim().to_string();
+    let r = app
+        .http
+        .get(app.url(&format!("/reports/{path}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
 async fn one_debtor_run(app: &TestApp, rows: &[(&str, u32, i64)]) -> Uuid {
     let rows: Vec<(String, String, i64)> = rows
         .iter()
@@ -752,20 +765,7 @@ async fn finance_downloads_list_a_runs_attempts_and_the_periods_returns_with_iba
         .await;
     app.finished_runs(&job, Duration::from_secs(30)).await;
 
-    let download = |link: String| {
-        let app = &app;
-        async move {
-            let path = link.split_once("/reports/").unwrap().1.trim().to_string();
-            let r = app
-                .http
-                .get(app.url(&format!("/reports/{path}")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.text().await.unwrap()
-        }
-    };
+    let download = |link: String| download(&app, link);
     let out = cli(
         &app,
         &[
@@ -854,20 +854,7 @@ async fn the_clean_debtors_export_lists_each_quiet_never_returned_unblacklisted_
     .await
     .unwrap();
 
-    let download = |link: String| {
-        let app = &app;
-        async move {
-            let path = link.split_once("/reports/").unwrap().1.trim().to_string();
-            let r = app
-                .http
-                .get(app.url(&format!("/reports/{path}")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.text().await.unwrap()
-        }
-    };
+    let download = |link: String| download(&app, link);
     let csv = download(cli(&app, &["reports", "clean-debtors", "--format", "csv"]).await).await;
     for line in [
         "IBANs debited,5",

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, time::Duration};
 use serde_json::{Value, json};
 
 use crate::{
-    billing::{billing, iban, sandbox_knobs, start_run, validated_upload, wait_run},
+    billing::{attempt_count, billing, iban, sandbox_knobs, start_run, validated_upload, wait_run},
     helpers::{
         app::{OPS_TOKEN, TOKEN, TestApp},
         eventually, spawn_app, spawn_app_with,
@@ -297,12 +297,7 @@ async fn a_billing_run_is_paused_and_resumed_over_the_ops_api_with_every_debtor_
     let upload = validated_upload(&app, &rows).await;
     let run = start_run(&app, upload, "main", "legacy").await;
     eventually(Duration::from_secs(20), "first debits", || async {
-        (app.scalar(&format!(
-            "SELECT count(*) FROM billing_attempts WHERE run_id = '{run}'"
-        ))
-        .await
-            > 0)
-        .then_some(())
+        (attempt_count(&app, run).await > 0).then_some(())
     })
     .await;
     let (status, body) = ops(&app, "POST", &format!("/api/ops/runs/{run}/pause"), None).await;
@@ -310,11 +305,7 @@ async fn a_billing_run_is_paused_and_resumed_over_the_ops_api_with_every_debtor_
     // Calls already made finish, debits waiting for the rate limit are withdrawn (within the
     // batch's 500 ms status check); then nothing moves.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let held = app
-        .scalar(&format!(
-            "SELECT count(*) FROM billing_attempts WHERE run_id = '{run}'"
-        ))
-        .await;
+    let held = attempt_count(&app, run).await;
     let debited = sb.sandbox.ledger().debits.len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -323,11 +314,7 @@ async fn a_billing_run_is_paused_and_resumed_over_the_ops_api_with_every_debtor_
         "a paused run went on debiting"
     );
     assert!(
-        app.scalar(&format!(
-            "SELECT count(*) FROM billing_attempts WHERE run_id = '{run}'"
-        ))
-        .await
-            <= held,
+        attempt_count(&app, run).await <= held,
         "a paused run went on claiming"
     );
     assert!(debited < 30, "the run finished before it could be paused");
