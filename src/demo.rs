@@ -131,7 +131,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let ops_token = format!("demo-ops-{}", uuid::Uuid::new_v4().simple());
     settings.http.ops_token = Some(SecretString::from(ops_token.clone()));
     // The gateway notifies the receiver of this daemon.
-    settings.gateway.notification_url = format!("http://{listen}/api/webhooks/emp/demo");
+    settings.gateway.notification_url = format!("http://{listen}/api/webhooks/emp/{{account}}");
     settings.queues.insert(
         "test_job".into(),
         QueueOverrides {

@@ -279,6 +279,13 @@ fn answer_of(r: ResponseXml) -> Result<Answer, String> {
     })
 }
 
+/// The notification URL sent with account `name`'s debits: `{account}` in the setting is
+/// replaced by the account's name, so one setting serves the receiver route of every account
+/// (`…/api/webhooks/emp/{account}`). Empty: none.
+fn notification_url(setting: &str, name: &str) -> Option<String> {
+    (!setting.is_empty()).then(|| setting.replace("{account}", name))
+}
+
 impl GenesisClient {
     /// A client of account `name`.
     pub fn new(
@@ -311,7 +318,7 @@ impl GenesisClient {
             base: base.to_string(),
             username: a.username.clone(),
             password: a.password.clone(),
-            notification_url: (!s.notification_url.is_empty()).then(|| s.notification_url.clone()),
+            notification_url: notification_url(&s.notification_url, name),
             descriptor,
         })
     }
@@ -505,6 +512,24 @@ impl Gateway for GenesisClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_account_gets_its_own_notification_url() {
+        let setting = "https://worker.example/api/webhooks/emp/{account}";
+        assert_eq!(
+            notification_url(setting, "main").as_deref(),
+            Some("https://worker.example/api/webhooks/emp/main")
+        );
+        assert_eq!(
+            notification_url(setting, "eu_2").as_deref(),
+            Some("https://worker.example/api/webhooks/emp/eu_2")
+        );
+        assert_eq!(
+            notification_url("https://fixed.example/hook", "main").as_deref(),
+            Some("https://fixed.example/hook")
+        );
+        assert_eq!(notification_url("", "main"), None);
+    }
 
     #[test]
     fn a_sale_is_the_documented_xml_with_minor_units_and_escaping() {
