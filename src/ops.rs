@@ -391,6 +391,33 @@ pub async fn uploads(
         .collect())
 }
 
+/// One upload with its progress.
+pub async fn upload(app: &AppContext, id: Uuid) -> Result<crate::uploads::UploadView, OpsError> {
+    crate::uploads::get(&app.db, id)
+        .await?
+        .map(|u| u.view(Utc::now()))
+        .ok_or_else(|| OpsError::NotFound(format!("no upload {id}")))
+}
+
+/// One report with a fresh link once it is ready.
+pub async fn report(app: &AppContext, id: Uuid) -> Result<ReportView, OpsError> {
+    let r = crate::reports::get(&app.db, id)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no report {id}")))?;
+    Ok(report_view(app, r))
+}
+
+fn report_view(app: &AppContext, r: crate::reports::ReportRecord) -> ReportView {
+    let download_url = (r.status == "ready")
+        .then(|| crate::reports::signed_link(&app.settings.reports, r.id, None))
+        .flatten()
+        .map(|(url, _)| url);
+    ReportView {
+        report: r,
+        download_url,
+    }
+}
+
 /// A report with a fresh signed download link once it is ready.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportView {
@@ -404,19 +431,7 @@ pub struct ReportView {
 /// Recent reports, newest first.
 pub async fn reports(app: &AppContext, limit: i64) -> Result<Vec<ReportView>, OpsError> {
     let rows = crate::reports::list(&app.db, limit.clamp(1, 1000)).await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let download_url = (r.status == "ready")
-                .then(|| crate::reports::signed_link(&app.settings.reports, r.id, None))
-                .flatten()
-                .map(|(url, _)| url);
-            ReportView {
-                report: r,
-                download_url,
-            }
-        })
-        .collect())
+    Ok(rows.into_iter().map(|r| report_view(app, r)).collect())
 }
 
 /// A provider account's guards as every process sees them.

@@ -73,7 +73,9 @@ pub fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppContext>)> {
         ("POST", "/api/ops/runs/{id}/resume", post(resume_run)),
         ("POST", "/api/ops/runs/{id}/cancel", post(cancel_run)),
         ("GET", "/api/ops/uploads", get(uploads)),
+        ("GET", "/api/ops/uploads/{id}", get(upload)),
         ("GET", "/api/ops/reports", get(reports)),
+        ("GET", "/api/ops/reports/{id}", get(report)),
         ("GET", "/api/ops/guards", get(guards)),
         (
             "POST",
@@ -187,10 +189,10 @@ async fn retry_job(State(ctx): State<AppContext>, Path(id): Path<String>) -> Ans
     answer(json!({ "job_id": id, "queue": queue, "requeued": true }))
 }
 
-fn run_id(s: &str) -> Result<Uuid, ApiError> {
+fn uuid_of(s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| ApiError::BadRequest {
         field: Some("id".into()),
-        message: format!("`{s}` is not a run id (a UUID)"),
+        message: format!("`{s}` is not an id (a UUID)"),
     })
 }
 
@@ -199,11 +201,11 @@ async fn runs(State(ctx): State<AppContext>, Query(q): Query<ListQuery>) -> Answ
 }
 
 async fn run(State(ctx): State<AppContext>, Path(id): Path<String>) -> Answer {
-    answer(ops::run_show(&ctx, run_id(&id)?).await?)
+    answer(ops::run_show(&ctx, uuid_of(&id)?).await?)
 }
 
 async fn control(ctx: &AppContext, id: &str, action: &str) -> Answer {
-    answer(ops::run_control(ctx, run_id(id)?, action).await?)
+    answer(ops::run_control(ctx, uuid_of(id)?, action).await?)
 }
 
 async fn pause_run(State(ctx): State<AppContext>, Path(id): Path<String>) -> Answer {
@@ -220,6 +222,14 @@ async fn cancel_run(State(ctx): State<AppContext>, Path(id): Path<String>) -> An
 
 async fn uploads(State(ctx): State<AppContext>, Query(q): Query<ListQuery>) -> Answer {
     answer(ops::uploads(&ctx, q.limit.unwrap_or(50)).await?)
+}
+
+async fn upload(State(ctx): State<AppContext>, Path(id): Path<String>) -> Answer {
+    answer(ops::upload(&ctx, uuid_of(&id)?).await?)
+}
+
+async fn report(State(ctx): State<AppContext>, Path(id): Path<String>) -> Answer {
+    answer(ops::report(&ctx, uuid_of(&id)?).await?)
 }
 
 async fn reports(State(ctx): State<AppContext>, Query(q): Query<ListQuery>) -> Answer {

@@ -297,6 +297,23 @@ async fn the_cli_lists_uploads_reports_and_the_guards_of_every_provider_account(
         "a fresh link: {line}"
     );
 
+    // The same over the ops API.
+    for (path, field, value) in [
+        (format!("/api/ops/uploads/{upload}"), "status", "completed"),
+        (format!("/api/ops/reports/{id}"), "kind", "returns"),
+    ] {
+        let v: serde_json::Value = app
+            .http
+            .get(app.url(&path))
+            .bearer_auth(crate::helpers::app::OPS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v[field], value, "{path}: {v}");
+    }
     let out = cli(&app, &["guards"]).await;
     let main = out
         .lines()
