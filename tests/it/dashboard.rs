@@ -319,5 +319,12 @@ async fn the_dashboard_refuses_buttons_from_other_sites_and_requests_without_a_s
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    assert!(app.dead_error(&job).await.is_none(), "retried");
+    let back = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(back.contains("ok=") && back.contains("re-queued"), "{back}");
+    // It runs again (and, failing permanently, goes back to the dead letters: the retry is the
+    // second attempt, not the absence of a dead entry).
+    eventually(Duration::from_secs(20), "the retried attempt", || async {
+        (app.runs(&job).await.len() >= 2).then_some(())
+    })
+    .await;
 }
