@@ -15,12 +15,21 @@ async fn admin() -> PgConnection {
         .expect("connect to postgres as finworker (run scripts/setup.sh)")
 }
 
-/// Drops a database a test made by other means (the demo's own).
+/// Drops a database a test made by other means (the demo's own). An autovacuum worker in it
+/// (a superuser's process FORCE may not end) is waited out a few times; a leftover is swept
+/// by a later run (the name starts with fw_t_<unix seconds>).
 pub async fn drop_database(name: &str) {
     let mut conn = admin().await;
-    conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
+    for _ in 0..10 {
+        if conn
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 fn template_name() -> String {
