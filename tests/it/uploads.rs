@@ -892,12 +892,20 @@ async fn binary_garbage_is_refused_at_once_and_a_stray_nul_rejects_only_its_row(
         "{error}"
     );
     assert!(t0.elapsed() < Duration::from_secs(10), "refused at once");
-    assert_eq!(
+    // The audit row is written in a batch after the upload's record: wait for it, then make
+    // sure no second attempt follows.
+    let runs = || async {
         app.scalar("SELECT count(*) FROM job_runs WHERE job_type = 'upload'")
-            .await,
-        1,
-        "not retried"
-    );
+            .await
+    };
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "the upload's job_runs row",
+        || async { (runs().await >= 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(runs().await, 1, "not retried");
 
     // A good file with one NUL in one value: that row is rejected, naming line and column.
     let csv = b"Name;IBAN;Amount\nAnna;DE89370400440532013000;1.00\nBe\0rta;DE89370400440532013000;2.00\nCarl;DE89370400440532013000;3.00\n";
