@@ -2,6 +2,7 @@
 //! (Debian's `chromium` and `chromium-driver`, installed by `scripts/setup.sh --with-s3`).
 
 use std::{
+    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -23,6 +24,10 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The whole process group: chromedriver and the Chromium processes it started (a
+        // failed test never closes its session, and Chromium would outlive the driver).
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -40,6 +45,7 @@ async fn browser() -> (Driver, Client) {
     let port = free_port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
