@@ -357,10 +357,27 @@ pub async fn run_show(app: &AppContext, id: Uuid) -> Result<RunView, OpsError> {
     let r = run::get(&app.db, id)
         .await?
         .ok_or_else(|| OpsError::NotFound(format!("no billing run {id}")))?;
+    Ok(RunView {
+        now: run_totals(app, id).await?,
+        run: r,
+    })
+}
+
+/// A run's counts and amounts by outcome and exclusion reason, counted now.
+pub async fn run_totals(app: &AppContext, id: Uuid) -> Result<serde_json::Value, OpsError> {
     let mut tx = app.db.begin().await?;
     let now = run::totals(&mut tx, id).await?;
     tx.commit().await?;
-    Ok(RunView { run: r, now })
+    Ok(now)
+}
+
+/// Releases a gateway account held by the chargeback-rate guard (and the runs it paused);
+/// false when it was not held.
+pub async fn release_account(app: &AppContext, name: &str) -> Result<bool, OpsError> {
+    if app.accounts.get(name).is_none() {
+        return Err(OpsError::NotFound(format!("no gateway account `{name}`")));
+    }
+    Ok(crate::lifecycle::guard::release(app, name).await?)
 }
 
 /// Operator control of a run: `pause` (debits in flight finish), `resume` (its jobs are

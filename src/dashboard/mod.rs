@@ -323,7 +323,7 @@ async fn release(State(d): State<Dash>, headers: HeaderMap, Path(name): Path<Str
         return r;
     }
     back(
-        crate::lifecycle::guard::release(&d.ctx, &name)
+        ops::release_account(&d.ctx, &name)
             .await
             .map(|released| {
                 if released {

@@ -20,10 +20,9 @@ pub struct Data {
 }
 
 impl Data {
-    /// Reads the page's data (and records a depth sample).
+    /// Reads the page's data; the depth chart is what the sampler recorded.
     pub async fn load(ctx: &AppContext, history: &DepthHistory) -> Result<Self, ops::OpsError> {
         let overview = ops::queues(ctx).await?;
-        history.record(&overview);
         let depth = overview
             .queues
             .iter()
@@ -33,7 +32,7 @@ impl Data {
         for r in ops::runs(ctx, 10).await? {
             // Counted now, also for a finished run: its debits go on settling (async
             // approvals, chargebacks) after it completes.
-            let totals = ops::run_show(ctx, r.id).await?.now;
+            let totals = ops::run_totals(ctx, r.id).await?;
             runs.push((r, totals));
         }
         Ok(Self {

@@ -241,12 +241,7 @@ async fn guards(State(ctx): State<AppContext>) -> Answer {
 }
 
 async fn release_account(State(ctx): State<AppContext>, Path(name): Path<String>) -> Answer {
-    if ctx.accounts.get(&name).is_none() {
-        return Err(ApiError::NotFound(format!("no gateway account `{name}`")));
-    }
-    let released = crate::lifecycle::guard::release(&ctx, &name)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let released = ops::release_account(&ctx, &name).await?;
     answer(json!({ "account": name, "released": released }))
 }
 

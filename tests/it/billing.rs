@@ -59,6 +59,18 @@ pub fn billing(s: &mut Settings, sb: &SandboxServer) {
     s.billing.recurring = false;
 }
 
+/// [`billing`] at five debits a second, one batch, two in flight: a run still going seconds
+/// later, for tests that pause it.
+pub fn slow_billing(s: &mut Settings, sb: &SandboxServer) {
+    billing(s, sb);
+    if let Some(a) = s.gateway.accounts.get_mut("main") {
+        a.rate_limit = 5;
+    }
+    s.billing.claim_size = 2;
+    s.billing.in_flight = 2;
+    s.billing.batch_jobs = 1;
+}
+
 pub fn sandbox_knobs() -> Knobs {
     Knobs {
         genesis_password: Some(GATEWAY_PASSWORD.into()),

@@ -11,7 +11,9 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 use crate::{
-    billing::{attempt_count, billing, iban, sandbox_knobs, start_run, validated_upload, wait_run},
+    billing::{
+        attempt_count, iban, sandbox_knobs, slow_billing, start_run, validated_upload, wait_run,
+    },
     helpers::{app::OPS_TOKEN, eventually, spawn_app_with},
     verification::sandbox,
 };
@@ -110,17 +112,8 @@ async fn press(c: &Client, id: &str) {
 #[tokio::test]
 async fn ops_sign_in_see_a_failed_job_retry_it_and_pause_a_billing_run_in_a_real_browser() {
     let sb = sandbox(sandbox_knobs()).await;
-    let app = spawn_app_with(|s| {
-        billing(s, &sb);
-        // Five debits a second: the run is still going when the browser presses Pause.
-        if let Some(a) = s.gateway.accounts.get_mut("main") {
-            a.rate_limit = 5;
-        }
-        s.billing.claim_size = 2;
-        s.billing.in_flight = 2;
-        s.billing.batch_jobs = 1;
-    })
-    .await;
+    // Five debits a second: the run is still going when it is paused.
+    let app = spawn_app_with(|s| slow_billing(s, &sb)).await;
     // A job that fails its three attempts (dead), and would succeed on a fourth.
     let job = app
         .enqueue(

@@ -6,7 +6,9 @@ use std::{collections::BTreeSet, time::Duration};
 use serde_json::{Value, json};
 
 use crate::{
-    billing::{attempt_count, billing, iban, sandbox_knobs, start_run, validated_upload, wait_run},
+    billing::{
+        attempt_count, iban, sandbox_knobs, slow_billing, start_run, validated_upload, wait_run,
+    },
     helpers::{
         app::{OPS_TOKEN, TOKEN, TestApp},
         eventually, spawn_app, spawn_app_with,
@@ -281,17 +283,8 @@ async fn a_dead_job_is_retried_and_a_queue_paused_over_the_ops_api() {
 #[tokio::test]
 async fn a_billing_run_is_paused_and_resumed_over_the_ops_api_with_every_debtor_debited_once() {
     let sb = sandbox(sandbox_knobs()).await;
-    let app = spawn_app_with(|s| {
-        billing(s, &sb);
-        // Five debits a second: the run is still going when it is paused.
-        if let Some(a) = s.gateway.accounts.get_mut("main") {
-            a.rate_limit = 5;
-        }
-        s.billing.claim_size = 2;
-        s.billing.in_flight = 2;
-        s.billing.batch_jobs = 1;
-    })
-    .await;
+    // Five debits a second: the run is still going when it is paused.
+    let app = spawn_app_with(|s| slow_billing(s, &sb)).await;
     let rows: Vec<_> = (0..30)
         .map(|i| (format!("R{i}"), iban(7000 + i), 1000 + 100 * i64::from(i)))
         .collect();

@@ -186,7 +186,7 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
             // An operator's pause or cancel stops the sends within this period, not only at
             // the next claim: the debits claimed ahead (up to `low_water`) are released.
             looked = Instant::now();
-            let st = status(app, run_id).await?;
+            let (st, _) = status(app, run_id).await?;
             if st != "running" {
                 halted = Some(st);
             }
@@ -318,25 +318,14 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
     if let Some(st) = halted {
         // Read again: another batch of the run may have resumed it since (after the breaker
         // let calls through); leaving now would leave a running run with no batch.
-        let now: Option<(String, Option<String>)> = app
-            .db
-            .begin()
-            .await
-            .map_err(retry)?
-            .fetch_optional(
-                sqlx::query_as("SELECT status, paused_by FROM billing_runs WHERE id = $1")
-                    .bind(run_id),
-            )
-            .await
-            .map_err(retry)?;
-        match now {
-            Some((s, _)) if s == "running" => {
+        match status(app, run_id).await? {
+            (s, _) if s == "running" => {
                 return Err(JobError::snooze(
                     Duration::ZERO,
                     "billing run resumed; continuing",
                 ));
             }
-            Some((s, Some(by))) if s == "paused" && by == "breaker" => {
+            (s, Some(by)) if s == "paused" && by == "breaker" => {
                 return Err(JobError::snooze(
                     Duration::from_millis(500),
                     "run paused by the breaker",
@@ -371,14 +360,17 @@ async fn work(ctx: &JobContext, run_id: Uuid, slot: u32) -> Result<(), JobError>
 /// How often a batch looks at its run's status between claims.
 const STATUS_EVERY: Duration = Duration::from_millis(500);
 
-async fn status(app: &AppContext, run_id: Uuid) -> Result<String, JobError> {
+/// The run's status and who paused it.
+async fn status(app: &AppContext, run_id: Uuid) -> Result<(String, Option<String>), JobError> {
     let mut tx = app.db.begin().await.map_err(retry)?;
-    let (st,): (String,) = tx
-        .fetch_one(sqlx::query_as("SELECT status FROM billing_runs WHERE id = $1").bind(run_id))
+    let row: (String, Option<String>) = tx
+        .fetch_one(
+            sqlx::query_as("SELECT status, paused_by FROM billing_runs WHERE id = $1").bind(run_id),
+        )
         .await
         .map_err(retry)?;
     tx.commit().await.map_err(retry)?;
-    Ok(st)
+    Ok(row)
 }
 
 /// Marks the run as alive for the sweeper (`billing_run_progress`, not the run's row: claims
