@@ -116,3 +116,5 @@ rc=$("$BIN" billing start --upload "$uc" --account c --no-wait | awk '{print $3}
 wait_for "SELECT bool_and(status = 'completed') FROM billing_runs WHERE id IN ('$rb', '$rc')"
 c1=$(ticks $W1 $W2); t1=$(date +%s%N)
 report "two accounts" "$RATE" "$c0" "$c1" "$(awk "BEGIN{print ($t1-$t0)/1e9}")" "$hz" 2
+[ -n "${KEEP_CALLS:-}" ] && cp "$WORK/w1.log" "$KEEP_CALLS-w1.log" && cp "$WORK/w2.log" "$KEEP_CALLS-w2.log"
+exit 0

@@ -7,6 +7,7 @@
 //! - [`run`]: runs and their items (every debtor kept, excluded ones with their reason).
 //! - [`debit`]: claim → send → record, and reconcile of unresolved debits.
 //! - [`state`]: the attempt state machine and its side effects.
+//! - [`void`]: voiding a debit, through the gateway only, after re-checking it there.
 //!
 //! The jobs `billing` (start a run) and `billing_batch` (work one) drive these; see
 //! `docs/billing.md`.
@@ -18,6 +19,7 @@ pub mod models;
 pub mod rules;
 pub mod run;
 pub mod state;
+pub mod void;
 
 use uuid::Uuid;
 

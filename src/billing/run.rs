@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{BillingError, models, rules};
 use crate::{
     context::AppContext,
-    db::{Db, Tx},
+    db::{Db, DbError, Tx},
     queue::fence::Fence,
 };
 
@@ -173,6 +173,8 @@ pub async fn list(db: &Db, limit: i64) -> Result<Vec<RunRow>, BillingError> {
 }
 
 const SELECT_CHUNK: i64 = 5000;
+/// Runs of at least this many items refresh `billing_items`' statistics before billing.
+const ANALYZE_FROM: i32 = 1000;
 
 struct Line {
     debtor_id: i64,
@@ -194,6 +196,7 @@ pub async fn select(app: &AppContext, fence: &Fence, id: Uuid) -> Result<RunRow,
     }
     // Dry runs keep new profiles in memory only.
     let mut simulated: HashMap<[u8; 32], (String, i64)> = HashMap::new();
+    let mut items: i32;
     loop {
         let mut tx = app.db.begin().await?;
         let (last_debtor, last_item): (Option<i64>, Option<i32>) = tx
@@ -204,6 +207,7 @@ pub async fn select(app: &AppContext, fence: &Fence, id: Uuid) -> Result<RunRow,
                 .bind(id),
             )
             .await?;
+        items = last_item.unwrap_or(0);
         let lines: Vec<Line> = match run.upload_id {
             Some(upload) => tx
                 .fetch_all(
@@ -384,6 +388,16 @@ pub async fn select(app: &AppContext, fence: &Fence, id: Uuid) -> Result<RunRow,
         fence.check(&mut tx).await?;
         tx.commit().await?;
     }
+    if items >= ANALYZE_FROM {
+        // The planner's statistics predate this run's items: it would take the run for a
+        // handful of rows and have every claim read all of them by `run_id` alone (measured:
+        // 50 items claimed by reading 50,000, 120-200 ms a claim, until autovacuum next
+        // analysed the table, halving a 100,000-debit run's rate for half a minute).
+        if let Err(e) = analyze_items(app).await {
+            // Slower claims, not wrong ones: the run goes on.
+            tracing::warn!(run_id = %id, error = %e, "billing: could not refresh billing_items statistics");
+        }
+    }
     evaluate_all(app, fence, &run).await?;
     let mut tx = app.db.begin().await?;
     let status = if run.dry_run { "completed" } else { "running" };
@@ -403,6 +417,14 @@ pub async fn select(app: &AppContext, fence: &Fence, id: Uuid) -> Result<RunRow,
     fence.check(&mut tx).await?;
     tx.commit().await?;
     get(&app.db, id).await?.ok_or(BillingError::NoRun(id))
+}
+
+async fn analyze_items(app: &AppContext) -> Result<(), DbError> {
+    let mut tx = app.db.begin().await?;
+    // Never wait long behind an anti-wraparound vacuum (an ordinary autovacuum yields).
+    tx.execute_raw("SET LOCAL lock_timeout = '2s'").await?;
+    tx.execute_raw("ANALYZE billing_items").await?;
+    tx.commit().await
 }
 
 async fn load_profiles(

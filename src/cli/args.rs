@@ -483,6 +483,12 @@ pub enum BillingCommand {
         /// The run.
         run: uuid::Uuid,
     },
+    /// Void one debit at the gateway (within billing.void_window). The gateway is asked about
+    /// the debit first; nothing is ever voided locally.
+    Void {
+        /// The debit's transaction_id (as in `billing show`, exports and the gateway).
+        transaction_id: String,
+    },
 }
 
 /// `blacklist` subcommands.

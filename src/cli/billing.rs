@@ -190,6 +190,37 @@ pub(super) async fn billing_command(cmd: BillingCommand) -> anyhow::Result<()> {
             run::control(&ctx.db, id, "cancel").await?;
             show(id).await?;
         }
+        BillingCommand::Void { transaction_id: t } => {
+            use crate::billing::void::{self, Voided};
+            match void::void(&ctx, &t).await? {
+                Voided::Voided {
+                    void_id,
+                    sent: true,
+                } => {
+                    println!("{t}: voided at the gateway (void {void_id})");
+                }
+                Voided::Voided {
+                    void_id,
+                    sent: false,
+                } => {
+                    println!("{t}: already voided at the gateway (void {void_id}); nothing sent");
+                }
+                Voided::NotVoidable(s) => {
+                    anyhow::bail!("{t} is {s} at the gateway: there is nothing to void")
+                }
+                Voided::NotAtGateway => anyhow::bail!(
+                    "the gateway has no record of {t}: nothing was taken, and reconciliation resolves the attempt"
+                ),
+                Voided::TooOld(at) => anyhow::bail!(
+                    "{t} was made {}, longer ago than billing.void_window: not voided (refund it instead)",
+                    at.format("%Y-%m-%d %H:%M UTC")
+                ),
+                Voided::Refused(m) => anyhow::bail!("the gateway refused to void {t}: {m}"),
+                Voided::Unknown(m) => anyhow::bail!(
+                    "the void of {t} was sent but its outcome is unknown ({m}); run the command again: it asks the gateway before sending anything"
+                ),
+            }
+        }
     }
     Ok(())
 }

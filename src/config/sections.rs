@@ -611,6 +611,9 @@ pub struct BillingSettings {
     /// debited again.
     #[serde(with = "humantime_serde")]
     pub cooldown: Duration,
+    /// A debit may be voided (`finworker billing void`) for this long after it was made.
+    #[serde(with = "humantime_serde")]
+    pub void_window: Duration,
     /// VOP name-check results that exclude a debtor.
     pub vop_exclude: Vec<String>,
     /// BAV account-check results that exclude a debtor.

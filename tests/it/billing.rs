@@ -807,6 +807,58 @@ async fn a_dry_run_reports_what_it_would_bill_and_debits_nothing() {
 }
 
 #[tokio::test]
+async fn a_large_run_refreshes_the_planner_statistics_of_its_items_before_billing() {
+    // Without fresh statistics the planner took a new run for a handful of rows and every claim
+    // read all of the run's items (docs/billing.md, "Benchmark").
+    let sb = sandbox(sandbox_knobs()).await;
+    let app = spawn_app_with(|s| billing(s, &sb)).await;
+    let rows: Vec<(String, String, i64)> = (0..1000)
+        .map(|i| (format!("S{i}"), iban(7000 + i), 1999))
+        .collect();
+    let upload = validated_upload(&app, &rows).await;
+    let mut c = app.db.connect().await;
+    let analyzed = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'billing_items'",
+        )
+        .fetch_one(&mut app.db.connect().await)
+        .await
+        .unwrap();
+        n
+    };
+    assert_eq!(analyzed().await, 0);
+    let id = billing_job::enqueue(
+        &app.ctx,
+        Billing {
+            upload_id: upload,
+            account: "main".into(),
+            model: "legacy".into(),
+            dry_run: true,
+            skip_chargeback_check: false,
+            cap_minor: None,
+            run_id: None,
+            requested_by: RequestedBy::Api,
+        },
+    )
+    .await
+    .unwrap();
+    let r = wait_run(&app, id, Duration::from_secs(60)).await;
+    assert_eq!(r.totals.unwrap()["by_state"]["would_bill"]["count"], 1000);
+    assert_eq!(
+        analyzed().await,
+        1,
+        "one ANALYZE, by the run, before its rules ran"
+    );
+    let (n_distinct,): (Option<f32>,) = sqlx::query_as(
+        "SELECT n_distinct FROM pg_stats WHERE tablename = 'billing_items' AND attname = 'run_id'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert!(n_distinct.is_some(), "the run's rows are in the statistics");
+}
+
+#[tokio::test]
 async fn the_monthly_cap_of_an_account_stops_the_run_at_the_cap() {
     let sb = sandbox(sandbox_knobs()).await;
     let app = spawn_app_with(|s| {
@@ -905,4 +957,148 @@ async fn an_open_breaker_pauses_the_run_which_resumes_by_itself_with_no_debit_lo
         .filter(|c| c.path.starts_with("/process/") && c.status == 200)
         .count();
     assert_eq!(accepted, 120);
+}
+
+/// An attempt's status and its profile's lifetime total.
+async fn void_state(app: &TestApp, transaction_id: &str) -> (String, i64) {
+    sqlx::query_as(
+        "SELECT a.status, p.lifetime_charged_minor FROM billing_attempts a \
+         JOIN debtor_profiles p ON p.id = a.profile_id WHERE a.transaction_id = $1",
+    )
+    .bind(transaction_id)
+    .fetch_one(&mut app.db.connect().await)
+    .await
+    .unwrap()
+}
+
+/// Runs the CLI and returns (succeeded, stdout, stderr).
+async fn cli_run(app: &TestApp, args: &[&str]) -> (bool, String, String) {
+    let s = app.settings.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = crate::helpers::process::command(&s, &args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice() {
+    let sb = sandbox(sandbox_knobs()).await;
+    let app = spawn_app_with(|s| billing(s, &sb)).await;
+    // Amounts ending in 01 are declined by the sandbox, the others approved.
+    let rows: Vec<(String, String, i64)> = [
+        ("V1", 801, 1999),
+        ("V2", 802, 2999),
+        ("V3", 803, 3999),
+        ("V4", 804, 1501),
+    ]
+    .iter()
+    .map(|(r, i, a)| (r.to_string(), iban(*i), *a))
+    .collect();
+    let upload = validated_upload(&app, &rows).await;
+    let run = start_run(&app, upload, "main", "legacy").await;
+    assert_eq!(
+        wait_run(&app, run, Duration::from_secs(60)).await.status,
+        "completed"
+    );
+    let mut c = app.db.connect().await;
+    let ids: BTreeMap<String, (String, String, Option<String>)> = sqlx::query_as::<_, (String, String, String, Option<String>)>(
+        "SELECT d.reference, a.transaction_id, a.status, a.unique_id FROM billing_attempts a JOIN debtors d ON d.id = a.debtor_id WHERE a.run_id = $1",
+    )
+    .bind(run)
+    .fetch_all(&mut c)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(r, t, s, u)| (r, (t, s, u)))
+    .collect();
+    assert_eq!(ids["V4"].1, "declined");
+    let at_gateway = |t: &str| {
+        sb.sandbox
+            .ledger()
+            .debits
+            .iter()
+            .find(|d| d.transaction_id == t && d.transaction_type == "sdd_sale")
+            .map(|d| d.status.clone())
+    };
+    let sends = || sb.sandbox.calls().count("/process/");
+
+    // 1. An approved debit: asked about, then voided at the gateway under one void id; the
+    //    attempt follows the state machine (the profile's lifetime total is taken back).
+    let (t1, ..) = ids["V1"].clone();
+    assert_eq!(void_state(&app, &t1).await, ("approved".into(), 1999));
+    let before = sends();
+    let (ok, out, err) = cli_run(&app, &["billing", "void", &t1]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("voided at the gateway (void void-{t1})")),
+        "{out}"
+    );
+    assert_eq!(sends(), before + 1, "one void sent");
+    assert_eq!(at_gateway(&t1).as_deref(), Some("voided"));
+    assert_eq!(void_state(&app, &t1).await, ("voided".into(), 0));
+
+    // 2. The same command again: the gateway says voided already, nothing is sent.
+    let before = sends();
+    let (ok, out, err) = cli_run(&app, &["billing", "void", &t1]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("already voided at the gateway"), "{out}");
+    assert_eq!(sends(), before, "no second void");
+
+    // 3. Voided at the gateway behind our back (its answer lost, say): the re-check records it
+    //    and sends nothing.
+    let (t2, _, u2) = ids["V2"].clone();
+    let gw = app.ctx.accounts.get("main").unwrap().gateway.clone();
+    let a = gw
+        .void(&format!("void-{t2}"), u2.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(a.status, "approved");
+    let before = sends();
+    let (ok, out, _) = cli_run(&app, &["billing", "void", &t2]).await;
+    assert!(ok && out.contains("already voided"), "{out}");
+    assert_eq!(sends(), before);
+    assert_eq!(void_state(&app, &t2).await.0, "voided");
+
+    // 4. A declined debit has nothing to void; no void is sent.
+    let before = sends();
+    let (ok, _, err) = cli_run(&app, &["billing", "void", &ids["V4"].0]).await;
+    assert!(
+        !ok && err.contains("is declined at the gateway: there is nothing to void"),
+        "{err}"
+    );
+    assert_eq!(sends(), before);
+
+    // 5. Past billing.void_window: refused before the gateway is even asked.
+    let (t3, ..) = ids["V3"].clone();
+    sqlx::query("UPDATE billing_attempts SET created_at = now() - interval '2 days' WHERE transaction_id = $1")
+        .bind(&t3)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let calls = sb.sandbox.calls().calls.len();
+    let (ok, _, err) = cli_run(&app, &["billing", "void", &t3]).await;
+    assert!(
+        !ok && err.contains("longer ago than billing.void_window"),
+        "{err}"
+    );
+    assert_eq!(sb.sandbox.calls().calls.len(), calls, "no call at all");
+    assert_eq!(at_gateway(&t3).as_deref(), Some("approved"));
+    assert_eq!(void_state(&app, &t3).await.0, "approved");
+
+    // 6. An id no debit has.
+    let (ok, _, err) = cli_run(&app, &["billing", "void", "no-such-debit"]).await;
+    assert!(
+        !ok && err.contains("no debit has the transaction id no-such-debit"),
+        "{err}"
+    );
 }
