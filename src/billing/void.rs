@@ -36,6 +36,9 @@ pub enum Voided {
     /// The void was sent but its outcome is unknown: run the command again (it re-checks
     /// before sending anything).
     Unknown(String),
+    /// The gateway could not be asked (outage, open breaker, an answer saying nothing final):
+    /// nothing was sent; try again later.
+    NotAsked(String),
 }
 
 #[derive(sqlx::FromRow)]
@@ -94,13 +97,13 @@ pub async fn void(app: &AppContext, transaction_id: &str) -> Result<Voided, Bill
     {
         Ok(Lookup::Found(a)) => a,
         Ok(Lookup::NotFound) => return Ok(Voided::NotAtGateway),
-        Err(e) => return Err(unreachable_gateway(&e)),
+        Err(e) => return Ok(Voided::NotAsked(e.to_string())),
     };
     let now = match gateway::settle(&found) {
         Settled::Known(s) => s,
         Settled::Unknown => {
-            return Err(BillingError::Refused(format!(
-                "the gateway's answer about {transaction_id} says nothing final ({}); nothing was voided",
+            return Ok(Voided::NotAsked(format!(
+                "its answer says nothing final ({})",
                 found.status
             )));
         }
@@ -126,7 +129,8 @@ pub async fn void(app: &AppContext, transaction_id: &str) -> Result<Voided, Bill
     let answer = match account.guarded(|g| g.void(&void_id, &unique_id)).await {
         Ok(a) => a,
         Err(Guarded::Call(e)) => return Ok(Voided::Unknown(e.to_string())),
-        Err(e) => return Err(unreachable_gateway(&e)),
+        // No call was made.
+        Err(e) => return Ok(Voided::NotAsked(e.to_string())),
     };
     match gateway::settle(&answer) {
         Settled::Known("approved") => {
@@ -154,12 +158,6 @@ pub async fn void(app: &AppContext, transaction_id: &str) -> Result<Voided, Bill
         ))),
         Settled::Unknown => Ok(Voided::Unknown(answer.status)),
     }
-}
-
-fn unreachable_gateway(e: &Guarded) -> BillingError {
-    BillingError::Refused(format!(
-        "the gateway could not be asked ({e}); nothing was voided"
-    ))
 }
 
 /// Moves the attempt to `to` through the state machine (which refuses what it must).

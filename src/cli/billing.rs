@@ -216,6 +216,9 @@ pub(super) async fn billing_command(cmd: BillingCommand) -> anyhow::Result<()> {
                     at.format("%Y-%m-%d %H:%M UTC")
                 ),
                 Voided::Refused(m) => anyhow::bail!("the gateway refused to void {t}: {m}"),
+                Voided::NotAsked(m) => anyhow::bail!(
+                    "the gateway could not be asked about {t} ({m}); nothing was voided: try again later"
+                ),
                 Voided::Unknown(m) => anyhow::bail!(
                     "the void of {t} was sent but its outcome is unknown ({m}); run the command again: it asks the gateway before sending anything"
                 ),

@@ -1095,7 +1095,32 @@ async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice()
     assert_eq!(at_gateway(&t3).as_deref(), Some("approved"));
     assert_eq!(void_state(&app, &t3).await.0, "approved");
 
-    // 6. An id no debit has.
+    // 6. The gateway down: nothing is voided, nothing recorded, and the command says to try
+    //    again (V3 is back inside the window).
+    sqlx::query("UPDATE billing_attempts SET created_at = now() WHERE transaction_id = $1")
+        .bind(&t3)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut k = sb.sandbox.knobs();
+    k.outage_until_ms =
+        Some(u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap() + 600_000);
+    sb.sandbox.set_knobs(k.clone());
+    let before = sends();
+    let (ok, _, err) = cli_run(&app, &["billing", "void", &t3]).await;
+    assert!(
+        !ok && err.contains("nothing was voided: try again later"),
+        "{err}"
+    );
+    assert_eq!(sends(), before);
+    assert_eq!(void_state(&app, &t3).await.0, "approved");
+    k.outage_until_ms = None;
+    sb.sandbox.set_knobs(k);
+    let (ok, out, err) = cli_run(&app, &["billing", "void", &t3]).await;
+    assert!(ok && out.contains("voided at the gateway"), "{out} {err}");
+    assert_eq!(at_gateway(&t3).as_deref(), Some("voided"));
+
+    // 7. An id no debit has.
     let (ok, _, err) = cli_run(&app, &["billing", "void", "no-such-debit"]).await;
     assert!(
         !ok && err.contains("no debit has the transaction id no-such-debit"),
