@@ -8,7 +8,7 @@
 # The debtors' amounts all end in 99 (the sandbox approves them), so the run measures debits,
 # not the reconcile of the sandbox's failure outcomes.
 # Usage: scripts/bench-billing.sh           DEBTORS=100000 RATE=1000
-#        KEEP_CALLS=/path/prefix keeps the sandbox call logs (prefix-<part>.json) for a closer look.
+#        KEEP_CALLS=/path/prefix keeps the sandbox call logs (prefix-<part>.json) and the workers' logs (prefix-w1.log, prefix-w2.log) for a closer look.
 source "$(dirname "$0")/bench-lib.sh"
 DEBTORS=${DEBTORS:-100000}
 RATE=${RATE:-1000}
@@ -99,7 +99,6 @@ wait_for "SELECT status = 'completed' FROM billing_runs WHERE id = '$run'"
 c1=$(ticks $W1); t1=$(date +%s%N)
 hwm=$(awk '/VmHWM/ {print $2}' /proc/$W1/status)
 report "one account" "$RATE" "$c0" "$c1" "$(awk "BEGIN{print ($t1-$t0)/1e9}")" "$hz" 1
-[ -n "${KEEP_CALLS:-}" ] && cp "$WORK/w1.log" "$KEEP_CALLS-w1.log"
 echo "    worker peak RSS: $((hwm / 1024)) MB"
 q "SELECT format('    attempts: %s', string_agg(status || ' ' || n, ', ')) FROM (SELECT status, count(*) n FROM billing_attempts WHERE run_id = '$run' GROUP BY status) s"
 
@@ -116,5 +115,7 @@ rc=$("$BIN" billing start --upload "$uc" --account c --no-wait | awk '{print $3}
 wait_for "SELECT bool_and(status = 'completed') FROM billing_runs WHERE id IN ('$rb', '$rc')"
 c1=$(ticks $W1 $W2); t1=$(date +%s%N)
 report "two accounts" "$RATE" "$c0" "$c1" "$(awk "BEGIN{print ($t1-$t0)/1e9}")" "$hz" 2
-[ -n "${KEEP_CALLS:-}" ] && cp "$WORK/w1.log" "$KEEP_CALLS-w1.log" && cp "$WORK/w2.log" "$KEEP_CALLS-w2.log"
-exit 0
+if [ -n "${KEEP_CALLS:-}" ]; then
+  cp "$WORK/w1.log" "$KEEP_CALLS-w1.log"
+  cp "$WORK/w2.log" "$KEEP_CALLS-w2.log"
+fi

@@ -100,6 +100,20 @@ pub async fn validated_upload(app: &TestApp, rows: &[(String, String, i64)]) -> 
     validated(app, &debtors_csv(rows)).await
 }
 
+/// A dry run of `upload` through the account `main`, as an API node would ask for it.
+fn dry_run(upload: Uuid, cap_minor: Option<i64>) -> Billing {
+    Billing {
+        upload_id: upload,
+        account: "main".into(),
+        model: "legacy".into(),
+        dry_run: true,
+        skip_chargeback_check: false,
+        cap_minor,
+        run_id: None,
+        requested_by: RequestedBy::Api,
+    }
+}
+
 pub async fn start_run(app: &TestApp, upload: Uuid, account: &str, model: &str) -> Uuid {
     billing_job::enqueue(
         &app.ctx,
@@ -770,21 +784,9 @@ async fn a_dry_run_reports_what_it_would_bill_and_debits_nothing() {
         ]),
     )
     .await;
-    let id = billing_job::enqueue(
-        &app.ctx,
-        Billing {
-            upload_id: upload,
-            account: "main".into(),
-            model: "legacy".into(),
-            dry_run: true,
-            skip_chargeback_check: false,
-            cap_minor: Some(3000),
-            run_id: None,
-            requested_by: RequestedBy::Api,
-        },
-    )
-    .await
-    .unwrap();
+    let id = billing_job::enqueue(&app.ctx, dry_run(upload, Some(3000)))
+        .await
+        .unwrap();
     let r = wait_run(&app, id, Duration::from_secs(30)).await;
     assert_eq!((r.status.as_str(), r.dry_run), ("completed", true));
     let t = r.totals.unwrap();
@@ -827,21 +829,9 @@ async fn a_large_run_refreshes_the_planner_statistics_of_its_items_before_billin
         n
     };
     assert_eq!(analyzed().await, 0);
-    let id = billing_job::enqueue(
-        &app.ctx,
-        Billing {
-            upload_id: upload,
-            account: "main".into(),
-            model: "legacy".into(),
-            dry_run: true,
-            skip_chargeback_check: false,
-            cap_minor: None,
-            run_id: None,
-            requested_by: RequestedBy::Api,
-        },
-    )
-    .await
-    .unwrap();
+    let id = billing_job::enqueue(&app.ctx, dry_run(upload, None))
+        .await
+        .unwrap();
     let r = wait_run(&app, id, Duration::from_secs(60)).await;
     assert_eq!(r.totals.unwrap()["by_state"]["would_bill"]["count"], 1000);
     assert_eq!(
@@ -971,25 +961,6 @@ async fn void_state(app: &TestApp, transaction_id: &str) -> (String, i64) {
     .unwrap()
 }
 
-/// Runs the CLI and returns (succeeded, stdout, stderr).
-async fn cli_run(app: &TestApp, args: &[&str]) -> (bool, String, String) {
-    let s = app.settings.clone();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = crate::helpers::process::command(&s, &args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice() {
     let sb = sandbox(sandbox_knobs()).await;
@@ -1037,7 +1008,8 @@ async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice()
     let (t1, ..) = ids["V1"].clone();
     assert_eq!(void_state(&app, &t1).await, ("approved".into(), 1999));
     let before = sends();
-    let (ok, out, err) = cli_run(&app, &["billing", "void", &t1]).await;
+    let (ok, out, err) =
+        crate::helpers::process::cli_result_async(&app.settings, &["billing", "void", &t1]).await;
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!("voided at the gateway (void void-{t1})")),
@@ -1049,7 +1021,8 @@ async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice()
 
     // 2. The same command again: the gateway says voided already, nothing is sent.
     let before = sends();
-    let (ok, out, err) = cli_run(&app, &["billing", "void", &t1]).await;
+    let (ok, out, err) =
+        crate::helpers::process::cli_result_async(&app.settings, &["billing", "void", &t1]).await;
     assert!(ok, "{err}");
     assert!(out.contains("already voided at the gateway"), "{out}");
     assert_eq!(sends(), before, "no second void");
@@ -1064,14 +1037,19 @@ async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice()
         .unwrap();
     assert_eq!(a.status, "approved");
     let before = sends();
-    let (ok, out, _) = cli_run(&app, &["billing", "void", &t2]).await;
+    let (ok, out, _) =
+        crate::helpers::process::cli_result_async(&app.settings, &["billing", "void", &t2]).await;
     assert!(ok && out.contains("already voided"), "{out}");
     assert_eq!(sends(), before);
     assert_eq!(void_state(&app, &t2).await.0, "voided");
 
     // 4. A declined debit has nothing to void; no void is sent.
     let before = sends();
-    let (ok, _, err) = cli_run(&app, &["billing", "void", &ids["V4"].0]).await;
+    let (ok, _, err) = crate::helpers::process::cli_result_async(
+        &app.settings,
+        &["billing", "void", &ids["V4"].0],
+    )
+    .await;
     assert!(
         !ok && err.contains("is declined at the gateway: there is nothing to void"),
         "{err}"
@@ -1086,7 +1064,8 @@ async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice()
         .await
         .unwrap();
     let calls = sb.sandbox.calls().calls.len();
-    let (ok, _, err) = cli_run(&app, &["billing", "void", &t3]).await;
+    let (ok, _, err) =
+        crate::helpers::process::cli_result_async(&app.settings, &["billing", "void", &t3]).await;
     assert!(
         !ok && err.contains("longer ago than billing.void_window"),
         "{err}"
@@ -1107,7 +1086,8 @@ async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice()
         Some(u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap() + 600_000);
     sb.sandbox.set_knobs(k.clone());
     let before = sends();
-    let (ok, _, err) = cli_run(&app, &["billing", "void", &t3]).await;
+    let (ok, _, err) =
+        crate::helpers::process::cli_result_async(&app.settings, &["billing", "void", &t3]).await;
     assert!(
         !ok && err.contains("nothing was voided: try again later"),
         "{err}"
@@ -1116,12 +1096,17 @@ async fn a_debit_is_voided_only_at_the_gateway_after_asking_it_and_never_twice()
     assert_eq!(void_state(&app, &t3).await.0, "approved");
     k.outage_until_ms = None;
     sb.sandbox.set_knobs(k);
-    let (ok, out, err) = cli_run(&app, &["billing", "void", &t3]).await;
+    let (ok, out, err) =
+        crate::helpers::process::cli_result_async(&app.settings, &["billing", "void", &t3]).await;
     assert!(ok && out.contains("voided at the gateway"), "{out} {err}");
     assert_eq!(at_gateway(&t3).as_deref(), Some("voided"));
 
     // 7. An id no debit has.
-    let (ok, _, err) = cli_run(&app, &["billing", "void", "no-such-debit"]).await;
+    let (ok, _, err) = crate::helpers::process::cli_result_async(
+        &app.settings,
+        &["billing", "void", "no-such-debit"],
+    )
+    .await;
     assert!(
         !ok && err.contains("no debit has the transaction id no-such-debit"),
         "{err}"

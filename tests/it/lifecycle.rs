@@ -69,15 +69,19 @@ async fn lose_answer(app: &TestApp, attempt: i64) {
     .unwrap();
 }
 
-/// Downloads a report through the signed link a CLI command printed (its last line).
-async fn download(app: &TestApp, link: String) -> String {
-    let path = link.split_once("/reports/").unwrap().1.trim().to_string();
-    let r = app
-        .http
+/// Fetches a report through a signed link (as a CLI command prints it, on its last line).
+pub async fn get_report(app: &TestApp, link: &str) -> reqwest::Response {
+    let path = link.split_once("/reports/").unwrap().1.trim();
+    app.http
         .get(app.url(&format!("/reports/{path}")))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Downloads a report through the signed link a CLI command printed.
+async fn download(app: &TestApp, link: String) -> String {
+    let r = get_report(app, &link).await;
     assert_eq!(r.status(), 200);
     r.text().await.unwrap()
 }

@@ -184,13 +184,7 @@ async fn retention_prunes_what_is_old_keeps_what_is_referred_to_or_recent_and_re
     let link = finworker::reports::signed_link(&app.settings.reports, old_report, None)
         .unwrap()
         .0;
-    let path = link.split_once("/reports/").unwrap().1;
-    let r = app
-        .http
-        .get(app.url(&format!("/reports/{path}")))
-        .send()
-        .await
-        .unwrap();
+    let r = crate::lifecycle::get_report(&app, &link).await;
     assert_eq!(r.status(), 410, "an expired report's link says it is gone");
     assert!(r.text().await.unwrap().contains("retention"));
     assert!(

@@ -236,6 +236,24 @@ pub async fn cli_async(s: &Settings, args: &[&str]) -> String {
     .unwrap()
 }
 
+/// A CLI command run to completion off the test's runtime, succeeding or not:
+/// (succeeded, stdout, stderr).
+pub async fn cli_result_async(s: &Settings, args: &[&str]) -> (bool, String, String) {
+    let settings = s.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = command(&settings, &args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs a CLI command to completion, asserts it succeeded (showing stderr if not), returns stdout.
 pub fn cli_ok(s: &Settings, args: &[&str]) -> String {
     let out = command(s, args).output().unwrap();
