@@ -9,9 +9,11 @@
 #      with its indexes: the Postgres ceiling for this result;
 #   5. a generated 200k-row XLSX through `finworker upload` (on emptied tables), beside a bare
 #      calamine read of the same file;
-#   6. with 10M debtors stored: a 1M-row file of other debtors (the generator's next seed;
-#      compared with the empty-table run), then that file again (every row linked, compared).
+#   6. with 10M debtors stored: files of other debtors (the generator's next seeds), each
+#      beside the same file into an empty table, in alternating pairs; then the last file
+#      again (every row linked).
 # Usage: scripts/bench-upload.sh            ROWS=1000000 BIG_TABLE=10000000 XLSX_ROWS=200000
+#        PARTS="csv xlsx big" (default: all)   PAIRS=3 (empty-table / big-table runs, part big)
 # Needs the shared bench venv: python3 -m venv /var/tmp/fw-bench &&
 #   /var/tmp/fw-bench/bin/pip install -r ../shared/bench/requirements.txt
 source "$(dirname "$0")/bench-lib.sh"
@@ -19,6 +21,9 @@ source "$(dirname "$0")/bench-lib.sh"
 ROWS=${ROWS:-1000000}
 BIG_TABLE=${BIG_TABLE:-10000000}
 XLSX_ROWS=${XLSX_ROWS:-200000}
+PARTS=${PARTS:-csv xlsx big}
+PAIRS=${PAIRS:-3}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 SHARED=${SHARED:-../shared/bench}
 PY=${PY:-/var/tmp/fw-bench/bin/python}
 export FINWORKER__PRIVACY__IBAN_KEY="${FINWORKER__PRIVACY__IBAN_KEY:-bench-iban-key-0123456789abcdef0123456789}"
@@ -35,6 +40,20 @@ secs() { awk "BEGIN{printf \"%.2f\", $1/1000}"; }
 # postgres superuser; skipped (with a note) when this script cannot become it.
 settle() {
   su postgres -c "psql -X -q -c CHECKPOINT" 2>/dev/null || echo "  (no CHECKPOINT: not allowed to become postgres)"
+}
+
+# Databases of this run besides $DB, dropped on exit.
+EXTRA_DBS=()
+extra_db() {
+  psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "CREATE DATABASE $1"
+  EXTRA_DBS+=("$1")
+}
+trap 'for d in "${EXTRA_DBS[@]}"; do psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" 2>/dev/null; done; bench_cleanup' EXIT
+# use_db NAME: the database q, the daemon and `finworker upload` talk to from now on.
+use_db() {
+  DB=$1
+  export FINWORKER__DATABASE__URL="postgres://finworker@127.0.0.1:6432/$1"
+  export FINWORKER__DATABASE__DIRECT_URL="postgres://finworker@127.0.0.1:5432/$1"
 }
 
 start_daemon() {
@@ -72,14 +91,14 @@ upload_validated() {
   LAST_MS=$ms
 }
 
+if part csv; then
 echo "== 1M-row file → validated debtors: pandas importer vs finworker, and the Postgres ceiling"
 f="$WORK/debtors-$ROWS.csv"
 "$PY" "$SHARED/gen_debtors.py" --rows "$ROWS" --seed 20240601 --out "$f" 2>"$WORK/gen.txt"
 echo "  file: $ROWS rows, $(( $(stat -c %s "$f") / 1000000 )) MB ($(sed 's/^# gen_debtors: //' "$WORK/gen.txt" | cut -c1-120)…)"
 
 PEER_DB="${DB}_peer"
-psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "CREATE DATABASE $PEER_DB"
-trap 'psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS '"$PEER_DB"' WITH (FORCE)" 2>/dev/null; bench_cleanup' EXIT
+extra_db "$PEER_DB"
 settle
 t0=$(date +%s%N)
 BENCH_PG_DSN="postgresql://finworker:$PGPASSWORD@127.0.0.1:5432/$PEER_DB" "$PY" "$SHARED/py_import_debtors.py" "$f" --load copy >"$WORK/py.txt"
@@ -107,8 +126,11 @@ q "DROP TABLE ceiling"
 awk -v py="$PY_MS" -v fw="$EMPTY_MS" -v c="$CEIL_MS" -v n="$n" -v rows="$ROWS" 'BEGIN {
   printf "  ratio: finworker file→validated is %.2fx the pandas importer (>1 = faster); %.0f%% of the \\copy ceiling rate (%d debtor rows of %d file rows)\n", py/fw, 100*(rows/fw)/(n/c), n, rows }'
 
+fi
+
+if part xlsx; then
 echo "== XLSX: finworker upload (to validated) vs a bare calamine read, on empty tables"
-q "TRUNCATE uploads, upload_chunks, debtors, upload_duplicates, upload_rejects, upload_raw"
+q "TRUNCATE uploads, upload_chunks, debtors, upload_duplicates, upload_rejects, upload_raw CASCADE"
 x="$WORK/debtors-$XLSX_ROWS.xlsx"
 "$PY" "$SHARED/gen_debtors.py" --rows "$XLSX_ROWS" --seed 20240601 --format xlsx --out "$x" 2>/dev/null
 echo "  file: $XLSX_ROWS rows, $(( $(stat -c %s "$x") / 1000000 )) MB"
@@ -120,6 +142,9 @@ CAL_RATE=$(grep -o '= *[0-9.]* rows/s' "$WORK/xlsx.txt" | head -1 | tr -dc '0-9.
 awk -v r="$XLSX_ROWS" -v ms="$XLSX_MS" -v c="$CAL_RATE" 'BEGIN {
   printf "  ratio: finworker xlsx file→validated runs at %.0f%% of the bare calamine read rate\n", 100*(r*1000/ms)/c }'
 
+fi
+
+if part big; then
 echo "== a file of other debtors with $BIG_TABLE debtors already stored, then the same file again"
 # Filler debtors of a completed upload, with random lookup keys like real ones.
 q "INSERT INTO uploads (id, object_key, file_name, status, chunk_rows, finished_at) VALUES
@@ -133,11 +158,39 @@ q "INSERT INTO debtors (upload_id, row_no, reference, name, iban, amount_minor, 
 q "VACUUM ANALYZE debtors"
 t1=$(date +%s%N)
 echo "  filled to $(q "SELECT count(*) FROM debtors") debtors in $(secs $(( (t1 - t0) / 1000000 ))) s"
-# The same generator, another seed: as many rows, other debtors (the table-size effect alone:
-# the empty-table run above also linked no row).
-f2="$WORK/debtors-$ROWS-b.csv"
-"$PY" "$SHARED/gen_debtors.py" --rows "$ROWS" --seed 20240602 --out "$f2" 2>/dev/null
-upload_validated "$f2" "$ROWS" "finworker upload → validated ($((BIG_TABLE / 1000000))M stored)"
-awk -v e="$EMPTY_MS" -v b="$LAST_MS" 'BEGIN { printf "  ratio: rate with the big table is %.0f%% of the rate on an empty table\n", 100*e/b }'
+# The table-size effect alone, measured in pairs: the same file of other debtors (the same
+# generator, another seed) into an empty debtors table (a second database, emptied before each
+# run) and into the big one, adjacent in time, the order alternating (ABBA) so that the
+# machine's drift during the sitting falls on both sides. Each pair uses a new seed, so no row
+# of the big-table run repeats an earlier one (the empty-table run links none either); the big
+# table grows by each run's debtors.
+BIG_DB=$DB
+EMPTY_DB="${DB}_empty"
+extra_db "$EMPTY_DB"
+use_db "$EMPTY_DB"; "$BIN" migrate >/dev/null; use_db "$BIG_DB"
+ratios=()
+for i in $(seq 1 "$PAIRS"); do
+  f2="$WORK/debtors-$ROWS-$i.csv"
+  "$PY" "$SHARED/gen_debtors.py" --rows "$ROWS" --seed $((20240601 + i)) --out "$f2" 2>/dev/null
+  stored=$(q "SELECT count(*) FROM debtors")
+  empty_run() {
+    use_db "$EMPTY_DB"
+    q "TRUNCATE uploads, upload_chunks, debtors, upload_duplicates, upload_rejects, upload_raw CASCADE" 2>/dev/null
+    upload_validated "$f2" "$ROWS" "pair $i: empty table"
+    E=$LAST_MS
+    use_db "$BIG_DB"
+  }
+  big_run() {
+    upload_validated "$f2" "$ROWS" "pair $i: $stored debtors stored"
+    B=$LAST_MS
+  }
+  if (( i % 2 )); then empty_run; big_run; else big_run; empty_run; fi
+  ratios+=("$(awk -v e="$E" -v b="$B" 'BEGIN { printf "%.1f", 100*e/b }')")
+  echo "  pair $i: rate with the big table is ${ratios[-1]}% of the rate on an empty table"
+done
+printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END {
+  printf "  ratio: rate with the big table is %.0f%% of the empty-table rate (median of %d pairs; each: ", a[int((NR + 1) / 2)], NR
+  for (i = 1; i <= NR; i++) printf "%s%%%s", a[i], (i < NR ? ", " : ")\n") }'
 # Next cycle's file: every debtor repeats one just stored, so every row is linked and compared.
 upload_validated "$f2" "$ROWS" "the same file again (every row linked)" --allow-same-file
+fi

@@ -71,7 +71,7 @@ impl Rules<'_> {
 
     /// Converts one row's field values ([`Field::ALL`] order), or says why it cannot be
     /// stored.
-    pub fn convert(&self, row_no: u32, values: &[String; 14]) -> Result<Debtor, RowProblem> {
+    pub fn convert(&self, row_no: u32, values: &[&str; 14]) -> Result<Debtor, RowProblem> {
         for f in Field::ALL {
             let v = &values[f.index()];
             if v.len() > self.max_field_bytes {

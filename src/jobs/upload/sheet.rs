@@ -17,7 +17,7 @@ use calamine::{
 };
 
 use super::{
-    source::{FileError, Format, SourceMeta, SourceRow, place},
+    source::{FileError, Format, SourceMeta, SourceRow},
     split::{RowSink, Stop},
 };
 use crate::uploads::{ColumnAliases, ColumnMap, FieldKind, staged::RowProblem};
@@ -247,15 +247,9 @@ fn build_row(columns: &ColumnMap, row_no: u32, cells: &[(u32, Cell<'_>)]) -> Sou
             }
         };
     }
-    let values = if problem.is_some() {
-        Default::default()
-    } else {
-        place(columns, &raw)
-    };
     SourceRow::Row {
         row_no,
         problem,
-        values,
         raw,
     }
 }

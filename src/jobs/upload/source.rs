@@ -149,9 +149,8 @@ pub enum SourceRow {
         row_no: u32,
         /// Set when the reader already knows the row is bad.
         problem: Option<RowProblem>,
-        /// Values in [`Field::ALL`](crate::uploads::Field::ALL) order.
-        values: [String; 14],
-        /// Every cell as text, in file column order (kept for audit).
+        /// Every cell as text, in file column order (kept for audit); the fields are read
+        /// from it through the column map ([`place`]).
         raw: Vec<String>,
     },
 }
@@ -189,11 +188,11 @@ pub trait RowSource {
 }
 
 /// Places mapped cells into the field array.
-pub fn place(columns: &ColumnMap, cells: &[String]) -> [String; 14] {
-    let mut values: [String; 14] = Default::default();
+pub fn place<'a>(columns: &ColumnMap, cells: &'a [String]) -> [&'a str; 14] {
+    let mut values = [""; 14];
     for (field, col, _) in &columns.columns {
         if let Some(c) = cells.get(*col) {
-            values[field.index()].clone_from(c);
+            values[field.index()] = c;
         }
     }
     values

@@ -8,7 +8,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::source::{FileError, RowSource, SourceMeta, SourceRow};
+use super::source::{FileError, RowSource, SourceMeta, SourceRow, place};
 use crate::uploads::{
     Field,
     convert::Rules,
@@ -190,7 +190,8 @@ impl Splitter {
     }
 
     /// Converts a row and decides: a debtor, a repeat of an earlier row, or a reject.
-    fn decide(&mut self, row_no: u32, values: &[String; 14]) -> RowKind {
+    fn decide(&mut self, row_no: u32, raw: &[String]) -> RowKind {
+        let values = place(&self.columns, raw);
         // Over-long values are refused here, so they are never staged.
         if let Some(f) = Field::ALL
             .into_iter()
@@ -209,7 +210,7 @@ impl Splitter {
             max_field_bytes: self.max_field_bytes,
             default_currency: &self.default_currency,
         };
-        match rules.convert(row_no, values) {
+        match rules.convert(row_no, &values) {
             Err(p) => RowKind::Rejected(p),
             Ok(d) => match self.first_row_of(&d.iban, &d.reference, row_no) {
                 Some(first_row) => RowKind::Duplicate { first_row },
@@ -234,7 +235,6 @@ impl RowSink for Splitter {
             SourceRow::Row {
                 row_no,
                 problem,
-                values,
                 raw,
             } => {
                 self.totals.rows_seen += 1;
@@ -243,11 +243,12 @@ impl RowSink for Splitter {
                         limit: self.max_rows,
                     }));
                 }
-                let raw_cells = self.capped(raw);
+                // Decided on the cells as read (a value's real length names it), kept capped.
                 let kind = match problem {
                     Some(p) => RowKind::Rejected(p),
-                    None => self.decide(row_no, &values),
+                    None => self.decide(row_no, &raw),
                 };
+                let raw_cells = self.capped(raw);
                 self.current.push(row_no, &raw_cells, &kind);
                 if self.current.rows() >= self.chunk_rows
                     || self.current.bytes() >= self.max_chunk_bytes

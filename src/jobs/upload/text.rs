@@ -15,7 +15,7 @@ use std::{
 
 use encoding_rs::WINDOWS_1252;
 
-use super::source::{FileError, Format, RowSource, SourceMeta, SourceRow, place};
+use super::source::{FileError, Format, RowSource, SourceMeta, SourceRow};
 use crate::uploads::{ColumnAliases, staged::RowProblem};
 
 /// Bytes looked at for sniffing.
@@ -444,7 +444,6 @@ impl RowSource for CsvSource {
                     ),
                     value: None,
                 }),
-                values: Default::default(),
                 raw: {
                     let (enc, fb) = (self.enc, &mut self.fallback_cells);
                     self.rec.iter().map(|b| decode(enc, b, fb)).collect()
@@ -453,11 +452,9 @@ impl RowSource for CsvSource {
         }
         let (enc, fb) = (self.enc, &mut self.fallback_cells);
         let raw: Vec<String> = self.rec.iter().map(|b| decode(enc, b, fb)).collect();
-        let values = place(&self.meta.columns, &raw);
         Ok(Some(SourceRow::Row {
             row_no,
             problem: None,
-            values,
             raw,
         }))
     }
