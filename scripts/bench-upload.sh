@@ -50,12 +50,7 @@ extra_db() {
 }
 drop_extra_dbs() {
   local d
-  for d in "${EXTRA_DBS[@]}"; do
-    for _ in 1 2 3 4 5 6 7 8 9 10; do # an autovacuum worker in it cannot be terminated by us: wait
-      psql -X -q -h 127.0.0.1 -p 5432 -U finworker -d finworker -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" 2>/dev/null && break
-      sleep 1
-    done
-  done
+  for d in "${EXTRA_DBS[@]}"; do drop_db "$d"; done
 }
 trap 'drop_extra_dbs; bench_cleanup' EXIT
 # use_db NAME: the database q, the daemon and `finworker upload` talk to from now on.
