@@ -36,6 +36,8 @@ pub struct AppContext {
     pub accounts: crate::billing::accounts::Accounts,
     /// Keyed IBAN hashing (`privacy.iban_key`); `None` when the key is not configured.
     pub iban: Option<crate::iban::IbanHasher>,
+    /// This process's copy of the linking filter (loaded when an import first needs it).
+    pub key_filter: Arc<crate::uploads::key_filter::KeyFilter>,
 }
 
 /// Options of one enqueue.

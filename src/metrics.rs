@@ -184,6 +184,8 @@ pub struct Metrics {
     pub upload_rows: Family<OutcomeLabels, Counter>,
     /// Debtors validated, by outcome (valid, invalid).
     pub validated: Family<OutcomeLabels, Counter>,
+    /// Keys of imported rows looked up among earlier debtors, or skipped by the linking filter.
+    pub link_keys: Family<OutcomeLabels, Counter>,
     /// VOP/BAV results, by check and result.
     pub vop_results: Family<CheckLabels, Counter>,
     /// Debits sent, by account and the gateway's first answer.
@@ -405,6 +407,11 @@ impl Metrics {
                 outcome: outcome.into(),
             });
         }
+        for outcome in ["probed", "skipped"] {
+            let _ = self.link_keys.get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            });
+        }
         let _ = self.rate_limit_wait.get_or_create(&BreakerLabels {
             provider: vop_provider.to_string(),
             account: "default".into(),
@@ -435,6 +442,7 @@ impl Metrics {
             pruned: Family::default(),
             upload_rows: Family::default(),
             validated: Family::default(),
+            link_keys: Family::default(),
             vop_results: Family::default(),
             debits: Family::default(),
             debit_amount: Family::default(),
@@ -516,6 +524,11 @@ impl Metrics {
             "debtors_validated",
             "Debtors validated, by outcome (valid, invalid)",
             m.validated.clone(),
+        );
+        r.register(
+            "upload_link_keys",
+            "IBAN keys of imported rows looked up among earlier debtors (probed), or left out by the linking filter (skipped)",
+            m.link_keys.clone(),
         );
         r.register(
             "vop_results",

@@ -109,6 +109,7 @@ pub async fn build_context(settings: Settings) -> anyhow::Result<AppContext> {
         settings: Arc::new(settings),
         storage,
         vop,
+        key_filter: Default::default(),
     })
 }
 

@@ -166,6 +166,9 @@ pub enum UploadsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Adds the IBAN keys of completed uploads not yet in the linking filter (workers do it
+    /// after each upload; this is for debtors stored otherwise, e.g. restored or bulk-loaded).
+    FilterKeys,
 }
 
 /// `sandbox` flags: the starting knobs (PUT /_sandbox/config changes them later).

@@ -67,7 +67,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 if n > 0 {
                     println!("{n} stored debtors given their IBAN lookup key");
                 }
+                let n = uploads::key_filter::catch_up(&db, i64::MAX).await?;
+                if n > 0 {
+                    println!("{n} completed uploads added to the linking filter");
+                }
             }
+            Ok(())
+        }
+        Command::Uploads(UploadsCommand::FilterKeys) => {
+            let ctx = startup::build_context(load().await?).await?;
+            let n = uploads::key_filter::catch_up(&ctx.db, i64::MAX).await?;
+            println!("{n} completed uploads added to the linking filter");
             Ok(())
         }
         Command::Enqueue(args) => {

@@ -51,6 +51,17 @@ impl Job for Sweeper {
                 .inc();
             tracing::info!(run_id = %r.id, status = %r.status, "sweeper re-drove a stale billing run");
         }
+        // Completed uploads whose keys the linking filter lacks (the completing job failed to
+        // add them, or they predate it): until they are in, imports probe every key.
+        let filtered = crate::uploads::key_filter::catch_up(&app.db, s.batch)
+            .await
+            .map_err(|e| JobError::Retryable(e.into()))?;
+        if filtered > 0 {
+            tracing::info!(
+                uploads = filtered,
+                "sweeper added uploads' keys to the linking filter"
+            );
+        }
         // Paused queues: Redis's copy follows Postgres's record (Redis may have lost it).
         crate::queue::pause::sync(app)
             .await

@@ -6,6 +6,7 @@
 
 pub mod convert;
 mod field;
+pub mod key_filter;
 pub mod staged;
 
 pub use field::{ColumnAliases, ColumnMap, Field, FieldKind, normalize_header};
@@ -350,6 +351,15 @@ pub async fn backfill_iban_keys(db: &Db, hasher: &crate::iban::IbanHasher) -> Re
                 .bind(&keys),
             )
             .await?;
+        // Their uploads' keys are not all in the linking filter any more: imports probe every
+        // key until it has them again (key_filter::catch_up).
+        tx.execute(
+            sqlx::query(
+                "UPDATE uploads SET key_filtered = false WHERE key_filtered AND id IN (SELECT DISTINCT upload_id FROM debtors WHERE id = ANY($1))",
+            )
+            .bind(&ids),
+        )
+        .await?;
         tx.commit().await?;
     }
 }

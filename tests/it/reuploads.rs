@@ -307,3 +307,181 @@ async fn a_file_without_references_links_by_iban_alone() {
         (Some(first.id), vec!["amount".to_string()])
     );
 }
+
+/// `finworker_upload_link_keys_total{outcome=…}` as the worker counted it so far.
+fn link_keys(app: &TestApp, outcome: &str) -> u64 {
+    let prefix = format!("finworker_upload_link_keys_total{{outcome=\"{outcome}\"}} ");
+    app.ctx
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {prefix} series"))
+}
+
+async fn key_filtered(app: &TestApp, id: Uuid) -> bool {
+    let mut c = app.db.connect().await;
+    sqlx::query_scalar("SELECT key_filtered FROM uploads WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
+
+async fn wait_filtered(app: &TestApp, id: Uuid) {
+    let t0 = std::time::Instant::now();
+    while !key_filtered(app, id).await {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "upload {id} never reached the linking filter"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn debtor_rows(prefix: &str, range: std::ops::Range<u32>, bban_base: u64) -> String {
+    range
+        .map(|n| {
+            let iban = finworker::testdata::iban_with_check(
+                "DE",
+                &format!("{:018}", bban_base + u64::from(n)),
+            );
+            format!("{prefix}-{n},Debtor {n},{iban},1000\n")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_linking_filter_skips_only_keys_no_earlier_debtor_has_and_every_unfiltered_upload_is_probed()
+ {
+    let app = spawn_app().await;
+    let header = "reference,name,iban,amount\n";
+    let march = upload(
+        &app,
+        "march.csv",
+        &format!(
+            "{header}{}",
+            debtor_rows("R", 0..40, 370_400_440_000_000_000)
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(march.rows_new, 40);
+    // The completing job adds the upload's keys to the filter.
+    wait_filtered(&app, march.id).await;
+
+    // April: 20 of March's debtors again, 20 new ones. Only the repeated keys are looked up,
+    // and every one of them is linked.
+    let (probed, skipped) = (link_keys(&app, "probed"), link_keys(&app, "skipped"));
+    let april_text = format!(
+        "{header}{}{}",
+        debtor_rows("R", 0..20, 370_400_440_000_000_000),
+        debtor_rows("N", 0..20, 120_300_000_000_000_000)
+    );
+    let april = upload(&app, "april.csv", &april_text, false).await;
+    assert_eq!(
+        (april.rows_imported, april.rows_unchanged, april.rows_new),
+        (40, 20, 20)
+    );
+    assert_eq!(
+        (
+            link_keys(&app, "probed") - probed,
+            link_keys(&app, "skipped") - skipped
+        ),
+        (20, 20),
+        "the repeated keys looked up, the new ones skipped"
+    );
+    let l = links(&app, april.id).await;
+    assert!(
+        l.iter()
+            .filter(|r| r.1.starts_with("R-"))
+            .all(|r| r.3 == Some(march.id)),
+        "{l:?}"
+    );
+    assert!(
+        l.iter()
+            .filter(|r| r.1.starts_with("N-"))
+            .all(|r| r.3.is_none()),
+        "{l:?}"
+    );
+
+    // Debtors stored otherwise (restored, bulk-loaded) belong to an upload not in the filter:
+    // while it is there, imports look every key up, so a row repeating one is still linked.
+    let restored = Uuid::new_v4();
+    let iban =
+        finworker::testdata::iban_with_check("DE", &format!("{:018}", 500_105_170_000_000_001u64));
+    let key = app.ctx.iban.as_ref().unwrap().key(&iban);
+    {
+        let mut c = app.db.connect().await;
+        sqlx::query(
+            "INSERT INTO uploads (id, object_key, file_name, status, chunk_rows, finished_at) \
+             VALUES ($1, 'restored', 'restored.csv', 'completed', 5000, now() - interval '1 day')",
+        )
+        .bind(restored)
+        .execute(&mut c)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO debtors (upload_id, row_no, reference, name, iban, amount_minor, currency, iban_key, valid) \
+             VALUES ($1, 2, 'X-1', 'Restored Debtor', $2, 1000, 'EUR', $3, true)",
+        )
+        .bind(restored)
+        .bind(&iban)
+        .bind(key)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+    let (probed, skipped) = (link_keys(&app, "probed"), link_keys(&app, "skipped"));
+    let may = upload(
+        &app,
+        "may.csv",
+        &format!(
+            "{header}X-1,Restored Debtor,{iban},1000\n{}",
+            debtor_rows("M", 0..9, 200_500_000_000_000_000)
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (
+            link_keys(&app, "probed") - probed,
+            link_keys(&app, "skipped") - skipped
+        ),
+        (10, 0),
+        "an upload outside the filter makes the import look every key up"
+    );
+    let l = links(&app, may.id).await;
+    assert_eq!((l[0].1.as_str(), l[0].3), ("X-1", Some(restored)), "{l:?}");
+    // The sweeper (or `finworker uploads filter-keys`) adds it; then new keys are skipped again.
+    wait_filtered(&app, april.id).await;
+    wait_filtered(&app, may.id).await;
+    let added = finworker::uploads::key_filter::catch_up(&app.ctx.db, 100)
+        .await
+        .unwrap();
+    assert_eq!(added, 1, "the restored upload, the only one left out");
+    assert!(key_filtered(&app, restored).await);
+    let (probed, skipped) = (link_keys(&app, "probed"), link_keys(&app, "skipped"));
+    let june = upload(
+        &app,
+        "june.csv",
+        &format!(
+            "{header}X-1,Restored Debtor,{iban},1000\n{}",
+            debtor_rows("J", 0..9, 300_500_000_000_000_000)
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (
+            link_keys(&app, "probed") - probed,
+            link_keys(&app, "skipped") - skipped
+        ),
+        (1, 9)
+    );
+    assert_eq!(
+        links(&app, june.id).await[0].3,
+        Some(may.id),
+        "linked to the latest debtor with that key"
+    );
+}

@@ -116,6 +116,11 @@ impl From<crate::db::DbError> for ChunkError {
 /// upload completed by an earlier version, which validated in a separate stage, gets its
 /// `validation` job instead. Idempotent.
 pub async fn next_stage(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
+    // Its keys go into the linking filter; if this fails, the sweeper adds them later (until
+    // then imports probe every key, so nothing is missed).
+    if let Err(e) = crate::uploads::key_filter::add_upload(&app.db, upload_id).await {
+        tracing::warn!(upload_id = %upload_id, error = %e, "the upload's keys could not be added to the linking filter yet");
+    }
     let mut tx = app.db.begin().await?;
     let validated: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
         .fetch_optional(
@@ -436,6 +441,19 @@ async fn import(ctx: &JobContext, job: &UploadChunk) -> Result<Outcome, ChunkErr
     let mut lookup: Vec<i64> = keys.iter().flatten().copied().collect();
     lookup.sort_unstable();
     lookup.dedup();
+    // Only the keys an earlier debtor may have (uploads::key_filter).
+    if let Some(at) = started_at.filter(|_| !lookup.is_empty()) {
+        let p = app.key_filter.to_probe(&app.db, at, lookup).await?;
+        for (outcome, n) in [("probed", p.keys.len()), ("skipped", p.skipped)] {
+            app.metrics
+                .link_keys
+                .get_or_create(&crate::metrics::OutcomeLabels {
+                    outcome: outcome.into(),
+                })
+                .inc_by(n as u64);
+        }
+        lookup = p.keys;
+    }
 
     let mut tx = app.db.begin().await?;
     // Earlier debtors this chunk may repeat, by index probes on the keyed IBAN hash (never a

@@ -1,0 +1,265 @@
+//! Which IBAN keys an import must look up among earlier debtors.
+//!
+//! Linking a row to the debtor it repeats probes the `debtors_iban_key` index once per key;
+//! on a 10M-row table that was two thirds of the extra import time (docs/uploads.md,
+//! Performance). The filter (migration `20261208000001_debtor_key_filter`) holds one bit per
+//! key of every *filtered* completed upload: a clear bit means no such debtor has that key, so
+//! the probe can be skipped. It is exact where it matters: a chunk skips probes only when every
+//! completed upload it may link to is filtered, read in the same snapshot as the filter's
+//! version, and the worker's copy is brought up to that version first. Otherwise it probes
+//! every key, as before.
+//!
+//! An upload's keys are added after it completes ([`add_upload`], from the completing job,
+//! the sweeper, `finworker migrate` and `finworker uploads filter-keys`), in one transaction
+//! with setting `uploads.key_filtered`.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::db::{Db, DbError};
+
+/// Bits in the filter: 2^27 (16 MiB).
+const BITS_LOG2: u32 = 27;
+/// Bits in one stored slot (1 KiB).
+const SLOT_BITS: usize = 8192;
+const SLOT_WORDS: usize = SLOT_BITS / 64;
+const SLOTS: usize = (1 << BITS_LOG2) / SLOT_BITS;
+
+fn bit_of(key: i64) -> usize {
+    ((key as u64) >> (64 - BITS_LOG2)) as usize
+}
+
+/// A worker's copy of the filter.
+#[derive(Debug, Default)]
+struct Copy {
+    /// 2^21 words once loaded; empty before.
+    words: Vec<u64>,
+    /// The meta version it reflects.
+    version: i64,
+}
+
+impl Copy {
+    fn maybe(&self, key: i64) -> bool {
+        let b = bit_of(key);
+        self.words
+            .get(b / 64)
+            .is_some_and(|w| w & (1u64 << (b % 64)) != 0)
+    }
+
+    fn apply(&mut self, slot: usize, bits: &[u8]) {
+        if self.words.is_empty() {
+            self.words = vec![0; SLOTS * SLOT_WORDS];
+        }
+        if slot >= SLOTS || bits.len() != SLOT_WORDS * 8 {
+            return;
+        }
+        for (i, w) in bits.chunks_exact(8).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.words[slot * SLOT_WORDS + i] = u64::from_le_bytes(b);
+        }
+    }
+}
+
+/// The process's copy, shared by its jobs.
+#[derive(Debug, Default)]
+pub struct KeyFilter {
+    copy: tokio::sync::Mutex<Copy>,
+}
+
+/// What [`KeyFilter::to_probe`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToProbe {
+    /// The keys to look up.
+    pub keys: Vec<i64>,
+    /// How many were left out because no earlier debtor can have them.
+    pub skipped: usize,
+}
+
+impl KeyFilter {
+    /// The keys (sorted, distinct) an upload that started at `started_at` must look up among
+    /// the debtors of uploads completed before it: all of them while any such upload is not in
+    /// the filter yet; otherwise those the filter may hold.
+    pub async fn to_probe(
+        &self,
+        db: &Db,
+        started_at: DateTime<Utc>,
+        keys: Vec<i64>,
+    ) -> Result<ToProbe, DbError> {
+        // One statement, one snapshot: the version and "every earlier upload is filtered".
+        let mut tx = db.begin().await?;
+        let (version, all_filtered): (i64, bool) = tx
+            .fetch_one(
+                sqlx::query_as(
+                    "SELECT (SELECT version FROM debtor_key_filter_meta), NOT EXISTS ( \
+                       SELECT 1 FROM uploads WHERE status = 'completed' AND NOT key_filtered AND finished_at < $1)",
+                )
+                .bind(started_at),
+            )
+            .await?;
+        tx.commit().await?;
+        if !all_filtered {
+            return Ok(ToProbe { keys, skipped: 0 });
+        }
+        let mut copy = self.copy.lock().await;
+        if copy.version < version || (version > 0 && copy.words.is_empty()) {
+            let mut tx = db.begin().await?;
+            // The slots changed since this copy, with the version they add up to (same snapshot).
+            let rows: Vec<(i64, Option<i32>, Option<Vec<u8>>)> = tx
+                .fetch_all(
+                    sqlx::query_as(
+                        "SELECT m.version, f.slot, f.bits FROM debtor_key_filter_meta m \
+                         LEFT JOIN debtor_key_filter f ON f.version > $1",
+                    )
+                    .bind(if copy.words.is_empty() {
+                        -1
+                    } else {
+                        copy.version
+                    }),
+                )
+                .await?;
+            tx.commit().await?;
+            let mut seen = version;
+            for (v, slot, bits) in rows {
+                seen = v;
+                if let (Some(slot), Some(bits)) = (slot, bits) {
+                    copy.apply(usize::try_from(slot).unwrap_or(usize::MAX), &bits);
+                }
+            }
+            copy.version = seen;
+        }
+        let before = keys.len();
+        let keys: Vec<i64> = keys.into_iter().filter(|k| copy.maybe(*k)).collect();
+        Ok(ToProbe {
+            skipped: before - keys.len(),
+            keys,
+        })
+    }
+}
+
+/// Adds the keys of a completed upload's debtors to the filter and marks it filtered. Returns
+/// false when there was nothing to do (not completed, or filtered already).
+pub async fn add_upload(db: &Db, upload_id: Uuid) -> Result<bool, DbError> {
+    let mut tx = db.begin().await?;
+    // The meta row's lock first: changes are serialised and their versions in commit order.
+    let (version,): (i64,) = tx
+        .fetch_one(sqlx::query_as(
+            "UPDATE debtor_key_filter_meta SET version = version + 1 RETURNING version",
+        ))
+        .await?;
+    let todo: Option<(bool,)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "SELECT key_filtered FROM uploads WHERE id = $1 AND status = 'completed' FOR UPDATE",
+            )
+            .bind(upload_id),
+        )
+        .await?;
+    if !matches!(todo, Some((false,))) {
+        drop(tx); // rolls back the version's bump
+        return Ok(false);
+    }
+    let keys: Vec<(i64,)> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT iban_key FROM debtors WHERE upload_id = $1 AND iban_key IS NOT NULL",
+            )
+            .bind(upload_id),
+        )
+        .await?;
+    let mut slots: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
+    for (k,) in &keys {
+        slots.insert((bit_of(*k) / SLOT_BITS) as i32);
+    }
+    let slots: Vec<i32> = slots.into_iter().collect();
+    if !slots.is_empty() {
+        let old: Vec<(i32, Vec<u8>)> = tx
+            .fetch_all(
+                sqlx::query_as("SELECT slot, bits FROM debtor_key_filter WHERE slot = ANY($1)")
+                    .bind(&slots),
+            )
+            .await?;
+        let mut words: std::collections::BTreeMap<i32, Vec<u8>> = slots
+            .iter()
+            .map(|s| (*s, vec![0u8; SLOT_BITS / 8]))
+            .collect();
+        for (s, bits) in old {
+            if let Some(w) = words.get_mut(&s)
+                && bits.len() == w.len()
+            {
+                w.copy_from_slice(&bits);
+            }
+        }
+        for (k,) in &keys {
+            let b = bit_of(*k);
+            let slot = (b / SLOT_BITS) as i32;
+            let within = b % SLOT_BITS;
+            // Little-endian u64 words: bit i of the slot is bit i%8 of byte i/8.
+            if let Some(w) = words.get_mut(&slot) {
+                w[within / 8] |= 1 << (within % 8);
+            }
+        }
+        let (ids, bits): (Vec<i32>, Vec<Vec<u8>>) = words.into_iter().unzip();
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO debtor_key_filter (slot, bits, version) \
+                 SELECT s, b, $3 FROM unnest($1::int[], $2::bytea[]) AS v(s, b) \
+                 ON CONFLICT (slot) DO UPDATE SET bits = EXCLUDED.bits, version = EXCLUDED.version",
+            )
+            .bind(&ids)
+            .bind(&bits)
+            .bind(version),
+        )
+        .await?;
+    }
+    tx.execute(sqlx::query("UPDATE uploads SET key_filtered = true WHERE id = $1").bind(upload_id))
+        .await?;
+    tx.commit().await?;
+    tracing::debug!(upload_id = %upload_id, keys = keys.len(), version, "upload's keys added to the linking filter");
+    Ok(true)
+}
+
+/// Adds up to `limit` completed uploads not yet in the filter, oldest first. Returns how many.
+pub async fn catch_up(db: &Db, limit: i64) -> Result<u64, DbError> {
+    let mut tx = db.begin().await?;
+    let ids: Vec<(Uuid,)> = tx
+        .fetch_all(
+            sqlx::query_as(
+                "SELECT id FROM uploads WHERE status = 'completed' AND NOT key_filtered \
+                 ORDER BY finished_at LIMIT $1",
+            )
+            .bind(limit),
+        )
+        .await?;
+    tx.commit().await?;
+    let mut n = 0;
+    for (id,) in ids {
+        if add_upload(db, id).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_found_in_the_slot_bytes_the_database_stores() {
+        // The byte layout add_upload writes must be the one the worker's copy reads.
+        for key in [i64::MIN, -1, 0, 1, 0x1234_5678_9abc_def0, i64::MAX] {
+            let b = bit_of(key);
+            let mut slot = vec![0u8; SLOT_BITS / 8];
+            let within = b % SLOT_BITS;
+            slot[within / 8] |= 1 << (within % 8);
+            let mut copy = Copy::default();
+            copy.apply(b / SLOT_BITS, &slot);
+            assert!(copy.maybe(key), "key {key:#x}");
+            // A key in another bit of the same slot is not.
+            let other = key ^ (1i64 << (64 - BITS_LOG2));
+            assert!(!copy.maybe(other), "key {other:#x}");
+        }
+        assert!(!Copy::default().maybe(42), "an unloaded copy holds nothing");
+    }
+}
