@@ -288,3 +288,50 @@ async fn a_queue_never_runs_more_jobs_at_once_than_its_configured_concurrency() 
     assert_eq!(spans.len(), 6);
     assert_eq!(max_overlap, 2, "two at a time: {spans:?}");
 }
+
+#[tokio::test]
+async fn a_re_drive_leaves_a_live_job_alone_and_replaces_one_redis_lost_in_part() {
+    let app = spawn_app().await;
+    let q = &app.ctx.queue;
+    let job = |id: uuid::Uuid| NewJob {
+        id,
+        job_type: "noop".into(),
+        payload: "{}".into(),
+        delay: Duration::from_secs(3600), // waits in the schedule: nothing runs it meanwhile
+        idempotency_key: Some("orphan-test".into()),
+        max_attempts: None,
+        prior_attempts: 0,
+        redrive: true,
+    };
+    let ttl = Duration::from_secs(60);
+    let first = q.push(&[job(uuid::Uuid::now_v7())], ttl).await.unwrap()[0].clone();
+    assert!(!first.duplicate);
+    let again = q.push(&[job(uuid::Uuid::now_v7())], ttl).await.unwrap()[0].clone();
+    assert_eq!(
+        (again.id, again.duplicate),
+        (first.id, true),
+        "a live job is left alone"
+    );
+
+    // A partial loss (an eviction, a namespace delete racing a push): the job's hash survives,
+    // its place in the queue does not. Before, the re-drive took the hash for a live job and
+    // the pipeline waited for it for ever.
+    let mut c = q.connection();
+    let removed: i64 = c
+        .zrem(format!("{}:q:noop:sched", q.prefix()), first.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let redriven = q.push(&[job(uuid::Uuid::now_v7())], ttl).await.unwrap()[0].clone();
+    assert!(
+        !redriven.duplicate && redriven.id != first.id,
+        "{redriven:?}"
+    );
+    let orphan: bool = c
+        .exists(format!("{}:job:{}", q.prefix(), first.id))
+        .await
+        .unwrap();
+    assert!(!orphan, "the orphaned hash is removed");
+    let st = q.stats("noop").await.unwrap();
+    assert_eq!(st.scheduled, 1, "exactly the new job waits");
+}

@@ -1,8 +1,9 @@
 -- Enqueue jobs atomically. ARGV: prefix, idempotency_ttl_ms, then per job 9 values:
 --   id, job_type (= queue), payload (JSON text), delay_ms, idempotency_key ('' = none),
 --   max_attempts ('' = queue default), prior_attempts (0, or the attempts of a re-queued dead job),
---   payload_hash (compared when a key repeats), redrive ('1': if the key's job no longer
---   exists in redis — finished, or lost with redis's data — push a new one under the key)
+--   payload_hash (compared when a key repeats), redrive ('1': if the key's job is no longer
+--   live in redis — finished, or lost with redis's data, wholly or in part — push a new one
+--   under the key)
 -- Returns per job: the job id (the first job's id for a duplicate) and 0 (new), 1 (duplicate:
 -- same key, same payload, or the id already queued) or 2 (the key was used for another payload).
 local p = ARGV[1]
@@ -11,6 +12,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 local queues = {}
+-- A job is live while it is queued (ready, scheduled), taken (active) or parked for recovery;
+-- done and dead jobs' hashes are deleted. A hash in none of them is an orphan of a partial
+-- loss (an eviction, a delete that was not atomic): it is removed, and its key re-driven.
+local function live(id, q)
+  local jk = p .. ':job:' .. id
+  if redis.call('EXISTS', jk) == 0 then return false end
+  local base = p .. ':q:' .. q
+  if redis.call('ZSCORE', base .. ':active', id) or redis.call('ZSCORE', base .. ':sched', id)
+    or redis.call('HEXISTS', p .. ':recovering', id) == 1 or redis.call('LPOS', base .. ':ready', id) then
+    return true
+  end
+  redis.call('DEL', jk)
+  return false
+end
 for i = 3, #ARGV, 9 do
   local id, q, payload, delay, idem, maxa, prior, hash, redrive =
     ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
@@ -21,7 +36,7 @@ for i = 3, #ARGV, 9 do
     local v = redis.call('GET', ik)
     if v then
       local first, first_hash = string.match(v, '^([^ ]*) ?(.*)$')
-      if redrive == '1' and redis.call('EXISTS', p .. ':job:' .. first) == 0 then
+      if redrive == '1' and not live(first, q) then
         v = nil
       else
         existing = first
