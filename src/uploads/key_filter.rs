@@ -179,16 +179,13 @@ pub async fn add_upload(db: &Db, upload_id: Uuid) -> Result<bool, DbError> {
                     .bind(&slots),
             )
             .await?;
-        let mut words: std::collections::BTreeMap<i32, Vec<u8>> = slots
-            .iter()
-            .map(|s| (*s, vec![0u8; SLOT_BITS / 8]))
+        // The stored slots are updated in place (no second 16 MiB copy); new ones start empty.
+        let mut words: std::collections::BTreeMap<i32, Vec<u8>> = old
+            .into_iter()
+            .filter(|(_, bits)| bits.len() == SLOT_BITS / 8)
             .collect();
-        for (s, bits) in old {
-            if let Some(w) = words.get_mut(&s)
-                && bits.len() == w.len()
-            {
-                w.copy_from_slice(&bits);
-            }
+        for s in &slots {
+            words.entry(*s).or_insert_with(|| vec![0u8; SLOT_BITS / 8]);
         }
         for (k,) in &keys {
             let b = bit_of(*k);

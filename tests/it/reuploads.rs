@@ -484,4 +484,23 @@ async fn the_linking_filter_skips_only_keys_no_earlier_debtor_has_and_every_unfi
         Some(may.id),
         "linked to the latest debtor with that key"
     );
+    // The invariant itself: every key of every filtered upload is a set bit in the stored
+    // filter (bit = the key's top 27 bits; slot = bit / 8192; bit % 8192 LSB-first).
+    wait_filtered(&app, june.id).await;
+    let missing = app
+        .scalar(
+            "SELECT count(*) FROM debtors d JOIN uploads u ON u.id = d.upload_id AND u.key_filtered \
+             WHERE NOT EXISTS (SELECT 1 FROM debtor_key_filter f \
+               WHERE f.slot = ((d.iban_key >> 37) & 134217727) >> 13 \
+                 AND get_bit(f.bits, (((d.iban_key >> 37) & 134217727) & 8191)::int) = 1)",
+        )
+        .await;
+    let filtered = app
+        .scalar("SELECT count(*) FROM debtors d JOIN uploads u ON u.id = d.upload_id AND u.key_filtered")
+        .await;
+    assert_eq!(
+        (filtered, missing),
+        (101, 0),
+        "march 40, april 40, restored 1, may 10, june 10"
+    );
 }
