@@ -319,6 +319,21 @@ fn link_keys(app: &TestApp, outcome: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {prefix} series"))
 }
 
+/// Uploads `text` and says how many of its keys were looked up and how many skipped.
+async fn upload_counting_lookups(
+    app: &TestApp,
+    name: &str,
+    text: &str,
+) -> (UploadRecord, (u64, u64)) {
+    let (probed, skipped) = (link_keys(app, "probed"), link_keys(app, "skipped"));
+    let rec = upload(app, name, text, false).await;
+    let delta = (
+        link_keys(app, "probed") - probed,
+        link_keys(app, "skipped") - skipped,
+    );
+    (rec, delta)
+}
+
 async fn key_filtered(app: &TestApp, id: Uuid) -> bool {
     let mut c = app.db.connect().await;
     sqlx::query_scalar("SELECT key_filtered FROM uploads WHERE id = $1")
@@ -329,14 +344,12 @@ async fn key_filtered(app: &TestApp, id: Uuid) -> bool {
 }
 
 async fn wait_filtered(app: &TestApp, id: Uuid) {
-    let t0 = std::time::Instant::now();
-    while !key_filtered(app, id).await {
-        assert!(
-            t0.elapsed() < std::time::Duration::from_secs(20),
-            "upload {id} never reached the linking filter"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(
+        std::time::Duration::from_secs(20),
+        "the upload's keys in the linking filter",
+        || async { key_filtered(app, id).await.then_some(()) },
+    )
+    .await;
 }
 
 fn debtor_rows(prefix: &str, range: std::ops::Range<u32>, bban_base: u64) -> String {
@@ -372,22 +385,18 @@ async fn the_linking_filter_skips_only_keys_no_earlier_debtor_has_and_every_unfi
 
     // April: 20 of March's debtors again, 20 new ones. Only the repeated keys are looked up,
     // and every one of them is linked.
-    let (probed, skipped) = (link_keys(&app, "probed"), link_keys(&app, "skipped"));
     let april_text = format!(
         "{header}{}{}",
         debtor_rows("R", 0..20, 370_400_440_000_000_000),
         debtor_rows("N", 0..20, 120_300_000_000_000_000)
     );
-    let april = upload(&app, "april.csv", &april_text, false).await;
+    let (april, looked_up) = upload_counting_lookups(&app, "april.csv", &april_text).await;
     assert_eq!(
         (april.rows_imported, april.rows_unchanged, april.rows_new),
         (40, 20, 20)
     );
     assert_eq!(
-        (
-            link_keys(&app, "probed") - probed,
-            link_keys(&app, "skipped") - skipped
-        ),
+        looked_up,
         (20, 20),
         "the repeated keys looked up, the new ones skipped"
     );
@@ -432,22 +441,17 @@ async fn the_linking_filter_skips_only_keys_no_earlier_debtor_has_and_every_unfi
         .await
         .unwrap();
     }
-    let (probed, skipped) = (link_keys(&app, "probed"), link_keys(&app, "skipped"));
-    let may = upload(
+    let (may, looked_up) = upload_counting_lookups(
         &app,
         "may.csv",
         &format!(
             "{header}X-1,Restored Debtor,{iban},1000\n{}",
             debtor_rows("M", 0..9, 200_500_000_000_000_000)
         ),
-        false,
     )
     .await;
     assert_eq!(
-        (
-            link_keys(&app, "probed") - probed,
-            link_keys(&app, "skipped") - skipped
-        ),
+        looked_up,
         (10, 0),
         "an upload outside the filter makes the import look every key up"
     );
@@ -461,24 +465,16 @@ async fn the_linking_filter_skips_only_keys_no_earlier_debtor_has_and_every_unfi
         .unwrap();
     assert_eq!(added, 1, "the restored upload, the only one left out");
     assert!(key_filtered(&app, restored).await);
-    let (probed, skipped) = (link_keys(&app, "probed"), link_keys(&app, "skipped"));
-    let june = upload(
+    let (june, looked_up) = upload_counting_lookups(
         &app,
         "june.csv",
         &format!(
             "{header}X-1,Restored Debtor,{iban},1000\n{}",
             debtor_rows("J", 0..9, 300_500_000_000_000_000)
         ),
-        false,
     )
     .await;
-    assert_eq!(
-        (
-            link_keys(&app, "probed") - probed,
-            link_keys(&app, "skipped") - skipped
-        ),
-        (1, 9)
-    );
+    assert_eq!(looked_up, (1, 9), "only the key an earlier debtor has");
     assert_eq!(
         links(&app, june.id).await[0].3,
         Some(may.id),
