@@ -116,11 +116,17 @@ impl From<crate::db::DbError> for ChunkError {
 /// upload completed by an earlier version, which validated in a separate stage, gets its
 /// `validation` job instead. Idempotent.
 pub async fn next_stage(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
-    // Its keys go into the linking filter; if this fails, the sweeper adds them later (until
-    // then imports probe every key, so nothing is missed).
+    let started = start_next_stage(app, upload_id).await;
+    // Then its keys go into the linking filter (after the next stage started: verification
+    // need not wait for it). If this fails, the sweeper adds them later; until then imports
+    // look every key up, so nothing is missed.
     if let Err(e) = crate::uploads::key_filter::add_upload(&app.db, upload_id).await {
         tracing::warn!(upload_id = %upload_id, error = %e, "the upload's keys could not be added to the linking filter yet");
     }
+    started
+}
+
+async fn start_next_stage(app: &AppContext, upload_id: Uuid) -> anyhow::Result<()> {
     let mut tx = app.db.begin().await?;
     let validated: Option<(Option<chrono::DateTime<chrono::Utc>>,)> = tx
         .fetch_optional(
