@@ -183,24 +183,25 @@ echo "  (finworker uploads filter-keys took $(secs $(( (t1 - t0) / 1000000 ))) s
 # table grows by each run's debtors.
 BIG_DB=$DB
 EMPTY_DB="${DB}_empty"
+# empty_run / big_run: pair $i's file $f2 into a new empty database / into the big one.
+empty_run() {
+  # A new database each time, as in part csv: a truncated table runs slower than a new one
+  # (measured: 16.9 s against 11.6 s), which would flatter the big table.
+  extra_db "${EMPTY_DB}_$i"
+  use_db "${EMPTY_DB}_$i"; "$BIN" migrate >/dev/null
+  upload_validated "$f2" "$ROWS" "pair $i: empty table"
+  E=$LAST_MS
+  use_db "$BIG_DB"
+}
+big_run() {
+  upload_validated "$f2" "$ROWS" "pair $i: $stored debtors stored"
+  B=$LAST_MS
+}
 ratios=()
 for i in $(seq 1 "$PAIRS"); do
   f2="$WORK/debtors-$ROWS-$i.csv"
   "$PY" "$SHARED/gen_debtors.py" --rows "$ROWS" --seed $((20240601 + i)) --out "$f2" 2>/dev/null
   stored=$(q "SELECT count(*) FROM debtors")
-  empty_run() {
-    # A new database each time, as in part csv: a truncated table runs slower than a new one
-    # (measured: 16.9 s against 11.6 s), which would flatter the big table.
-    extra_db "${EMPTY_DB}_$i"
-    use_db "${EMPTY_DB}_$i"; "$BIN" migrate >/dev/null
-    upload_validated "$f2" "$ROWS" "pair $i: empty table"
-    E=$LAST_MS
-    use_db "$BIG_DB"
-  }
-  big_run() {
-    upload_validated "$f2" "$ROWS" "pair $i: $stored debtors stored"
-    B=$LAST_MS
-  }
   if (( i % 2 )); then empty_run; big_run; else big_run; empty_run; fi
   ratios+=("$(awk -v e="$E" -v b="$B" 'BEGIN { printf "%.1f", 100*e/b }')")
   echo "  pair $i: rate with the big table is ${ratios[-1]}% of the rate on an empty table"

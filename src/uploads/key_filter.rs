@@ -22,49 +22,63 @@ use crate::db::{Db, DbError};
 const BITS_LOG2: u32 = 27;
 /// Bits in one stored slot (1 KiB).
 const SLOT_BITS: usize = 8192;
-const SLOT_WORDS: usize = SLOT_BITS / 64;
+const SLOT_BYTES: usize = SLOT_BITS / 8;
 const SLOTS: usize = (1 << BITS_LOG2) / SLOT_BITS;
 
+/// The key's bit: its top 27 bits. Stored and held the same way: bit `b` is bit `b % 8` of byte
+/// `b / 8` (of the whole filter, or of slot `b / SLOT_BITS`'s bytes).
 fn bit_of(key: i64) -> usize {
     ((key as u64) >> (64 - BITS_LOG2)) as usize
 }
 
+fn is_set(bytes: &[u8], bit: usize) -> bool {
+    bytes
+        .get(bit / 8)
+        .is_some_and(|b| b & (1 << (bit % 8)) != 0)
+}
+
+fn set(bytes: &mut [u8], bit: usize) {
+    bytes[bit / 8] |= 1 << (bit % 8);
+}
+
 /// A worker's copy of the filter.
-#[derive(Debug, Default)]
-struct Copy {
-    /// 2^21 words once loaded; empty before.
-    words: Vec<u64>,
-    /// The meta version it reflects.
+#[derive(Debug)]
+struct Held {
+    /// All 16 MiB once a slot was loaded; empty before (no key is in it).
+    bytes: Vec<u8>,
+    /// The meta version it reflects; -1 before the first load.
     version: i64,
 }
 
-impl Copy {
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            bytes: Vec::new(),
+            version: -1,
+        }
+    }
+}
+
+impl Held {
     fn maybe(&self, key: i64) -> bool {
-        let b = bit_of(key);
-        self.words
-            .get(b / 64)
-            .is_some_and(|w| w & (1u64 << (b % 64)) != 0)
+        is_set(&self.bytes, bit_of(key))
     }
 
     fn apply(&mut self, slot: usize, bits: &[u8]) {
-        if self.words.is_empty() {
-            self.words = vec![0; SLOTS * SLOT_WORDS];
-        }
-        if slot >= SLOTS || bits.len() != SLOT_WORDS * 8 {
+        if slot >= SLOTS || bits.len() != SLOT_BYTES {
             return;
         }
-        for (i, w) in bits.chunks_exact(8).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(w);
-            self.words[slot * SLOT_WORDS + i] = u64::from_le_bytes(b);
+        if self.bytes.is_empty() {
+            self.bytes = vec![0; SLOTS * SLOT_BYTES];
         }
+        self.bytes[slot * SLOT_BYTES..(slot + 1) * SLOT_BYTES].copy_from_slice(bits);
     }
 }
 
 /// The process's copy, shared by its jobs.
 #[derive(Debug, Default)]
 pub struct KeyFilter {
-    copy: tokio::sync::Mutex<Copy>,
+    held: tokio::sync::Mutex<Held>,
 }
 
 /// What [`KeyFilter::to_probe`] decided.
@@ -101,8 +115,8 @@ impl KeyFilter {
         if !all_filtered {
             return Ok(ToProbe { keys, skipped: 0 });
         }
-        let mut copy = self.copy.lock().await;
-        if copy.version < version || (version > 0 && copy.words.is_empty()) {
+        let mut held = self.held.lock().await;
+        if held.version < version {
             let mut tx = db.begin().await?;
             // The slots changed since this copy, with the version they add up to (same snapshot).
             let rows: Vec<(i64, Option<i32>, Option<Vec<u8>>)> = tx
@@ -111,25 +125,19 @@ impl KeyFilter {
                         "SELECT m.version, f.slot, f.bits FROM debtor_key_filter_meta m \
                          LEFT JOIN debtor_key_filter f ON f.version > $1",
                     )
-                    .bind(if copy.words.is_empty() {
-                        -1
-                    } else {
-                        copy.version
-                    }),
+                    .bind(held.version),
                 )
                 .await?;
             tx.commit().await?;
-            let mut seen = version;
             for (v, slot, bits) in rows {
-                seen = v;
+                held.version = v;
                 if let (Some(slot), Some(bits)) = (slot, bits) {
-                    copy.apply(usize::try_from(slot).unwrap_or(usize::MAX), &bits);
+                    held.apply(usize::try_from(slot).unwrap_or(usize::MAX), &bits);
                 }
             }
-            copy.version = seen;
         }
         let before = keys.len();
-        let keys: Vec<i64> = keys.into_iter().filter(|k| copy.maybe(*k)).collect();
+        let keys: Vec<i64> = keys.into_iter().filter(|k| held.maybe(*k)).collect();
         Ok(ToProbe {
             skipped: before - keys.len(),
             keys,
@@ -142,11 +150,23 @@ impl KeyFilter {
 pub async fn add_upload(db: &Db, upload_id: Uuid) -> Result<bool, DbError> {
     let mut tx = db.begin().await?;
     // The meta row's lock first: changes are serialised and their versions in commit order.
-    let (version,): (i64,) = tx
-        .fetch_one(sqlx::query_as(
-            "UPDATE debtor_key_filter_meta SET version = version + 1 RETURNING version",
-        ))
+    // Taken only when the upload looks due, so a repeated call (a re-driven completion) does
+    // not queue behind another upload's change for nothing.
+    let version: Option<(i64,)> = tx
+        .fetch_optional(
+            sqlx::query_as(
+                "UPDATE debtor_key_filter_meta SET version = version + 1 WHERE EXISTS ( \
+                   SELECT 1 FROM uploads WHERE id = $1 AND status = 'completed' AND NOT key_filtered) \
+                 RETURNING version",
+            )
+            .bind(upload_id),
+        )
         .await?;
+    let Some((version,)) = version else {
+        tx.commit().await?;
+        return Ok(false);
+    };
+    // Under the lock, again: another call may have added it meanwhile.
     let todo: Option<(bool,)> = tx
         .fetch_optional(
             sqlx::query_as(
@@ -167,11 +187,10 @@ pub async fn add_upload(db: &Db, upload_id: Uuid) -> Result<bool, DbError> {
             .bind(upload_id),
         )
         .await?;
-    let mut slots: std::collections::BTreeSet<i32> = std::collections::BTreeSet::new();
-    for (k,) in &keys {
-        slots.insert((bit_of(*k) / SLOT_BITS) as i32);
-    }
-    let slots: Vec<i32> = slots.into_iter().collect();
+    let bits: Vec<usize> = keys.iter().map(|(k,)| bit_of(*k)).collect();
+    let mut slots: Vec<i32> = bits.iter().map(|b| (b / SLOT_BITS) as i32).collect();
+    slots.sort_unstable();
+    slots.dedup();
     if !slots.is_empty() {
         let old: Vec<(i32, Vec<u8>)> = tx
             .fetch_all(
@@ -180,23 +199,17 @@ pub async fn add_upload(db: &Db, upload_id: Uuid) -> Result<bool, DbError> {
             )
             .await?;
         // The stored slots are updated in place (no second 16 MiB copy); new ones start empty.
-        let mut words: std::collections::BTreeMap<i32, Vec<u8>> = old
+        let mut stored: std::collections::BTreeMap<i32, Vec<u8>> = old
             .into_iter()
-            .filter(|(_, bits)| bits.len() == SLOT_BITS / 8)
+            .filter(|(_, bits)| bits.len() == SLOT_BYTES)
             .collect();
-        for s in &slots {
-            words.entry(*s).or_insert_with(|| vec![0u8; SLOT_BITS / 8]);
+        for b in bits {
+            let slot = stored
+                .entry((b / SLOT_BITS) as i32)
+                .or_insert_with(|| vec![0u8; SLOT_BYTES]);
+            set(slot, b % SLOT_BITS);
         }
-        for (k,) in &keys {
-            let b = bit_of(*k);
-            let slot = (b / SLOT_BITS) as i32;
-            let within = b % SLOT_BITS;
-            // Little-endian u64 words: bit i of the slot is bit i%8 of byte i/8.
-            if let Some(w) = words.get_mut(&slot) {
-                w[within / 8] |= 1 << (within % 8);
-            }
-        }
-        let (ids, bits): (Vec<i32>, Vec<Vec<u8>>) = words.into_iter().unzip();
+        let (ids, bits): (Vec<i32>, Vec<Vec<u8>>) = stored.into_iter().unzip();
         tx.execute(
             sqlx::query(
                 "INSERT INTO debtor_key_filter (slot, bits, version) \
@@ -244,19 +257,18 @@ mod tests {
 
     #[test]
     fn a_key_is_found_in_the_slot_bytes_the_database_stores() {
-        // The byte layout add_upload writes must be the one the worker's copy reads.
+        // The bytes add_upload writes for a slot must be the ones the worker's copy reads.
         for key in [i64::MIN, -1, 0, 1, 0x1234_5678_9abc_def0, i64::MAX] {
             let b = bit_of(key);
-            let mut slot = vec![0u8; SLOT_BITS / 8];
-            let within = b % SLOT_BITS;
-            slot[within / 8] |= 1 << (within % 8);
-            let mut copy = Copy::default();
-            copy.apply(b / SLOT_BITS, &slot);
-            assert!(copy.maybe(key), "key {key:#x}");
+            let mut slot = vec![0u8; SLOT_BYTES];
+            set(&mut slot, b % SLOT_BITS);
+            let mut held = Held::default();
+            held.apply(b / SLOT_BITS, &slot);
+            assert!(held.maybe(key), "key {key:#x}");
             // A key in another bit of the same slot is not.
             let other = key ^ (1i64 << (64 - BITS_LOG2));
-            assert!(!copy.maybe(other), "key {other:#x}");
+            assert!(!held.maybe(other), "key {other:#x}");
         }
-        assert!(!Copy::default().maybe(42), "an unloaded copy holds nothing");
+        assert!(!Held::default().maybe(42), "an unloaded copy holds nothing");
     }
 }

@@ -310,13 +310,9 @@ async fn a_file_without_references_links_by_iban_alone() {
 
 /// `finworker_upload_link_keys_total{outcome=…}` as the worker counted it so far.
 fn link_keys(app: &TestApp, outcome: &str) -> u64 {
-    let prefix = format!("finworker_upload_link_keys_total{{outcome=\"{outcome}\"}} ");
-    app.ctx
-        .metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {prefix} series"))
+    let series = format!("finworker_upload_link_keys_total{{outcome=\"{outcome}\"}}");
+    app.counter(&series)
+        .unwrap_or_else(|| panic!("no {series} series"))
 }
 
 /// Uploads `text` and says how many of its keys were looked up and how many skipped.

@@ -226,6 +226,17 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A counter's value as this process's workers counted it so far (`series` with its
+    /// labels, e.g. `finworker_x_total{outcome="a"}`); `None` when it is not exported.
+    pub fn counter(&self, series: &str) -> Option<u64> {
+        let prefix = format!("{series} ");
+        self.ctx
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+    }
+
     /// `GET /metrics` with the metrics token: the exposition text.
     pub async fn metrics_text(&self) -> String {
         self.http
